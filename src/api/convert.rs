@@ -1,0 +1,150 @@
+//! proto ⇄ domain.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::proto;
+use super::status::code_of;
+use crate::imaging::ImageEncoding;
+use crate::pipeline::{
+    FrameRequest, FrameResult, ImageInput, InspectError, PipelineInfo, StageTimings, Verdict,
+};
+
+pub fn frame_request(
+    request: proto::InspectRequest,
+    received: Instant,
+    client_deadline: Option<Instant>,
+) -> Result<FrameRequest, InspectError> {
+    let image = match request.image {
+        None => None,
+        Some(image) => {
+            use proto::image::Encoding;
+            let encoding = match Encoding::try_from(image.encoding) {
+                Ok(Encoding::Unspecified) => ImageEncoding::Sniff,
+                Ok(Encoding::Jpeg) => ImageEncoding::Jpeg,
+                Ok(Encoding::Png) => ImageEncoding::Png,
+                Ok(Encoding::RawRgb8) => ImageEncoding::RawRgb8,
+                Ok(Encoding::RawBgr8) => ImageEncoding::RawBgr8,
+                Ok(Encoding::RawGray8) => ImageEncoding::RawGray8,
+                Err(_) => return Err(InspectError::UnknownEncoding(image.encoding)),
+            };
+            Some(ImageInput {
+                data: image.data,
+                encoding,
+                width: image.width,
+                height: image.height,
+            })
+        }
+    };
+    Ok(FrameRequest {
+        camera_id: request.camera_id,
+        sequence: request.sequence,
+        pipeline: request.pipeline,
+        image,
+        budget: (request.budget_ms > 0)
+            .then(|| Duration::from_millis(u64::from(request.budget_ms))),
+        annotate: request.annotate,
+        received,
+        client_deadline,
+    })
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+fn timings(t: &StageTimings) -> proto::StageTimings {
+    proto::StageTimings {
+        decode_us: micros(t.decode),
+        preprocess_us: micros(t.preprocess),
+        queue_wait_us: micros(t.queue_wait),
+        inference_us: micros(t.inference),
+        postprocess_us: micros(t.postprocess),
+        total_us: micros(t.total),
+    }
+}
+
+fn verdict(v: Verdict) -> proto::Verdict {
+    match v {
+        Verdict::WithinBudget => proto::Verdict::WithinBudget,
+        Verdict::OverBudget => proto::Verdict::OverBudget,
+        Verdict::Shed => proto::Verdict::Shed,
+    }
+}
+
+pub fn inspect_response(result: FrameResult) -> proto::InspectResponse {
+    proto::InspectResponse {
+        camera_id: result.camera_id,
+        sequence: result.sequence,
+        detections: result
+            .detections
+            .into_iter()
+            .map(|d| proto::Detection {
+                r#box: Some(proto::Box {
+                    x1: d.detection.bbox.x1,
+                    y1: d.detection.bbox.y1,
+                    x2: d.detection.bbox.x2,
+                    y2: d.detection.bbox.y2,
+                }),
+                class_id: d.detection.class_id,
+                class_name: d.class_name,
+                score: d.detection.score,
+                track_id: d.track_id,
+            })
+            .collect(),
+        timings: Some(timings(&result.timings)),
+        verdict: verdict(result.verdict) as i32,
+        annotated_jpeg: result.annotated_jpeg.unwrap_or_default().into(),
+        error: None,
+        pipeline: result.pipeline,
+        model: result.model,
+        batch_size: result.batch_size,
+        image_width: result.image_width,
+        image_height: result.image_height,
+    }
+}
+
+/// A frame that failed inside a stream: answered in its own response so the stream goes on.
+pub fn error_response(
+    camera_id: String,
+    sequence: u64,
+    pipeline: String,
+    error: &InspectError,
+    total: Duration,
+) -> proto::InspectResponse {
+    proto::InspectResponse {
+        camera_id,
+        sequence,
+        timings: Some(proto::StageTimings {
+            total_us: micros(total),
+            ..Default::default()
+        }),
+        verdict: if error.is_shed() {
+            proto::Verdict::Shed
+        } else {
+            proto::Verdict::Unspecified
+        } as i32,
+        error: Some(proto::FrameError {
+            code: code_of(error) as i32,
+            message: error.to_string(),
+        }),
+        pipeline,
+        ..Default::default()
+    }
+}
+
+pub fn pipeline_info(info: PipelineInfo) -> proto::PipelineInfo {
+    proto::PipelineInfo {
+        name: info.name,
+        model: info.model,
+        classes: info.classes,
+        budget_ms: info.budget.as_millis().min(u128::from(u32::MAX)) as u32,
+        input_width: info.input_width,
+        input_height: info.input_height,
+        max_batch: info.max_batch as u32,
+        max_queue_delay_us: micros(info.max_queue_delay),
+        max_queue_size: info.max_queue_size as u32,
+        description: info.description,
+    }
+}

@@ -1,0 +1,170 @@
+//! `linesight.v1.Inspection`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{error_response, frame_request, inspect_response, pipeline_info};
+use super::deadline::parse_grpc_timeout;
+use super::proto::{self, inspection_server::Inspection};
+use super::status::{oversized_message, to_status};
+use crate::config::ServerConfig;
+use crate::pipeline::Pipelines;
+
+pub struct InspectionService {
+    pipelines: Arc<Pipelines>,
+    stream_window: usize,
+    max_message_bytes: usize,
+}
+
+impl InspectionService {
+    pub fn new(pipelines: Arc<Pipelines>, config: &ServerConfig) -> Self {
+        Self {
+            pipelines,
+            stream_window: config.stream_window,
+            max_message_bytes: config.max_message_bytes,
+        }
+    }
+}
+
+fn client_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
+    request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map(|timeout| received + timeout)
+}
+
+/// One frame of a stream, answered whatever happens to it.
+async fn answer(
+    pipelines: Arc<Pipelines>,
+    request: proto::InspectRequest,
+    received: Instant,
+) -> proto::InspectResponse {
+    let (camera_id, sequence, pipeline) = (
+        request.camera_id.clone(),
+        request.sequence,
+        request.pipeline.clone(),
+    );
+    let result = match frame_request(request, received, None) {
+        Ok(frame) => pipelines.inspect(frame).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(result) => inspect_response(result),
+        Err(error) => {
+            tracing::debug!(message = "Frame failed.", %error, camera_id, sequence);
+            let pipeline = if pipeline.is_empty() {
+                pipelines.default_name().to_owned()
+            } else {
+                pipeline
+            };
+            error_response(camera_id, sequence, pipeline, &error, received.elapsed())
+        }
+    }
+}
+
+type ResponseStream =
+    Pin<Box<dyn futures::Stream<Item = Result<proto::InspectResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Inspection for InspectionService {
+    async fn inspect(
+        &self,
+        request: Request<proto::InspectRequest>,
+    ) -> Result<Response<proto::InspectResponse>, Status> {
+        let received = Instant::now();
+        let deadline = client_deadline(&request, received);
+        let frame =
+            frame_request(request.into_inner(), received, deadline).map_err(|e| to_status(&e))?;
+        let (camera_id, sequence) = (frame.camera_id.clone(), frame.sequence);
+        match self.pipelines.inspect(frame).await {
+            Ok(result) => Ok(Response::new(inspect_response(result))),
+            Err(error) => {
+                tracing::debug!(message = "Frame failed.", %error, camera_id, sequence);
+                Err(to_status(&error))
+            }
+        }
+    }
+
+    type InspectStreamStream = ResponseStream;
+
+    async fn inspect_stream(
+        &self,
+        request: Request<Streaming<proto::InspectRequest>>,
+    ) -> Result<Response<Self::InspectStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let window = self.stream_window;
+        let max_message_bytes = self.max_message_bytes;
+        let pipelines = self.pipelines.clone();
+        let (tx, rx) = mpsc::channel::<Result<proto::InspectResponse, Status>>(window);
+        tokio::spawn(async move {
+            // Up to `window` frames in flight; responses leave in request order.
+            let mut in_flight = FuturesOrdered::new();
+            let mut inbound_open = true;
+            let mut ending: Option<Status> = None;
+            loop {
+                tokio::select! {
+                    message = inbound.message(), if inbound_open && in_flight.len() < window => match message {
+                        Ok(Some(request)) => in_flight.push_back(answer(pipelines.clone(), request, Instant::now())),
+                        Ok(None) => inbound_open = false,
+                        Err(status) => {
+                            inbound_open = false;
+                            ending = Some(stream_error(status, max_message_bytes));
+                        }
+                    },
+                    Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                        if tx.send(Ok(response)).await.is_err() {
+                            return; // client went away
+                        }
+                    }
+                    else => break,
+                }
+            }
+            if let Some(status) = ending {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_pipelines(
+        &self,
+        _request: Request<proto::ListPipelinesRequest>,
+    ) -> Result<Response<proto::ListPipelinesResponse>, Status> {
+        Ok(Response::new(proto::ListPipelinesResponse {
+            pipelines: self
+                .pipelines
+                .describe()
+                .into_iter()
+                .map(pipeline_info)
+                .collect(),
+            default_pipeline: self.pipelines.default_name().to_owned(),
+        }))
+    }
+}
+
+/// An inbound stream error ends the stream; an oversized frame is reported as RESOURCE_EXHAUSTED.
+fn stream_error(status: Status, limit: usize) -> Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status
+            .message()
+            .contains("decoded message length too large")
+    {
+        let found = status
+            .message()
+            .split("found ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or("?")
+            .to_owned();
+        return Status::resource_exhausted(oversized_message(&found, limit));
+    }
+    status
+}

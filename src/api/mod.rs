@@ -1,0 +1,79 @@
+//! gRPC front: the `linesight.v1.Inspection` service, health and reflection, proto ⇄ domain mapping.
+
+mod convert;
+mod deadline;
+mod inspection;
+mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use deadline::parse_grpc_timeout;
+pub use inspection::InspectionService;
+pub use status::{oversized_message_layer, to_status};
+
+use crate::config::ServerConfig;
+use crate::pipeline::Pipelines;
+
+/// Generated protobuf and gRPC code for `linesight.v1`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("linesight.v1");
+
+    /// Encoded descriptor set of the API, served through reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/linesight_v1_descriptor.bin"));
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves Inspection, Health and Reflection on `listener` until `shutdown` resolves, then stops the
+/// pipelines (queued frames are still answered).
+pub async fn serve(
+    pipelines: Arc<Pipelines>,
+    config: &ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let inspection = proto::inspection_server::InspectionServer::new(InspectionService::new(
+        pipelines.clone(),
+        config,
+    ))
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
+    health
+        .set_serving::<proto::inspection_server::InspectionServer<InspectionService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcio's reflection client (Python) still speaks v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let result = tonic::transport::Server::builder()
+        .layer(oversized_message_layer(config.max_message_bytes))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(inspection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    health
+        .set_not_serving::<proto::inspection_server::InspectionServer<InspectionService>>()
+        .await;
+    pipelines.shutdown().await;
+    Ok(result?)
+}

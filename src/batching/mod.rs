@@ -1,0 +1,318 @@
+//! Generic dynamic batcher with Triton's semantics: a bounded queue per model; a batch ships when it
+//! holds `max_batch` items or when its oldest item has waited `max_queue_delay`; an item that can no
+//! longer meet its deadline is shed before it reaches the model; a full queue refuses at once.
+//!
+//! Model workers pull: a worker asks for the next batch only when it is free, so under load batches
+//! grow by themselves while the worker is busy. Time comes from tokio's clock, which tests pause and
+//! advance instead of sleeping. Nothing here knows about images or models.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    pub max_batch: usize,
+    pub max_queue_delay: Duration,
+    pub max_queue_size: usize,
+}
+
+/// An item waiting in the queue.
+#[derive(Debug)]
+pub struct Queued<T> {
+    pub item: T,
+    pub enqueued: Instant,
+    pub deadline: Instant,
+}
+
+/// What a worker gets: items to run together, and items shed because they could no longer make
+/// their deadline. Either may be empty, not both.
+#[derive(Debug)]
+pub struct Batch<T> {
+    pub items: Vec<Queued<T>>,
+    pub shed: Vec<Queued<T>>,
+}
+
+/// The queue was full; the item is handed back so its owner can answer it.
+#[derive(Debug)]
+pub struct QueueFull<T> {
+    pub item: T,
+    pub capacity: usize,
+}
+
+#[derive(Debug)]
+pub struct BatchQueue<T> {
+    policy: BatchPolicy,
+    state: Mutex<State<T>>,
+    notify: Notify,
+    /// Smoothed time a batch spends in the model, µs: an item that would finish after its deadline
+    /// even if it ran next is shed.
+    service_estimate_us: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    items: VecDeque<Queued<T>>,
+    closed: bool,
+}
+
+impl<T> BatchQueue<T> {
+    pub fn new(policy: BatchPolicy) -> Self {
+        Self {
+            policy,
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            notify: Notify::new(),
+            service_estimate_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn policy(&self) -> BatchPolicy {
+        self.policy
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // A panic elsewhere cannot leave the queue half-updated: every critical section is a plain push/drain.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues an item, or hands it back at once when `max_queue_size` items already wait.
+    pub fn submit(&self, item: T, deadline: Instant) -> Result<(), QueueFull<T>> {
+        {
+            let mut state = self.lock();
+            if state.closed || state.items.len() >= self.policy.max_queue_size {
+                return Err(QueueFull {
+                    item,
+                    capacity: self.policy.max_queue_size,
+                });
+            }
+            state.items.push_back(Queued {
+                item,
+                enqueued: Instant::now(),
+                deadline,
+            });
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Stops accepting items; workers drain what is queued, then `next_batch` returns `None`.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_waiters();
+    }
+
+    /// Feeds the shedding estimate with a measured batch service time (exponential average, α = 1/4).
+    pub fn record_service_time(&self, took: Duration) {
+        let sample = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.service_estimate_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 3 + sample) / 4
+        };
+        self.service_estimate_us.store(new, Ordering::Relaxed);
+    }
+
+    pub fn service_estimate(&self) -> Duration {
+        Duration::from_micros(self.service_estimate_us.load(Ordering::Relaxed))
+    }
+
+    /// Waits for the next batch. Returns `None` once the queue is closed and empty.
+    pub async fn next_batch(&self) -> Option<Batch<T>> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wake_at = {
+                let mut state = self.lock();
+                let now = Instant::now();
+                let finish = now + self.service_estimate();
+                let mut shed = Vec::new();
+                let mut i = 0;
+                while i < state.items.len() {
+                    if state.items[i].deadline < finish {
+                        if let Some(q) = state.items.remove(i) {
+                            shed.push(q);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                match state.items.front() {
+                    None if !shed.is_empty() => {
+                        return Some(Batch {
+                            items: Vec::new(),
+                            shed,
+                        });
+                    }
+                    None if state.closed => return None,
+                    None => None,
+                    Some(oldest) => {
+                        let due = oldest.enqueued + self.policy.max_queue_delay;
+                        if state.items.len() >= self.policy.max_batch || now >= due || state.closed
+                        {
+                            let n = state.items.len().min(self.policy.max_batch);
+                            let items = state.items.drain(..n).collect();
+                            return Some(Batch { items, shed });
+                        }
+                        if !shed.is_empty() {
+                            return Some(Batch {
+                                items: Vec::new(),
+                                shed,
+                            });
+                        }
+                        Some(due)
+                    }
+                }
+            };
+            match wake_at {
+                Some(due) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(due) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_batch: usize, delay_us: u64, size: usize) -> BatchPolicy {
+        BatchPolicy {
+            max_batch,
+            max_queue_delay: Duration::from_micros(delay_us),
+            max_queue_size: size,
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_batch_ships_at_once() {
+        let q = BatchQueue::new(policy(4, 10_000, 16));
+        for i in 0..4 {
+            q.submit(i, far()).expect("room");
+        }
+        let start = Instant::now();
+        let batch = q.next_batch().await.expect("batch");
+        assert_eq!(
+            batch.items.iter().map(|q| q.item).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(Instant::now(), start, "a full batch must not wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_batch_ships_when_oldest_waited_max_delay() {
+        let q = BatchQueue::new(policy(8, 2_000, 16));
+        q.submit(1, far()).expect("room");
+        tokio::time::advance(Duration::from_micros(500)).await;
+        q.submit(2, far()).expect("room");
+        let start = Instant::now();
+        let batch = q.next_batch().await.expect("batch");
+        assert_eq!(batch.items.len(), 2);
+        // The oldest entered 500 µs before `start`: 1500 µs more.
+        assert_eq!(Instant::now() - start, Duration::from_micros(1_500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_never_exceeds_max_batch() {
+        let q = BatchQueue::new(policy(3, 0, 16));
+        for i in 0..7 {
+            q.submit(i, far()).expect("room");
+        }
+        let sizes: Vec<usize> = [
+            q.next_batch().await.expect("1").items.len(),
+            q.next_batch().await.expect("2").items.len(),
+            q.next_batch().await.expect("3").items.len(),
+        ]
+        .into();
+        assert_eq!(sizes, vec![3, 3, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_refuses_at_once_and_hands_item_back() {
+        let q = BatchQueue::new(policy(2, 0, 2));
+        q.submit("a", far()).expect("room");
+        q.submit("b", far()).expect("room");
+        let refused = q.submit("c", far()).expect_err("full");
+        assert_eq!(refused.item, "c");
+        assert_eq!(refused.capacity, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn item_that_cannot_meet_its_deadline_is_shed() {
+        let q = BatchQueue::new(policy(4, 0, 16));
+        q.record_service_time(Duration::from_millis(40));
+        let now = Instant::now();
+        q.submit("late", now + Duration::from_millis(10))
+            .expect("room");
+        q.submit("fine", now + Duration::from_millis(100))
+            .expect("room");
+        let batch = q.next_batch().await.expect("batch");
+        assert_eq!(
+            batch.shed.iter().map(|q| q.item).collect::<Vec<_>>(),
+            vec!["late"]
+        );
+        assert_eq!(
+            batch.items.iter().map(|q| q.item).collect::<Vec<_>>(),
+            vec!["fine"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_worker_wakes_when_batch_fills() {
+        let q = std::sync::Arc::new(BatchQueue::new(policy(2, 1_000_000, 16)));
+        q.submit(1, far()).expect("room");
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.next_batch().await.map(|b| b.items.len()) })
+        };
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_micros(10)).await;
+        q.submit(2, far()).expect("room");
+        assert_eq!(waiter.await.expect("join"), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_queue_drains_then_ends() {
+        let q = BatchQueue::new(policy(4, 1_000_000, 16));
+        q.submit(1, far()).expect("room");
+        q.close();
+        assert!(q.submit(2, far()).is_err(), "closed queue accepts nothing");
+        assert_eq!(q.next_batch().await.expect("drain").items.len(), 1);
+        assert!(q.next_batch().await.is_none());
+    }
+
+    #[test]
+    fn service_estimate_is_smoothed() {
+        let q: BatchQueue<()> = BatchQueue::new(policy(1, 0, 1));
+        q.record_service_time(Duration::from_millis(40));
+        q.record_service_time(Duration::from_millis(80));
+        assert_eq!(q.service_estimate(), Duration::from_millis(50));
+    }
+}

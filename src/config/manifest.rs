@@ -1,0 +1,183 @@
+//! `models/<name>/model.toml`: what a model expects as input, how to decode its outputs, its classes
+//! and where it came from.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelManifest {
+    pub name: String,
+    /// `detect`.
+    pub task: String,
+    /// ONNX file, relative to the manifest's folder.
+    pub file: PathBuf,
+    #[serde(default)]
+    pub description: String,
+    /// Class names in the model's output order.
+    pub classes: Vec<String>,
+    pub input: InputSpec,
+    pub decoder: DecoderSpec,
+    pub postprocess: PostprocessSpec,
+    /// Free-form: source, conversion script, upstream, licence, checksums.
+    #[serde(default)]
+    pub provenance: Option<toml::Table>,
+    /// The folder the manifest was read from (not part of the file).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// The ONNX input name.
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub channel_order: ChannelOrder,
+    /// Per channel, in `channel_order`, in 0..255 pixel units.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub resize: ResizeMode,
+    /// Fill of letterbox borders, in 0..255 pixel units before normalisation.
+    #[serde(default)]
+    pub pad_value: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Aspect kept, image centred, borders padded (Ultralytics `LetterBox`).
+    Letterbox,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DecoderSpec {
+    /// NanoDet GFL head: per level `cls_s{stride}` [n, points, classes] sigmoid scores and
+    /// `reg_s{stride}` [n, points, 4 * reg_bins] distance-bin logits.
+    Nanodet {
+        strides: Vec<u32>,
+        reg_bins: usize,
+        center_offset: f32,
+    },
+    /// Ultralytics YOLO export, one output.
+    Yolo { version: YoloVersion },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum YoloVersion {
+    V5,
+    V8,
+    V11,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostprocessSpec {
+    pub score_threshold: f32,
+    pub iou_threshold: f32,
+    pub max_detections: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read model manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model manifest {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("model manifest {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl ModelManifest {
+    /// Reads `<dir>/model.toml`.
+    pub fn load(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut manifest: ModelManifest =
+            toml::from_str(&text).map_err(|source| ManifestError::Parse {
+                path: path.clone(),
+                source,
+            })?;
+        manifest.dir = dir.to_owned();
+        manifest
+            .validate()
+            .map_err(|message| ManifestError::Invalid { path, message })?;
+        Ok(manifest)
+    }
+
+    pub fn onnx_path(&self) -> PathBuf {
+        self.dir.join(&self.file)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.classes.is_empty() {
+            return Err("classes: at least one class is required".into());
+        }
+        if self.input.width == 0 || self.input.height == 0 {
+            return Err("input: width and height must be positive".into());
+        }
+        if self.input.std.iter().any(|s| *s <= 0.0) {
+            return Err("input.std: every value must be positive".into());
+        }
+        if let DecoderSpec::Nanodet {
+            strides, reg_bins, ..
+        } = &self.decoder
+        {
+            if strides.is_empty() || strides.contains(&0) {
+                return Err("decoder.strides: must be non-empty and positive".into());
+            }
+            if *reg_bins < 2 {
+                return Err("decoder.reg_bins: must be at least 2".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bundled_model_manifest_parses() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&models).expect("models/") {
+            let dir = entry.expect("entry").path();
+            if dir.join("model.toml").is_file() {
+                let manifest = ModelManifest::load(&dir).expect("manifest parses");
+                assert!(
+                    manifest.onnx_path().is_file(),
+                    "{} has no ONNX file",
+                    dir.display()
+                );
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 1,
+            "no model manifests found under {}",
+            models.display()
+        );
+    }
+}

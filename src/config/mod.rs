@@ -1,0 +1,380 @@
+//! Service configuration: a TOML file (see `linesight.example.toml`) layered over defaults that are
+//! good enough for `linesight serve` to need no file at all.
+
+mod manifest;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use manifest::{
+    ChannelOrder, DecoderSpec, InputSpec, ManifestError, ModelManifest, PostprocessSpec,
+    ResizeMode, YoloVersion,
+};
+
+/// The pipeline served when a request leaves `pipeline` empty and the config names none.
+pub const DEFAULT_PIPELINE: &str = "detect";
+/// The detector bundled in `models/` and served by default.
+pub const DEFAULT_DETECT_MODEL: &str = "nanodet-g";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub engine: EngineConfig,
+    /// Directory holding one folder per model (`model.onnx` + `model.toml`).
+    pub model_dir: Option<PathBuf>,
+    /// Pipeline used when a request's `pipeline` is empty.
+    pub default_pipeline: String,
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest accepted gRPC message. The 4 MiB gRPC default is too small for raw frames
+    /// (one 1920x1080 RGB8 frame is 6.2 MB).
+    pub max_message_bytes: usize,
+    /// Largest decoded image, in pixels (width x height): stops decompression bombs.
+    pub max_decoded_pixels: u64,
+    /// Largest accepted width or height, in pixels.
+    pub max_image_side: u32,
+    /// Budget for a frame whose request says `budget_ms = 0`.
+    pub default_budget_ms: u32,
+    /// Frames decoded / pre- / post-processed at once (bounded blocking pool).
+    pub cpu_workers: usize,
+    /// Frames of one `InspectStream` in flight at once; responses still leave in request order.
+    pub stream_window: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Full path of the ONNX Runtime shared library. Overrides `ORT_DYLIB_PATH` and the default location.
+    pub ort_dylib_path: Option<PathBuf>,
+    /// Threads ONNX Runtime uses inside one inference call (per model instance).
+    pub intra_threads: usize,
+    /// `cpu` only for now.
+    pub provider: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// `detect`.
+    pub kind: PipelineKind,
+    /// Folder name under `model_dir`.
+    pub model: String,
+    #[serde(default)]
+    pub batching: BatchingConfig,
+    /// Default budget for this pipeline's frames; falls back to `server.default_budget_ms`.
+    #[serde(default)]
+    pub budget_ms: Option<u32>,
+    /// Overrides of the model's own thresholds.
+    #[serde(default)]
+    pub score_threshold: Option<f32>,
+    #[serde(default)]
+    pub iou_threshold: Option<f32>,
+    #[serde(default)]
+    pub max_detections: Option<usize>,
+    /// Model instances, each a worker thread owning its own ONNX Runtime session.
+    #[serde(default = "one")]
+    pub instances: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PipelineKind {
+    Detect,
+}
+
+/// Dynamic batching, as Triton's dynamic batcher: a batch ships when it holds `max_batch` frames or
+/// when its oldest frame has waited `max_queue_delay_us`; at most `max_queue_size` frames wait.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    pub max_batch: usize,
+    pub max_queue_delay_us: u64,
+    pub max_queue_size: usize,
+}
+
+impl BatchingConfig {
+    pub fn max_queue_delay(&self) -> Duration {
+        Duration::from_micros(self.max_queue_delay_us)
+    }
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            max_queue_delay_us: 2_000,
+            max_queue_size: 64,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_message_bytes: 32 * 1024 * 1024,
+            max_decoded_pixels: 40_000_000,
+            max_image_side: 16_384,
+            default_budget_ms: 83,
+            cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            stream_window: 4,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            ort_dylib_path: None,
+            intra_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            provider: "cpu".to_owned(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut pipelines = BTreeMap::new();
+        pipelines.insert(
+            DEFAULT_PIPELINE.to_owned(),
+            PipelineConfig {
+                kind: PipelineKind::Detect,
+                model: DEFAULT_DETECT_MODEL.to_owned(),
+                batching: BatchingConfig::default(),
+                budget_ms: None,
+                score_threshold: None,
+                iou_threshold: None,
+                max_detections: None,
+                instances: 1,
+            },
+        );
+        Self {
+            server: ServerConfig::default(),
+            engine: EngineConfig::default(),
+            model_dir: None,
+            default_pipeline: DEFAULT_PIPELINE.to_owned(),
+            pipelines,
+        }
+    }
+}
+
+/// One problem found in a configuration, with its TOML path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<string>"),
+            source,
+        })?;
+        config.validate().map_err(ConfigError::Invalid)?;
+        Ok(config)
+    }
+
+    /// Every problem in the configuration, each with its TOML path.
+    pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |path: String, message: &str| {
+            problems.push(ConfigProblem {
+                path,
+                message: message.to_owned(),
+            })
+        };
+        let s = &self.server;
+        if s.max_message_bytes < 1024 {
+            problem("server.max_message_bytes".into(), "must be at least 1024");
+        }
+        if s.max_decoded_pixels == 0 {
+            problem("server.max_decoded_pixels".into(), "must be positive");
+        }
+        if s.max_image_side == 0 {
+            problem("server.max_image_side".into(), "must be positive");
+        }
+        if s.default_budget_ms == 0 {
+            problem("server.default_budget_ms".into(), "must be positive");
+        }
+        if s.cpu_workers == 0 {
+            problem("server.cpu_workers".into(), "must be positive");
+        }
+        if s.stream_window == 0 {
+            problem("server.stream_window".into(), "must be positive");
+        }
+        if self.engine.intra_threads == 0 {
+            problem("engine.intra_threads".into(), "must be positive");
+        }
+        if self.engine.provider != "cpu" {
+            problem(
+                "engine.provider".into(),
+                "only `cpu` is supported by this build",
+            );
+        }
+        if self.pipelines.is_empty() {
+            problem("pipelines".into(), "at least one pipeline is required");
+        }
+        if !self.pipelines.contains_key(&self.default_pipeline) {
+            problem("default_pipeline".into(), "names no configured pipeline");
+        }
+        for (name, p) in &self.pipelines {
+            let at = |field: &str| format!("pipelines.{name}.{field}");
+            if name.is_empty() {
+                problem("pipelines".into(), "pipeline names must not be empty");
+            }
+            if p.model.is_empty() {
+                problem(at("model"), "must name a model folder");
+            }
+            if p.batching.max_batch == 0 {
+                problem(at("batching.max_batch"), "must be positive");
+            }
+            if p.batching.max_queue_size < p.batching.max_batch {
+                problem(at("batching.max_queue_size"), "must be at least max_batch");
+            }
+            if p.instances == 0 {
+                problem(at("instances"), "must be positive");
+            }
+            if p.budget_ms == Some(0) {
+                problem(at("budget_ms"), "must be positive");
+            }
+            if let Some(t) = p.score_threshold
+                && !(0.0..=1.0).contains(&t)
+            {
+                problem(at("score_threshold"), "must be within 0..=1");
+            }
+            if let Some(t) = p.iou_threshold
+                && !(0.0..=1.0).contains(&t)
+            {
+                problem(at("iou_threshold"), "must be within 0..=1");
+            }
+            if p.max_detections == Some(0) {
+                problem(at("max_detections"), "must be positive");
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The model directory: the configured one, else `./models` when it exists, else the `models/`
+    /// folder of the source tree this binary was built from.
+    pub fn resolved_model_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.model_dir {
+            return dir.clone();
+        }
+        let local = PathBuf::from("models");
+        if local.is_dir() {
+            return local;
+        }
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_serve_nanodet() {
+        let config = Config::default();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.pipelines["detect"].model, "nanodet-g");
+        assert_eq!(config.server.default_budget_ms, 83);
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../linesight.example.toml");
+        let config = Config::from_toml(text).expect("example config");
+        assert_eq!(config.default_pipeline, "detect");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = Config::from_toml("[server]\nlisten_addr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem_with_its_path() {
+        let text = r#"
+default_pipeline = "nope"
+[server]
+default_budget_ms = 0
+[pipelines.detect]
+kind = "detect"
+model = ""
+batching = { max_batch = 0 }
+score_threshold = 1.5
+"#;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml(text) else {
+            panic!("expected invalid config");
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "server.default_budget_ms",
+            "default_pipeline",
+            "pipelines.detect.model",
+            "pipelines.detect.batching.max_batch",
+            "pipelines.detect.score_threshold",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+    }
+}

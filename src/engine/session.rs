@@ -1,0 +1,120 @@
+//! One ONNX Runtime session, owned by one model worker (`Session::run` takes `&mut self`).
+
+use std::path::Path;
+
+use ndarray::{ArrayD, IxDyn};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+use super::{EngineError, OrtRuntime, Output};
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Threads inside one `run` (ONNX Runtime intra-op pool).
+    pub intra_threads: usize,
+}
+
+pub struct ModelSession {
+    name: String,
+    session: Session,
+    input_name: String,
+    output_names: Vec<String>,
+}
+
+impl ModelSession {
+    pub fn load(
+        runtime: &OrtRuntime,
+        name: &str,
+        path: &Path,
+        options: SessionOptions,
+    ) -> Result<Self, EngineError> {
+        let load_err = |message: String| EngineError::Load {
+            path: path.to_owned(),
+            message,
+        };
+        let session = Session::builder(runtime.environment())
+            .map_err(|e| load_err(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_log_level(ort::logging::LogLevel::Error)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_intra_threads(options.intra_threads)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| load_err(e.to_string()))?
+            .commit_from_file(path)
+            .map_err(|e| load_err(e.to_string()))?;
+        let input_name = match session.inputs() {
+            [only] => only.name().to_owned(),
+            other => {
+                return Err(EngineError::Model {
+                    model: name.to_owned(),
+                    message: format!("expected one input, found {}", other.len()),
+                });
+            }
+        };
+        let output_names = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_owned())
+            .collect();
+        Ok(Self {
+            name: name.to_owned(),
+            session,
+            input_name,
+            output_names,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn input_name(&self) -> &str {
+        &self.input_name
+    }
+
+    pub fn output_names(&self) -> &[String] {
+        &self.output_names
+    }
+
+    /// Runs one batch. `input` is the whole batch, row-major in `shape` (e.g. [n, 3, h, w] f32).
+    pub fn run(&mut self, shape: [usize; 4], input: &[f32]) -> Result<Vec<Output>, EngineError> {
+        let run_err = |message: String| EngineError::Run {
+            model: self.name.clone(),
+            message,
+        };
+        let tensor =
+            TensorRef::from_array_view((shape, input)).map_err(|e| run_err(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input_name.as_str() => tensor])
+            .map_err(|e| EngineError::Run {
+                model: self.name.clone(),
+                message: e.to_string(),
+            })?;
+        let mut result = Vec::with_capacity(outputs.len());
+        for (name, value) in outputs.iter() {
+            let (out_shape, data) =
+                value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| EngineError::Run {
+                        model: self.name.clone(),
+                        message: format!("output {name}: {e}"),
+                    })?;
+            let dims: Vec<usize> = out_shape.iter().map(|&d| d.max(0) as usize).collect();
+            let array = ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec()).map_err(|e| {
+                EngineError::Run {
+                    model: self.name.clone(),
+                    message: format!("output {name}: {e}"),
+                }
+            })?;
+            result.push(Output {
+                name: name.to_owned(),
+                data: array,
+            });
+        }
+        Ok(result)
+    }
+}

@@ -1,0 +1,161 @@
+//! Drawing detections onto a frame: coloured boxes and labels in an 8x8 bitmap font.
+
+use std::io::Cursor;
+
+use font8x8::UnicodeFonts;
+use image::codecs::jpeg::JpegEncoder;
+use image::{ImageFormat, Rgb, RgbImage};
+
+/// One box to draw, in image pixels.
+#[derive(Debug, Clone)]
+pub struct Annotation {
+    pub x1: f32,
+    pub y1: f32,
+    pub x2: f32,
+    pub y2: f32,
+    pub label: String,
+    /// Picks the colour (e.g. the class id), so one class keeps one colour.
+    pub color_key: u32,
+}
+
+const PALETTE: [[u8; 3]; 10] = [
+    [255, 56, 56],
+    [255, 157, 151],
+    [255, 112, 31],
+    [255, 178, 29],
+    [207, 210, 49],
+    [72, 249, 10],
+    [26, 147, 52],
+    [0, 212, 187],
+    [44, 153, 168],
+    [0, 194, 255],
+];
+
+pub fn annotate(image: &mut RgbImage, annotations: &[Annotation]) {
+    let thickness = (image.width().max(image.height()) / 400).clamp(1, 4) as i64;
+    let scale = if image.height() >= 480 { 2 } else { 1 };
+    for a in annotations {
+        let color = Rgb(PALETTE[a.color_key as usize % PALETTE.len()]);
+        let (x1, y1, x2, y2) = (a.x1 as i64, a.y1 as i64, a.x2 as i64, a.y2 as i64);
+        for t in 0..thickness {
+            draw_rect(image, x1 + t, y1 + t, x2 - t, y2 - t, color);
+        }
+        let text_h = 8 * scale + 2;
+        let text_w = a.label.chars().count() as i64 * 8 * scale + 2;
+        let ty = if y1 - text_h >= 0 { y1 - text_h } else { y1 };
+        fill_rect(image, x1, ty, x1 + text_w, ty + text_h, color);
+        draw_text(image, x1 + 1, ty + 1, &a.label, scale, Rgb([255, 255, 255]));
+    }
+}
+
+fn put(image: &mut RgbImage, x: i64, y: i64, color: Rgb<u8>) {
+    if x >= 0
+        && y >= 0
+        && (x as u64) < u64::from(image.width())
+        && (y as u64) < u64::from(image.height())
+    {
+        image.put_pixel(x as u32, y as u32, color);
+    }
+}
+
+fn draw_rect(image: &mut RgbImage, x1: i64, y1: i64, x2: i64, y2: i64, color: Rgb<u8>) {
+    if x2 < x1 || y2 < y1 {
+        return;
+    }
+    for x in x1..=x2 {
+        put(image, x, y1, color);
+        put(image, x, y2, color);
+    }
+    for y in y1..=y2 {
+        put(image, x1, y, color);
+        put(image, x2, y, color);
+    }
+}
+
+fn fill_rect(image: &mut RgbImage, x1: i64, y1: i64, x2: i64, y2: i64, color: Rgb<u8>) {
+    let (w, h) = (i64::from(image.width()), i64::from(image.height()));
+    for y in y1.max(0)..y2.min(h) {
+        for x in x1.max(0)..x2.min(w) {
+            image.put_pixel(x as u32, y as u32, color);
+        }
+    }
+}
+
+fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, scale: i64, color: Rgb<u8>) {
+    for (i, ch) in text.chars().enumerate() {
+        let glyph = font8x8::BASIC_FONTS
+            .get(ch)
+            .or_else(|| font8x8::BASIC_FONTS.get('?'));
+        let Some(glyph) = glyph else { continue };
+        let gx = x + i as i64 * 8 * scale;
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..8 {
+                if bits & (1 << col) != 0 {
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            put(
+                                image,
+                                gx + col * scale + dx,
+                                y + row as i64 * scale + dy,
+                                color,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = Vec::new();
+    image.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)?;
+    Ok(out)
+}
+
+pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>, image::ImageError> {
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(&mut out, quality).encode_image(image)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn box_outline_and_label_are_drawn_in_class_colour() {
+        let mut img = RgbImage::new(100, 100);
+        let a = Annotation {
+            x1: 20.0,
+            y1: 30.0,
+            x2: 60.0,
+            y2: 80.0,
+            label: "A".into(),
+            color_key: 0,
+        };
+        annotate(&mut img, &[a]);
+        assert_eq!(img.get_pixel(40, 80).0, PALETTE[0], "bottom edge");
+        assert_eq!(img.get_pixel(60, 50).0, PALETTE[0], "right edge");
+        assert_eq!(img.get_pixel(40, 55).0, [0, 0, 0], "inside stays untouched");
+        // The label sits above the box; some of its pixels are white glyph pixels.
+        let white = (20..30)
+            .flat_map(|x| (20..30).map(move |y| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x, y).0 == [255, 255, 255]);
+        assert!(white.count() > 0);
+    }
+
+    #[test]
+    fn boxes_outside_the_image_do_not_panic() {
+        let mut img = RgbImage::new(10, 10);
+        let a = Annotation {
+            x1: -50.0,
+            y1: -50.0,
+            x2: 500.0,
+            y2: 500.0,
+            label: "x".into(),
+            color_key: 3,
+        };
+        annotate(&mut img, &[a]);
+    }
+}

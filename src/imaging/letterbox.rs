@@ -1,0 +1,256 @@
+//! Letterboxing into a model's input tensor, exactly as Ultralytics' `LetterBox` (aspect kept, centred,
+//! bilinear resize like OpenCV's INTER_LINEAR, Python's round-half-even), plus the inverse transform
+//! that maps boxes back to the original image.
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+
+/// What a model wants as input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TensorSpec {
+    pub width: u32,
+    pub height: u32,
+    /// Channel 0 is blue (BGR models) rather than red.
+    pub bgr: bool,
+    /// Per tensor channel, in 0..255 units: value = (pixel - mean) / std.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Border fill, in 0..255 units before normalisation.
+    pub pad_value: u8,
+}
+
+impl TensorSpec {
+    /// Floats in one image's tensor: [3, height, width].
+    pub fn len(&self) -> usize {
+        3 * self.width as usize * self.height as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The geometry of one letterbox: source size, scale and padding. Its inverse maps model-input
+/// pixels back to source pixels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Letterbox {
+    pub src_width: u32,
+    pub src_height: u32,
+    pub scale: f64,
+    pub resized_width: u32,
+    pub resized_height: u32,
+    pub pad_left: u32,
+    pub pad_top: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LetterboxError {
+    #[error("tensor buffer holds {actual} floats, the model input needs {expected}")]
+    BufferSize { expected: usize, actual: usize },
+    #[error("resize failed: {0}")]
+    Resize(String),
+}
+
+impl Letterbox {
+    pub fn new(src_width: u32, src_height: u32, dst_width: u32, dst_height: u32) -> Self {
+        let (sw, sh) = (f64::from(src_width), f64::from(src_height));
+        let (dw, dh) = (f64::from(dst_width), f64::from(dst_height));
+        let scale = (dh / sh).min(dw / sw);
+        let resized_width = ((sw * scale).round_ties_even() as u32).clamp(1, dst_width);
+        let resized_height = ((sh * scale).round_ties_even() as u32).clamp(1, dst_height);
+        let pad_w = (dw - f64::from(resized_width)) / 2.0;
+        let pad_h = (dh - f64::from(resized_height)) / 2.0;
+        Self {
+            src_width,
+            src_height,
+            scale,
+            resized_width,
+            resized_height,
+            pad_left: (pad_w - 0.1).round_ties_even().max(0.0) as u32,
+            pad_top: (pad_h - 0.1).round_ties_even().max(0.0) as u32,
+        }
+    }
+
+    /// Model-input pixels → source pixels, clipped to the source image.
+    pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
+        let sx = (f64::from(x) - f64::from(self.pad_left)) / self.scale;
+        let sy = (f64::from(y) - f64::from(self.pad_top)) / self.scale;
+        (
+            sx.clamp(0.0, f64::from(self.src_width)) as f32,
+            sy.clamp(0.0, f64::from(self.src_height)) as f32,
+        )
+    }
+}
+
+/// Per-thread preprocessing state (the resizer keeps scratch buffers between frames).
+#[derive(Default)]
+pub struct Preprocessor {
+    resizer: Resizer,
+}
+
+impl Preprocessor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Letterboxes `image` into `out` ([3, h, w] f32, normalised per `spec`) and returns its geometry.
+    pub fn letterbox_into(
+        &mut self,
+        image: &RgbImage,
+        spec: &TensorSpec,
+        out: &mut [f32],
+    ) -> Result<Letterbox, LetterboxError> {
+        if out.len() != spec.len() {
+            return Err(LetterboxError::BufferSize {
+                expected: spec.len(),
+                actual: out.len(),
+            });
+        }
+        let lb = Letterbox::new(image.width(), image.height(), spec.width, spec.height);
+        let resized;
+        let pixels: &[u8] = if (lb.resized_width, lb.resized_height) == image.dimensions() {
+            image.as_raw()
+        } else {
+            let mut dst = Image::new(lb.resized_width, lb.resized_height, PixelType::U8x3);
+            let options =
+                ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
+            self.resizer
+                .resize(image, &mut dst, &options)
+                .map_err(|e| LetterboxError::Resize(e.to_string()))?;
+            resized = dst.into_vec();
+            &resized
+        };
+
+        // Per channel: 256-entry table of normalised values.
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, slot) in table.iter_mut().enumerate() {
+                *slot = (v as f32 - spec.mean[c]) / spec.std[c];
+            }
+        }
+        // Tensor channel c reads RGB channel src[c].
+        let src = if spec.bgr {
+            [2usize, 1, 0]
+        } else {
+            [0usize, 1, 2]
+        };
+        let (w, h) = (spec.width as usize, spec.height as usize);
+        let plane = w * h;
+        for c in 0..3 {
+            out[c * plane..(c + 1) * plane].fill(lut[c][usize::from(spec.pad_value)]);
+        }
+        let rw = lb.resized_width as usize;
+        let (left, top) = (lb.pad_left as usize, lb.pad_top as usize);
+        for (row, line) in pixels.chunks_exact(rw * 3).enumerate() {
+            let base = (top + row) * w + left;
+            for c in 0..3 {
+                let table = &lut[c];
+                let dst = &mut out[c * plane + base..c * plane + base + rw];
+                for (d, px) in dst.iter_mut().zip(line.chunks_exact(3)) {
+                    *d = table[usize::from(px[src[c]])];
+                }
+            }
+        }
+        Ok(lb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vtest_frame_geometry_matches_ultralytics() {
+        // 768x576 into 416x416: r = 0.5417, 416x312, 52 px top and bottom.
+        let lb = Letterbox::new(768, 576, 416, 416);
+        assert_eq!((lb.resized_width, lb.resized_height), (416, 312));
+        assert_eq!((lb.pad_left, lb.pad_top), (0, 52));
+        // 1280x720 into 640x640: 640x360, dh = 140.
+        let lb = Letterbox::new(1280, 720, 640, 640);
+        assert_eq!(
+            (lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top),
+            (640, 360, 0, 140)
+        );
+        // Odd padding: 100x51 into 64x64 → r = 0.64, 64x33 (32.64 → 33), dh = 15.5 → top round(15.4) = 15.
+        let lb = Letterbox::new(100, 51, 64, 64);
+        assert_eq!(
+            (lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top),
+            (64, 33, 0, 15)
+        );
+    }
+
+    #[test]
+    fn python_rounding_is_half_to_even() {
+        // 10x5 into 5x5: r = 0.5, height 2.5 rounds to 2 (not 3), dh = 1.5 → top = round(1.4) = 1.
+        let lb = Letterbox::new(10, 5, 5, 5);
+        assert_eq!((lb.resized_width, lb.resized_height, lb.pad_top), (5, 2, 1));
+        // 3x5 into 7x7: r = 1.4, 4.2 → 4 wide, dw = 1.5 → left = round(1.4) = 1.
+        let lb = Letterbox::new(3, 5, 7, 7);
+        assert_eq!(
+            (lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top),
+            (4, 7, 1, 0)
+        );
+        // 5x2 into 3x3 → r = 0.6: 3x1.2 → 3x1, dh = 1 → top = round(0.9) = 1.
+        let lb = Letterbox::new(5, 2, 3, 3);
+        assert_eq!((lb.resized_width, lb.resized_height, lb.pad_top), (3, 1, 1));
+    }
+
+    #[test]
+    fn inverse_maps_model_pixels_back_to_source() {
+        let lb = Letterbox::new(768, 576, 416, 416);
+        let (x, y) = lb.to_source(208.0, 52.0 + 156.0);
+        assert!(
+            (x - 384.0).abs() < 1e-3 && (y - 288.0).abs() < 1e-3,
+            "{x} {y}"
+        );
+        // Padding maps outside the image and is clipped.
+        assert_eq!(lb.to_source(0.0, 0.0), (0.0, 0.0));
+        assert_eq!(lb.to_source(416.0, 416.0), (768.0, 576.0));
+    }
+
+    #[test]
+    fn tensor_is_normalised_chw_with_padding_and_channel_order() {
+        let spec = TensorSpec {
+            width: 4,
+            height: 4,
+            bgr: true,
+            mean: [10.0, 20.0, 30.0],
+            std: [2.0, 4.0, 5.0],
+            pad_value: 114,
+        };
+        // 4x2 source: no resize, 1 row of padding top and bottom.
+        let img = RgbImage::from_fn(4, 2, |x, _| image::Rgb([100 + x as u8, 50, 0]));
+        let mut out = vec![0.0; spec.len()];
+        let lb = Preprocessor::new()
+            .letterbox_into(&img, &spec, &mut out)
+            .expect("letterbox");
+        assert_eq!((lb.pad_left, lb.pad_top), (0, 1));
+        let at = |c: usize, y: usize, x: usize| out[c * 16 + y * 4 + x];
+        // Row 0 is padding: (114 - mean) / std per channel.
+        assert_eq!(at(0, 0, 0), (114.0 - 10.0) / 2.0);
+        assert_eq!(at(2, 3, 3), (114.0 - 30.0) / 5.0);
+        // Row 1 is the image: channel 0 = blue (0), channel 2 = red (100 + x).
+        assert_eq!(at(0, 1, 2), (0.0 - 10.0) / 2.0);
+        assert_eq!(at(1, 1, 2), (50.0 - 20.0) / 4.0);
+        assert_eq!(at(2, 1, 3), (103.0 - 30.0) / 5.0);
+    }
+
+    #[test]
+    fn wrong_buffer_size_is_an_error() {
+        let spec = TensorSpec {
+            width: 2,
+            height: 2,
+            bgr: false,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            pad_value: 0,
+        };
+        let img = RgbImage::new(2, 2);
+        assert!(
+            Preprocessor::new()
+                .letterbox_into(&img, &spec, &mut [0.0; 5])
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! Images: decoding what clients send, letterboxing into model tensors, drawing annotations.
+//! Knows nothing about models or gRPC.
+
+mod annotate;
+mod decode;
+mod letterbox;
+
+pub use annotate::{Annotation, annotate, encode_jpeg, encode_png};
+pub use decode::{DecodeError, DecodeLimits, ImageEncoding, decode};
+pub use letterbox::{Letterbox, LetterboxError, Preprocessor, TensorSpec};

@@ -1,0 +1,220 @@
+//! `linesight`: serve the inspection API, or run a pipeline on image files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use linesight::config::Config;
+use linesight::imaging::{self, DecodeLimits, ImageEncoding};
+use linesight::pipeline::{FrameRequest, ImageInput, Pipelines, draw_detections};
+
+#[derive(Parser)]
+#[command(
+    name = "linesight",
+    version,
+    about = "Vision-inspection service: camera frames over gRPC, batched into ONNX Runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// TOML config file (see linesight.example.toml); without one, built-in defaults are used.
+    #[arg(long, short, env = "LINESIGHT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Folder of models (one sub-folder per model with model.onnx + model.toml).
+    #[arg(long, env = "LINESIGHT_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// ONNX Runtime threads per inference call.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API (Inspection, Health, Reflection).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on, e.g. 0.0.0.0:50051.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run a pipeline on image files: prints JSON, writes an annotated PNG per image.
+    Infer {
+        #[command(flatten)]
+        common: Common,
+        /// Pipeline to run (default: the config's default pipeline).
+        #[arg(long, default_value = "")]
+        pipeline: String,
+        /// Where annotated PNGs go (default: next to each image).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Do not write annotated images.
+        #[arg(long)]
+        no_annotate: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+}
+
+fn load_config(common: &Common) -> Result<Config> {
+    let mut config = match &common.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = &common.model_dir {
+        config.model_dir = Some(dir.clone());
+    }
+    if let Some(threads) = common.threads {
+        config.engine.intra_threads = threads;
+    }
+    config
+        .validate()
+        .map_err(linesight::config::ConfigError::Invalid)?;
+    Ok(config)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    linesight::telemetry::init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { common, listen } => serve(common, listen).await,
+            Command::Infer {
+                common,
+                pipeline,
+                out_dir,
+                no_annotate,
+                images,
+            } => infer(common, &pipeline, out_dir.as_deref(), !no_annotate, &images).await,
+        }
+    })
+}
+
+async fn serve(common: Common, listen: Option<SocketAddr>) -> Result<()> {
+    let mut config = load_config(&common)?;
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
+    let pipelines = Arc::new(Pipelines::start(&config)?);
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    tracing::info!(message = "Serving.", address = %listener.local_addr()?, pipelines = ?pipelines.describe().iter().map(|p| p.name.clone()).collect::<Vec<_>>());
+    linesight::api::serve(pipelines, &config.server, listener, shutdown_signal()).await?;
+    tracing::info!(message = "Stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!(message = "Shutdown requested.");
+}
+
+async fn infer(
+    common: Common,
+    pipeline: &str,
+    out_dir: Option<&Path>,
+    annotate: bool,
+    images: &[PathBuf],
+) -> Result<()> {
+    let mut config = load_config(&common)?;
+    // One file at a time: no budget pressure, no batching delay.
+    config.server.default_budget_ms = 60_000;
+    for p in config.pipelines.values_mut() {
+        p.batching.max_queue_delay_us = 0;
+        p.budget_ms = None;
+    }
+    let limits = DecodeLimits {
+        max_pixels: config.server.max_decoded_pixels,
+        max_side: config.server.max_image_side,
+    };
+    let pipelines = Pipelines::start(&config)?;
+    let mut report = Vec::new();
+    for path in images {
+        let data =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let request = FrameRequest {
+            camera_id: "cli".into(),
+            sequence: report.len() as u64,
+            pipeline: pipeline.to_owned(),
+            image: Some(ImageInput {
+                data: data.clone().into(),
+                encoding: ImageEncoding::Sniff,
+                width: 0,
+                height: 0,
+            }),
+            budget: None,
+            annotate: false,
+            received: tokio::time::Instant::now(),
+            client_deadline: None,
+        };
+        let result = pipelines
+            .inspect(request)
+            .await
+            .with_context(|| format!("{}", path.display()))?;
+        let mut annotated_path = None;
+        if annotate {
+            let mut rgb = imaging::decode(&data, ImageEncoding::Sniff, 0, 0, limits)?;
+            draw_detections(&mut rgb, &result.detections);
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            let dir = out_dir.map_or_else(
+                || path.parent().unwrap_or(Path::new(".")).to_owned(),
+                Path::to_owned,
+            );
+            std::fs::create_dir_all(&dir)?;
+            let out = dir.join(format!("{stem}.annotated.png"));
+            std::fs::write(&out, imaging::encode_png(&rgb)?)?;
+            annotated_path = Some(out.display().to_string());
+        }
+        report.push(serde_json::json!({
+            "image": path.display().to_string(),
+            "width": result.image_width,
+            "height": result.image_height,
+            "pipeline": result.pipeline,
+            "model": result.model,
+            "annotated": annotated_path,
+            "timings_us": {
+                "decode": result.timings.decode.as_micros() as u64,
+                "preprocess": result.timings.preprocess.as_micros() as u64,
+                "inference": result.timings.inference.as_micros() as u64,
+                "postprocess": result.timings.postprocess.as_micros() as u64,
+                "total": result.timings.total.as_micros() as u64,
+            },
+            "detections": result.detections.iter().map(|d| serde_json::json!({
+                "class_id": d.detection.class_id,
+                "class_name": d.class_name,
+                "score": d.detection.score,
+                "box": [d.detection.bbox.x1, d.detection.bbox.y1, d.detection.bbox.x2, d.detection.bbox.y2],
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    pipelines.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Everything that can go wrong with one frame. `api::status` maps each to a gRPC status.
+
+use std::time::Duration;
+
+use crate::detect::DetectError;
+use crate::engine::EngineError;
+use crate::imaging::DecodeError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InspectError {
+    #[error("camera_id is empty; every frame must name its camera")]
+    EmptyCameraId,
+    #[error("camera_id is {len} bytes long; the limit is {max}")]
+    CameraIdTooLong { len: usize, max: usize },
+    #[error("pipeline `{name}` does not exist; available: {}", available.join(", "))]
+    UnknownPipeline {
+        name: String,
+        available: Vec<String>,
+    },
+    #[error("image is missing")]
+    MissingImage,
+    #[error("image.encoding {0} is not a known encoding")]
+    UnknownEncoding(i32),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("pipeline `{pipeline}` queue is full ({capacity} frames waiting); frame shed")]
+    QueueFull { pipeline: String, capacity: usize },
+    #[error("frame shed: it could no longer finish within its {} ms budget (waited {} ms)", budget.as_millis(), waited.as_millis())]
+    Shed { budget: Duration, waited: Duration },
+    #[error("inference failed: {0}")]
+    Engine(String),
+    #[error("decoding model outputs failed: {0}")]
+    Detect(#[from] DetectError),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<EngineError> for InspectError {
+    fn from(e: EngineError) -> Self {
+        InspectError::Engine(e.to_string())
+    }
+}
+
+impl InspectError {
+    /// Frames refused for lack of time or room are answered with the `shed` verdict.
+    pub fn is_shed(&self) -> bool {
+        matches!(
+            self,
+            InspectError::QueueFull { .. } | InspectError::Shed { .. }
+        )
+    }
+}

@@ -1,0 +1,88 @@
+//! A frame's request and result as the library sees them (the API maps proto ⇄ these).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::detect::Detection;
+use crate::imaging::ImageEncoding;
+
+#[derive(Debug, Clone)]
+pub struct FrameRequest {
+    pub camera_id: String,
+    pub sequence: u64,
+    /// Empty = the server's default pipeline.
+    pub pipeline: String,
+    pub image: Option<ImageInput>,
+    /// `None` = the pipeline's default budget.
+    pub budget: Option<Duration>,
+    pub annotate: bool,
+    /// When the server received the request: the budget counts from here.
+    pub received: Instant,
+    /// The client's gRPC deadline, if it set one.
+    pub client_deadline: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    pub data: bytes::Bytes,
+    pub encoding: ImageEncoding,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabeledDetection {
+    pub detection: Detection,
+    pub class_name: String,
+    /// 0 = not tracked.
+    pub track_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StageTimings {
+    pub decode: Duration,
+    pub preprocess: Duration,
+    pub queue_wait: Duration,
+    pub inference: Duration,
+    pub postprocess: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    WithinBudget,
+    OverBudget,
+    Shed,
+}
+
+#[derive(Debug, Clone)]
+pub struct FrameResult {
+    pub camera_id: String,
+    pub sequence: u64,
+    pub pipeline: String,
+    pub model: String,
+    pub detections: Vec<LabeledDetection>,
+    pub timings: StageTimings,
+    pub verdict: Verdict,
+    pub annotated_jpeg: Option<Vec<u8>>,
+    /// Frames in the inference batch this frame rode in.
+    pub batch_size: u32,
+    pub image_width: u32,
+    pub image_height: u32,
+}
+
+/// What `ListPipelines` reports for one pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineInfo {
+    pub name: String,
+    pub model: String,
+    pub description: String,
+    pub classes: Vec<String>,
+    pub budget: Duration,
+    pub input_width: u32,
+    pub input_height: u32,
+    pub max_batch: usize,
+    pub max_queue_delay: Duration,
+    pub max_queue_size: usize,
+}
