@@ -73,28 +73,20 @@ fn load_config(common: &Common) -> Result<Config> {
     if let Some(threads) = common.threads {
         config.engine.intra_threads = threads;
     }
-    config
-        .validate()
-        .map_err(linesight::config::ConfigError::Invalid)?;
+    config.validate().map_err(linesight::config::ConfigError::Invalid)?;
     Ok(config)
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     linesight::telemetry::init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve { common, listen } => serve(common, listen).await,
-            Command::Infer {
-                common,
-                pipeline,
-                out_dir,
-                no_annotate,
-                images,
-            } => infer(common, &pipeline, out_dir.as_deref(), !no_annotate, &images).await,
+            Command::Infer { common, pipeline, out_dir, no_annotate, images } => {
+                infer(common, &pipeline, out_dir.as_deref(), !no_annotate, &images).await
+            }
         }
     })
 }
@@ -150,43 +142,28 @@ async fn infer(
         p.batching.max_queue_delay_us = 0;
         p.budget_ms = None;
     }
-    let limits = DecodeLimits {
-        max_pixels: config.server.max_decoded_pixels,
-        max_side: config.server.max_image_side,
-    };
+    let limits = DecodeLimits { max_pixels: config.server.max_decoded_pixels, max_side: config.server.max_image_side };
     let pipelines = Pipelines::start(&config)?;
     let mut report = Vec::new();
     for path in images {
-        let data =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let request = FrameRequest {
             camera_id: "cli".into(),
             sequence: report.len() as u64,
             pipeline: pipeline.to_owned(),
-            image: Some(ImageInput {
-                data: data.clone().into(),
-                encoding: ImageEncoding::Sniff,
-                width: 0,
-                height: 0,
-            }),
+            image: Some(ImageInput { data: data.clone().into(), encoding: ImageEncoding::Sniff, width: 0, height: 0 }),
             budget: None,
             annotate: false,
             received: tokio::time::Instant::now(),
             client_deadline: None,
         };
-        let result = pipelines
-            .inspect(request)
-            .await
-            .with_context(|| format!("{}", path.display()))?;
+        let result = pipelines.inspect(request).await.with_context(|| format!("{}", path.display()))?;
         let mut annotated_path = None;
         if annotate {
             let mut rgb = imaging::decode(&data, ImageEncoding::Sniff, 0, 0, limits)?;
             draw_detections(&mut rgb, &result.detections);
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-            let dir = out_dir.map_or_else(
-                || path.parent().unwrap_or(Path::new(".")).to_owned(),
-                Path::to_owned,
-            );
+            let dir = out_dir.map_or_else(|| path.parent().unwrap_or(Path::new(".")).to_owned(), Path::to_owned);
             std::fs::create_dir_all(&dir)?;
             let out = dir.join(format!("{stem}.annotated.png"));
             std::fs::write(&out, imaging::encode_png(&rgb)?)?;

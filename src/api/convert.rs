@@ -7,9 +7,7 @@ use tokio::time::Instant;
 use super::proto;
 use super::status::code_of;
 use crate::imaging::ImageEncoding;
-use crate::pipeline::{
-    FrameRequest, FrameResult, ImageInput, InspectError, PipelineInfo, StageTimings, Verdict,
-};
+use crate::pipeline::{FrameRequest, FrameResult, ImageInput, InspectError, PipelineInfo, StageTimings, Verdict};
 
 pub fn frame_request(
     request: proto::InspectRequest,
@@ -29,12 +27,7 @@ pub fn frame_request(
                 Ok(Encoding::RawGray8) => ImageEncoding::RawGray8,
                 Err(_) => return Err(InspectError::UnknownEncoding(image.encoding)),
             };
-            Some(ImageInput {
-                data: image.data,
-                encoding,
-                width: image.width,
-                height: image.height,
-            })
+            Some(ImageInput { data: image.data, encoding, width: image.width, height: image.height })
         }
     };
     Ok(FrameRequest {
@@ -42,8 +35,7 @@ pub fn frame_request(
         sequence: request.sequence,
         pipeline: request.pipeline,
         image,
-        budget: (request.budget_ms > 0)
-            .then(|| Duration::from_millis(u64::from(request.budget_ms))),
+        budget: (request.budget_ms > 0).then(|| Duration::from_millis(u64::from(request.budget_ms))),
         annotate: request.annotate,
         received,
         client_deadline,
@@ -95,7 +87,7 @@ pub fn inspect_response(result: FrameResult) -> proto::InspectResponse {
             .collect(),
         timings: Some(timings(&result.timings)),
         verdict: verdict(result.verdict) as i32,
-        annotated_jpeg: result.annotated_jpeg.unwrap_or_default().into(),
+        annotated_jpeg: result.annotated_jpeg.unwrap_or_default(),
         error: None,
         pipeline: result.pipeline,
         model: result.model,
@@ -116,19 +108,9 @@ pub fn error_response(
     proto::InspectResponse {
         camera_id,
         sequence,
-        timings: Some(proto::StageTimings {
-            total_us: micros(total),
-            ..Default::default()
-        }),
-        verdict: if error.is_shed() {
-            proto::Verdict::Shed
-        } else {
-            proto::Verdict::Unspecified
-        } as i32,
-        error: Some(proto::FrameError {
-            code: code_of(error) as i32,
-            message: error.to_string(),
-        }),
+        timings: Some(proto::StageTimings { total_us: micros(total), ..Default::default() }),
+        verdict: if error.is_shed() { proto::Verdict::Shed } else { proto::Verdict::Unspecified } as i32,
+        error: Some(proto::FrameError { code: code_of(error) as i32, message: error.to_string() }),
         pipeline,
         ..Default::default()
     }

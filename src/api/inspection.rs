@@ -24,11 +24,7 @@ pub struct InspectionService {
 
 impl InspectionService {
     pub fn new(pipelines: Arc<Pipelines>, config: &ServerConfig) -> Self {
-        Self {
-            pipelines,
-            stream_window: config.stream_window,
-            max_message_bytes: config.max_message_bytes,
-        }
+        Self { pipelines, stream_window: config.stream_window, max_message_bytes: config.max_message_bytes }
     }
 }
 
@@ -47,11 +43,7 @@ async fn answer(
     request: proto::InspectRequest,
     received: Instant,
 ) -> proto::InspectResponse {
-    let (camera_id, sequence, pipeline) = (
-        request.camera_id.clone(),
-        request.sequence,
-        request.pipeline.clone(),
-    );
+    let (camera_id, sequence, pipeline) = (request.camera_id.clone(), request.sequence, request.pipeline.clone());
     let result = match frame_request(request, received, None) {
         Ok(frame) => pipelines.inspect(frame).await,
         Err(e) => Err(e),
@@ -60,18 +52,13 @@ async fn answer(
         Ok(result) => inspect_response(result),
         Err(error) => {
             tracing::debug!(message = "Frame failed.", %error, camera_id, sequence);
-            let pipeline = if pipeline.is_empty() {
-                pipelines.default_name().to_owned()
-            } else {
-                pipeline
-            };
+            let pipeline = if pipeline.is_empty() { pipelines.default_name().to_owned() } else { pipeline };
             error_response(camera_id, sequence, pipeline, &error, received.elapsed())
         }
     }
 }
 
-type ResponseStream =
-    Pin<Box<dyn futures::Stream<Item = Result<proto::InspectResponse, Status>> + Send>>;
+type ResponseStream = Pin<Box<dyn futures::Stream<Item = Result<proto::InspectResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Inspection for InspectionService {
@@ -81,8 +68,7 @@ impl Inspection for InspectionService {
     ) -> Result<Response<proto::InspectResponse>, Status> {
         let received = Instant::now();
         let deadline = client_deadline(&request, received);
-        let frame =
-            frame_request(request.into_inner(), received, deadline).map_err(|e| to_status(&e))?;
+        let frame = frame_request(request.into_inner(), received, deadline).map_err(|e| to_status(&e))?;
         let (camera_id, sequence) = (frame.camera_id.clone(), frame.sequence);
         match self.pipelines.inspect(frame).await {
             Ok(result) => Ok(Response::new(inspect_response(result))),
@@ -139,12 +125,7 @@ impl Inspection for InspectionService {
         _request: Request<proto::ListPipelinesRequest>,
     ) -> Result<Response<proto::ListPipelinesResponse>, Status> {
         Ok(Response::new(proto::ListPipelinesResponse {
-            pipelines: self
-                .pipelines
-                .describe()
-                .into_iter()
-                .map(pipeline_info)
-                .collect(),
+            pipelines: self.pipelines.describe().into_iter().map(pipeline_info).collect(),
             default_pipeline: self.pipelines.default_name().to_owned(),
         }))
     }
@@ -152,18 +133,9 @@ impl Inspection for InspectionService {
 
 /// An inbound stream error ends the stream; an oversized frame is reported as RESOURCE_EXHAUSTED.
 fn stream_error(status: Status, limit: usize) -> Status {
-    if status.code() == tonic::Code::OutOfRange
-        && status
-            .message()
-            .contains("decoded message length too large")
-    {
-        let found = status
-            .message()
-            .split("found ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-            .unwrap_or("?")
-            .to_owned();
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("decoded message length too large") {
+        let found =
+            status.message().split("found ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or("?").to_owned();
         return Status::resource_exhausted(oversized_message(&found, limit));
     }
     status

@@ -24,8 +24,7 @@ pub mod proto {
     tonic::include_proto!("linesight.v1");
 
     /// Encoded descriptor set of the API, served through reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/linesight_v1_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/linesight_v1_descriptor.bin"));
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,15 +44,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    let inspection = proto::inspection_server::InspectionServer::new(InspectionService::new(
-        pipelines.clone(),
-        config,
-    ))
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
-    health
-        .set_serving::<proto::inspection_server::InspectionServer<InspectionService>>()
-        .await;
+    let inspection = proto::inspection_server::InspectionServer::new(InspectionService::new(pipelines.clone(), config))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    health.set_serving::<proto::inspection_server::InspectionServer<InspectionService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -71,9 +65,7 @@ pub async fn serve(
         .add_service(inspection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
-    health
-        .set_not_serving::<proto::inspection_server::InspectionServer<InspectionService>>()
-        .await;
+    health.set_not_serving::<proto::inspection_server::InspectionServer<InspectionService>>().await;
     pipelines.shutdown().await;
     Ok(result?)
 }

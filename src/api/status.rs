@@ -15,9 +15,7 @@ pub fn code_of(error: &InspectError) -> Code {
         InspectError::QueueFull { .. } => Code::ResourceExhausted,
         InspectError::Shed { .. } => Code::DeadlineExceeded,
         InspectError::ShuttingDown => Code::Unavailable,
-        InspectError::Engine(_) | InspectError::Detect(_) | InspectError::Internal(_) => {
-            Code::Internal
-        }
+        InspectError::Engine(_) | InspectError::Detect(_) | InspectError::Internal(_) => Code::Internal,
     }
 }
 
@@ -26,44 +24,77 @@ pub fn to_status(error: &InspectError) -> Status {
 }
 
 /// tonic refuses an oversized request with OUT_OF_RANGE before any handler runs; gRPC's convention
-/// (and grpc-core's) is RESOURCE_EXHAUSTED. This layer rewrites that one status on unary responses
-/// and says which limit was hit.
+/// (and grpc-core's) is RESOURCE_EXHAUSTED. This layer rewrites that one status, in headers or in
+/// trailers, and says which limit was hit.
 pub fn oversized_message_layer(
     limit: usize,
 ) -> tower::util::MapResponseLayer<
     impl Fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> + Clone,
 > {
-    tower::util::MapResponseLayer::new(move |mut response: http::Response<tonic::body::Body>| {
-        let headers = response.headers_mut();
-        let is_out_of_range = headers
-            .get("grpc-status")
-            .is_some_and(|v| v.as_bytes() == b"11");
-        let oversized = headers
-            .get("grpc-message")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| m.contains("decoded message length too large"));
-        if is_out_of_range && oversized {
-            let found = headers
-                .get("grpc-message")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|m| m.split("found ").nth(1))
-                .and_then(|rest| rest.split(' ').next())
-                .unwrap_or("?")
-                .to_owned();
-            let message = oversized_message(&found, limit);
-            headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-            if let Ok(value) = http::HeaderValue::from_str(&message) {
-                headers.insert("grpc-message", value);
-            }
-        }
-        response
+    tower::util::MapResponseLayer::new(move |response: http::Response<tonic::body::Body>| {
+        let (mut parts, body) = response.into_parts();
+        rewrite_oversized(&mut parts.headers, limit);
+        http::Response::from_parts(parts, tonic::body::Body::new(TrailerRewrite { inner: body, limit }))
     })
 }
 
+fn rewrite_oversized(headers: &mut http::HeaderMap, limit: usize) {
+    let is_out_of_range = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    // grpc-message is percent-encoded on the wire.
+    let message = headers
+        .get("grpc-message")
+        .map(|v| percent_encoding::percent_decode(v.as_bytes()).decode_utf8_lossy().into_owned())
+        .unwrap_or_default();
+    if !is_out_of_range || !message.contains("decoded message length too large") {
+        return;
+    }
+    let found = message.split("found ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or("?").to_owned();
+    headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    if let Ok(value) = http::HeaderValue::from_str(&oversized_message(&found, limit)) {
+        headers.insert("grpc-message", value);
+    }
+}
+
+/// Response body that applies [`rewrite_oversized`] to its trailers.
+struct TrailerRewrite {
+    inner: tonic::body::Body,
+    limit: usize,
+}
+
+impl http_body::Body for TrailerRewrite {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let limit = self.limit;
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        polled.map(|frame| {
+            frame.map(|frame| {
+                frame.map(|frame| match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        rewrite_oversized(&mut trailers, limit);
+                        http_body::Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                })
+            })
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pub fn oversized_message(found: &str, limit: usize) -> String {
-    format!(
-        "request message is {found} bytes, over the server limit of {limit} bytes (server.max_message_bytes)"
-    )
+    format!("request message is {found} bytes, over the server limit of {limit} bytes (server.max_message_bytes)")
 }
 
 #[cfg(test)]
@@ -75,43 +106,19 @@ mod tests {
     fn every_error_maps_to_its_code() {
         let table: Vec<(InspectError, Code)> = vec![
             (InspectError::EmptyCameraId, Code::InvalidArgument),
-            (
-                InspectError::CameraIdTooLong { len: 300, max: 256 },
-                Code::InvalidArgument,
-            ),
+            (InspectError::CameraIdTooLong { len: 300, max: 256 }, Code::InvalidArgument),
             (InspectError::MissingImage, Code::InvalidArgument),
             (InspectError::UnknownEncoding(42), Code::InvalidArgument),
+            (InspectError::Decode(DecodeError::Empty), Code::InvalidArgument),
+            (InspectError::UnknownPipeline { name: "x".into(), available: vec!["detect".into()] }, Code::NotFound),
+            (InspectError::QueueFull { pipeline: "detect".into(), capacity: 64 }, Code::ResourceExhausted),
             (
-                InspectError::Decode(DecodeError::Empty),
-                Code::InvalidArgument,
-            ),
-            (
-                InspectError::UnknownPipeline {
-                    name: "x".into(),
-                    available: vec!["detect".into()],
-                },
-                Code::NotFound,
-            ),
-            (
-                InspectError::QueueFull {
-                    pipeline: "detect".into(),
-                    capacity: 64,
-                },
-                Code::ResourceExhausted,
-            ),
-            (
-                InspectError::Shed {
-                    budget: std::time::Duration::from_millis(83),
-                    waited: std::time::Duration::ZERO,
-                },
+                InspectError::Shed { budget: std::time::Duration::from_millis(83), waited: std::time::Duration::ZERO },
                 Code::DeadlineExceeded,
             ),
             (InspectError::ShuttingDown, Code::Unavailable),
             (InspectError::Engine("boom".into()), Code::Internal),
-            (
-                InspectError::Detect(crate::detect::DetectError::MissingOutput("cls".into())),
-                Code::Internal,
-            ),
+            (InspectError::Detect(crate::detect::DetectError::MissingOutput("cls".into())), Code::Internal),
             (InspectError::Internal("x".into()), Code::Internal),
         ];
         for (error, code) in table {
@@ -123,20 +130,8 @@ mod tests {
 
     #[test]
     fn messages_name_the_field() {
-        assert!(
-            to_status(&InspectError::EmptyCameraId)
-                .message()
-                .contains("camera_id")
-        );
-        assert!(
-            to_status(&InspectError::Decode(DecodeError::Empty))
-                .message()
-                .contains("image.data")
-        );
-        assert!(
-            to_status(&InspectError::UnknownEncoding(9))
-                .message()
-                .contains("image.encoding")
-        );
+        assert!(to_status(&InspectError::EmptyCameraId).message().contains("camera_id"));
+        assert!(to_status(&InspectError::Decode(DecodeError::Empty)).message().contains("image.data"));
+        assert!(to_status(&InspectError::UnknownEncoding(9)).message().contains("image.encoding"));
     }
 }

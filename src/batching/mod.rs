@@ -4,7 +4,8 @@
 //!
 //! Model workers pull: a worker asks for the next batch only when it is free, so under load batches
 //! grow by themselves while the worker is busy. Time comes from tokio's clock, which tests pause and
-//! advance instead of sleeping. Nothing here knows about images or models.
+//! advance instead of sleeping. Its timers have 1 ms resolution, so a `max_queue_delay` rounds up to
+//! the next millisecond. Nothing here knows about images or models.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,10 +65,7 @@ impl<T> BatchQueue<T> {
     pub fn new(policy: BatchPolicy) -> Self {
         Self {
             policy,
-            state: Mutex::new(State {
-                items: VecDeque::new(),
-                closed: false,
-            }),
+            state: Mutex::new(State { items: VecDeque::new(), closed: false }),
             notify: Notify::new(),
             service_estimate_us: AtomicU64::new(0),
         }
@@ -79,9 +77,7 @@ impl<T> BatchQueue<T> {
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // A panic elsewhere cannot leave the queue half-updated: every critical section is a plain push/drain.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn len(&self) -> usize {
@@ -97,16 +93,9 @@ impl<T> BatchQueue<T> {
         {
             let mut state = self.lock();
             if state.closed || state.items.len() >= self.policy.max_queue_size {
-                return Err(QueueFull {
-                    item,
-                    capacity: self.policy.max_queue_size,
-                });
+                return Err(QueueFull { item, capacity: self.policy.max_queue_size });
             }
-            state.items.push_back(Queued {
-                item,
-                enqueued: Instant::now(),
-                deadline,
-            });
+            state.items.push_back(Queued { item, enqueued: Instant::now(), deadline });
         }
         self.notify.notify_one();
         Ok(())
@@ -122,11 +111,7 @@ impl<T> BatchQueue<T> {
     pub fn record_service_time(&self, took: Duration) {
         let sample = took.as_micros().min(u128::from(u64::MAX)) as u64;
         let old = self.service_estimate_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            (old * 3 + sample) / 4
-        };
+        let new = if old == 0 { sample } else { (old * 3 + sample) / 4 };
         self.service_estimate_us.store(new, Ordering::Relaxed);
     }
 
@@ -157,26 +142,19 @@ impl<T> BatchQueue<T> {
                 }
                 match state.items.front() {
                     None if !shed.is_empty() => {
-                        return Some(Batch {
-                            items: Vec::new(),
-                            shed,
-                        });
+                        return Some(Batch { items: Vec::new(), shed });
                     }
                     None if state.closed => return None,
                     None => None,
                     Some(oldest) => {
                         let due = oldest.enqueued + self.policy.max_queue_delay;
-                        if state.items.len() >= self.policy.max_batch || now >= due || state.closed
-                        {
+                        if state.items.len() >= self.policy.max_batch || now >= due || state.closed {
                             let n = state.items.len().min(self.policy.max_batch);
                             let items = state.items.drain(..n).collect();
                             return Some(Batch { items, shed });
                         }
                         if !shed.is_empty() {
-                            return Some(Batch {
-                                items: Vec::new(),
-                                shed,
-                            });
+                            return Some(Batch { items: Vec::new(), shed });
                         }
                         Some(due)
                     }
@@ -200,11 +178,7 @@ mod tests {
     use super::*;
 
     fn policy(max_batch: usize, delay_us: u64, size: usize) -> BatchPolicy {
-        BatchPolicy {
-            max_batch,
-            max_queue_delay: Duration::from_micros(delay_us),
-            max_queue_size: size,
-        }
+        BatchPolicy { max_batch, max_queue_delay: Duration::from_micros(delay_us), max_queue_size: size }
     }
 
     fn far() -> Instant {
@@ -219,10 +193,7 @@ mod tests {
         }
         let start = Instant::now();
         let batch = q.next_batch().await.expect("batch");
-        assert_eq!(
-            batch.items.iter().map(|q| q.item).collect::<Vec<_>>(),
-            vec![0, 1, 2, 3]
-        );
+        assert_eq!(batch.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
         assert_eq!(Instant::now(), start, "a full batch must not wait");
     }
 
@@ -230,13 +201,13 @@ mod tests {
     async fn partial_batch_ships_when_oldest_waited_max_delay() {
         let q = BatchQueue::new(policy(8, 2_000, 16));
         q.submit(1, far()).expect("room");
-        tokio::time::advance(Duration::from_micros(500)).await;
+        tokio::time::advance(Duration::from_millis(1)).await;
         q.submit(2, far()).expect("room");
         let start = Instant::now();
         let batch = q.next_batch().await.expect("batch");
         assert_eq!(batch.items.len(), 2);
-        // The oldest entered 500 µs before `start`: 1500 µs more.
-        assert_eq!(Instant::now() - start, Duration::from_micros(1_500));
+        // The oldest entered 1 ms before `start`: 1 ms more.
+        assert_eq!(Instant::now() - start, Duration::from_millis(1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -269,19 +240,11 @@ mod tests {
         let q = BatchQueue::new(policy(4, 0, 16));
         q.record_service_time(Duration::from_millis(40));
         let now = Instant::now();
-        q.submit("late", now + Duration::from_millis(10))
-            .expect("room");
-        q.submit("fine", now + Duration::from_millis(100))
-            .expect("room");
+        q.submit("late", now + Duration::from_millis(10)).expect("room");
+        q.submit("fine", now + Duration::from_millis(100)).expect("room");
         let batch = q.next_batch().await.expect("batch");
-        assert_eq!(
-            batch.shed.iter().map(|q| q.item).collect::<Vec<_>>(),
-            vec!["late"]
-        );
-        assert_eq!(
-            batch.items.iter().map(|q| q.item).collect::<Vec<_>>(),
-            vec!["fine"]
-        );
+        assert_eq!(batch.shed.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["late"]);
+        assert_eq!(batch.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["fine"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -64,11 +64,7 @@ pub enum ResizeMode {
 pub enum DecoderSpec {
     /// NanoDet GFL head: per level `cls_s{stride}` [n, points, classes] sigmoid scores and
     /// `reg_s{stride}` [n, points, 4 * reg_bins] distance-bin logits.
-    Nanodet {
-        strides: Vec<u32>,
-        reg_bins: usize,
-        center_offset: f32,
-    },
+    Nanodet { strides: Vec<u32>, reg_bins: usize, center_offset: f32 },
     /// Ultralytics YOLO export, one output.
     Yolo { version: YoloVersion },
 }
@@ -92,15 +88,9 @@ pub struct PostprocessSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read model manifest {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("model manifest {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("model manifest {path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -109,19 +99,12 @@ impl ModelManifest {
     /// Reads `<dir>/model.toml`.
     pub fn load(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path: path.clone(), source })?;
         let mut manifest: ModelManifest =
-            toml::from_str(&text).map_err(|source| ManifestError::Parse {
-                path: path.clone(),
-                source,
-            })?;
+            toml::from_str(&text).map_err(|source| ManifestError::Parse { path: path.clone(), source })?;
         manifest.dir = dir.to_owned();
-        manifest
-            .validate()
-            .map_err(|message| ManifestError::Invalid { path, message })?;
+        manifest.validate().map_err(|message| ManifestError::Invalid { path, message })?;
         Ok(manifest)
     }
 
@@ -139,10 +122,7 @@ impl ModelManifest {
         if self.input.std.iter().any(|s| *s <= 0.0) {
             return Err("input.std: every value must be positive".into());
         }
-        if let DecoderSpec::Nanodet {
-            strides, reg_bins, ..
-        } = &self.decoder
-        {
+        if let DecoderSpec::Nanodet { strides, reg_bins, .. } = &self.decoder {
             if strides.is_empty() || strides.contains(&0) {
                 return Err("decoder.strides: must be non-empty and positive".into());
             }
@@ -166,18 +146,10 @@ mod tests {
             let dir = entry.expect("entry").path();
             if dir.join("model.toml").is_file() {
                 let manifest = ModelManifest::load(&dir).expect("manifest parses");
-                assert!(
-                    manifest.onnx_path().is_file(),
-                    "{} has no ONNX file",
-                    dir.display()
-                );
+                assert!(manifest.onnx_path().is_file(), "{} has no ONNX file", dir.display());
                 seen += 1;
             }
         }
-        assert!(
-            seen >= 1,
-            "no model manifests found under {}",
-            models.display()
-        );
+        assert!(seen >= 1, "no model manifests found under {}", models.display());
     }
 }

@@ -11,8 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use manifest::{
-    ChannelOrder, DecoderSpec, InputSpec, ManifestError, ModelManifest, PostprocessSpec,
-    ResizeMode, YoloVersion,
+    ChannelOrder, DecoderSpec, InputSpec, ManifestError, ModelManifest, PostprocessSpec, ResizeMode, YoloVersion,
 };
 
 /// The pipeline served when a request leaves `pipeline` empty and the config names none.
@@ -114,11 +113,7 @@ impl BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        Self {
-            max_batch: 8,
-            max_queue_delay_us: 2_000,
-            max_queue_size: 64,
-        }
+        Self { max_batch: 8, max_queue_delay_us: 2_000, max_queue_size: 64 }
     }
 }
 
@@ -188,39 +183,26 @@ impl std::fmt::Display for ConfigProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("invalid configuration:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
     Invalid(Vec<ConfigProblem>),
 }
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            },
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_owned(), source },
             other => other,
         })
     }
 
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::from("<string>"),
-            source,
-        })?;
+        let config: Config =
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: PathBuf::from("<string>"), source })?;
         config.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
@@ -228,12 +210,8 @@ impl Config {
     /// Every problem in the configuration, each with its TOML path.
     pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        let mut problem = |path: String, message: &str| {
-            problems.push(ConfigProblem {
-                path,
-                message: message.to_owned(),
-            })
-        };
+        let mut problem =
+            |path: String, message: &str| problems.push(ConfigProblem { path, message: message.to_owned() });
         let s = &self.server;
         if s.max_message_bytes < 1024 {
             problem("server.max_message_bytes".into(), "must be at least 1024");
@@ -257,10 +235,7 @@ impl Config {
             problem("engine.intra_threads".into(), "must be positive");
         }
         if self.engine.provider != "cpu" {
-            problem(
-                "engine.provider".into(),
-                "only `cpu` is supported by this build",
-            );
+            problem("engine.provider".into(), "only `cpu` is supported by this build");
         }
         if self.pipelines.is_empty() {
             problem("pipelines".into(), "at least one pipeline is required");
@@ -302,11 +277,7 @@ impl Config {
                 problem(at("max_detections"), "must be positive");
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
     /// The model directory: the configured one, else `./models` when it exists, else the `models/`
@@ -371,10 +342,7 @@ score_threshold = 1.5
             "pipelines.detect.batching.max_batch",
             "pipelines.detect.score_threshold",
         ] {
-            assert!(
-                paths.contains(&expected),
-                "{expected} missing from {paths:?}"
-            );
+            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
         }
     }
 }

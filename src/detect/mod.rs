@@ -53,11 +53,7 @@ pub enum DetectError {
     #[error("model output `{0}` is missing")]
     MissingOutput(String),
     #[error("model output `{name}` has shape {shape:?}, expected {expected}")]
-    BadShape {
-        name: String,
-        shape: Vec<usize>,
-        expected: String,
-    },
+    BadShape { name: String, shape: Vec<usize>, expected: String },
     #[error("frame {index} is outside a batch of {batch}")]
     FrameIndex { index: usize, batch: usize },
 }
@@ -70,18 +66,9 @@ pub enum Decoder {
 }
 
 impl Decoder {
-    pub fn from_spec(
-        spec: &DecoderSpec,
-        num_classes: usize,
-        input_width: u32,
-        input_height: u32,
-    ) -> Self {
+    pub fn from_spec(spec: &DecoderSpec, num_classes: usize, input_width: u32, input_height: u32) -> Self {
         match spec {
-            DecoderSpec::Nanodet {
-                strides,
-                reg_bins,
-                center_offset,
-            } => Decoder::NanoDet(NanoDetDecoder {
+            DecoderSpec::Nanodet { strides, reg_bins, center_offset } => Decoder::NanoDet(NanoDetDecoder {
                 strides: strides.clone(),
                 reg_bins: *reg_bins,
                 center_offset: *center_offset,
@@ -89,9 +76,7 @@ impl Decoder {
                 input_width,
                 input_height,
             }),
-            DecoderSpec::Yolo { version } => {
-                Decoder::Yolo(Layout::for_version(*version, num_classes))
-            }
+            DecoderSpec::Yolo { version } => Decoder::Yolo(Layout::for_version(*version, num_classes)),
         }
     }
 
@@ -127,15 +112,8 @@ impl Decoder {
     }
 }
 
-fn find_output<'o, 'a>(
-    outputs: &'o [NamedOutput<'a>],
-    name: &str,
-) -> Result<&'o ArrayViewD<'a, f32>, DetectError> {
-    outputs
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, a)| a)
-        .ok_or_else(|| DetectError::MissingOutput(name.to_owned()))
+fn find_output<'o, 'a>(outputs: &'o [NamedOutput<'a>], name: &str) -> Result<&'o ArrayViewD<'a, f32>, DetectError> {
+    outputs.iter().find(|(n, _)| *n == name).map(|(_, a)| a).ok_or_else(|| DetectError::MissingOutput(name.to_owned()))
 }
 
 /// Frame `index` of a batched output as a 2-d view, checking its shape.
@@ -147,11 +125,7 @@ fn frame_2d<'o>(
     expected_text: impl FnOnce() -> String,
 ) -> Result<ndarray::ArrayView2<'o, f32>, DetectError> {
     let shape = array.shape().to_vec();
-    let bad = || DetectError::BadShape {
-        name: name.to_owned(),
-        shape: shape.clone(),
-        expected: expected_text(),
-    };
+    let bad = || DetectError::BadShape { name: name.to_owned(), shape: shape.clone(), expected: expected_text() };
     if shape.len() != 3 {
         return Err(bad());
     }
@@ -159,13 +133,7 @@ fn frame_2d<'o>(
         return Err(bad());
     }
     if index >= shape[0] {
-        return Err(DetectError::FrameIndex {
-            index,
-            batch: shape[0],
-        });
+        return Err(DetectError::FrameIndex { index, batch: shape[0] });
     }
-    array
-        .index_axis(ndarray::Axis(0), index)
-        .into_dimensionality::<ndarray::Ix2>()
-        .map_err(|_| bad())
+    array.index_axis(ndarray::Axis(0), index).into_dimensionality::<ndarray::Ix2>().map_err(|_| bad())
 }

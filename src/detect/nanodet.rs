@@ -38,13 +38,10 @@ impl NanoDetDecoder {
                 (Some(points), Some(self.num_classes)),
                 || format!("[n, {points}, {}]", self.num_classes),
             )?;
-            let reg = frame_2d(
-                &reg_name,
-                find_output(outputs, &reg_name)?,
-                index,
-                (Some(points), Some(4 * bins)),
-                || format!("[n, {points}, {}]", 4 * bins),
-            )?;
+            let reg =
+                frame_2d(&reg_name, find_output(outputs, &reg_name)?, index, (Some(points), Some(4 * bins)), || {
+                    format!("[n, {points}, {}]", 4 * bins)
+                })?;
             let s = stride as f32;
             for (p, scores) in cls.outer_iter().enumerate() {
                 let (mut best, mut class_id) = (f32::NEG_INFINITY, 0usize);
@@ -69,21 +66,11 @@ impl NanoDetDecoder {
                         probs[k] = (v - max).exp();
                         sum += probs[k];
                     }
-                    let expectation: f32 = probs
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &q)| q * k as f32)
-                        .sum::<f32>()
-                        / sum;
+                    let expectation: f32 = probs.iter().enumerate().map(|(k, &q)| q * k as f32).sum::<f32>() / sum;
                     *d = expectation * s;
                 }
                 out.push(Detection {
-                    bbox: BBox {
-                        x1: cx - dist[0],
-                        y1: cy - dist[1],
-                        x2: cx + dist[2],
-                        y2: cy + dist[3],
-                    },
+                    bbox: BBox { x1: cx - dist[0], y1: cy - dist[1], x2: cx + dist[2], y2: cy + dist[3] },
                     class_id: class_id as u32,
                     score: best,
                 });
@@ -121,8 +108,7 @@ mod tests {
         reg[[0, 3, 3]] = 50.0;
         reg[[0, 3, 11]] = 50.0;
         let (cls, reg) = (cls.into_dyn(), reg.into_dyn());
-        let outputs: Vec<(&str, ArrayViewD<f32>)> =
-            vec![("cls_s8", cls.view()), ("reg_s8", reg.view())];
+        let outputs: Vec<(&str, ArrayViewD<f32>)> = vec![("cls_s8", cls.view()), ("reg_s8", reg.view())];
         let found = decoder().candidates(&outputs, 0, 0.35).expect("decode");
         assert_eq!(found.len(), 1);
         let d = &found[0];
@@ -137,25 +123,17 @@ mod tests {
     fn wrong_shape_is_reported_with_expectation() {
         let cls = Array3::<f32>::zeros((1, 5, 2)).into_dyn();
         let reg = Array3::<f32>::zeros((1, 4, 12)).into_dyn();
-        let outputs: Vec<(&str, ArrayViewD<f32>)> =
-            vec![("cls_s8", cls.view()), ("reg_s8", reg.view())];
+        let outputs: Vec<(&str, ArrayViewD<f32>)> = vec![("cls_s8", cls.view()), ("reg_s8", reg.view())];
         let err = decoder().candidates(&outputs, 0, 0.3).unwrap_err();
         assert_eq!(
             err,
-            DetectError::BadShape {
-                name: "cls_s8".into(),
-                shape: vec![1, 5, 2],
-                expected: "[n, 4, 2]".into()
-            }
+            DetectError::BadShape { name: "cls_s8".into(), shape: vec![1, 5, 2], expected: "[n, 4, 2]".into() }
         );
     }
 
     #[test]
     fn missing_output_is_named() {
         let outputs: Vec<(&str, ArrayViewD<f32>)> = vec![];
-        assert_eq!(
-            decoder().candidates(&outputs, 0, 0.3).unwrap_err(),
-            DetectError::MissingOutput("cls_s8".into())
-        );
+        assert_eq!(decoder().candidates(&outputs, 0, 0.3).unwrap_err(), DetectError::MissingOutput("cls_s8".into()));
     }
 }

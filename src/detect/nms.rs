@@ -13,20 +13,14 @@ pub fn iou(a: &BBox, b: &BBox) -> f32 {
 }
 
 /// Keeps at most `max_detections`, best first. Cost O(n log n + n · kept).
-pub fn nms_class_aware(
-    mut candidates: Vec<Detection>,
-    iou_threshold: f32,
-    max_detections: usize,
-) -> Vec<Detection> {
+pub fn nms_class_aware(mut candidates: Vec<Detection>, iou_threshold: f32, max_detections: usize) -> Vec<Detection> {
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Detection> = Vec::new();
     for c in candidates {
         if kept.len() >= max_detections {
             break;
         }
-        let overlaps = kept
-            .iter()
-            .any(|k| k.class_id == c.class_id && iou(&k.bbox, &c.bbox) > iou_threshold);
+        let overlaps = kept.iter().any(|k| k.class_id == c.class_id && iou(&k.bbox, &c.bbox) > iou_threshold);
         if !overlaps {
             kept.push(c);
         }
@@ -39,40 +33,15 @@ mod tests {
     use super::*;
 
     fn det(x1: f32, y1: f32, x2: f32, y2: f32, class_id: u32, score: f32) -> Detection {
-        Detection {
-            bbox: BBox { x1, y1, x2, y2 },
-            class_id,
-            score,
-        }
+        Detection { bbox: BBox { x1, y1, x2, y2 }, class_id, score }
     }
 
     #[test]
     fn iou_of_half_overlapping_squares() {
-        let a = BBox {
-            x1: 0.0,
-            y1: 0.0,
-            x2: 2.0,
-            y2: 2.0,
-        };
-        let b = BBox {
-            x1: 1.0,
-            y1: 0.0,
-            x2: 3.0,
-            y2: 2.0,
-        };
+        let a = BBox { x1: 0.0, y1: 0.0, x2: 2.0, y2: 2.0 };
+        let b = BBox { x1: 1.0, y1: 0.0, x2: 3.0, y2: 2.0 };
         assert!((iou(&a, &b) - 1.0 / 3.0).abs() < 1e-6);
-        assert_eq!(
-            iou(
-                &a,
-                &BBox {
-                    x1: 5.0,
-                    y1: 5.0,
-                    x2: 6.0,
-                    y2: 6.0
-                }
-            ),
-            0.0
-        );
+        assert_eq!(iou(&a, &BBox { x1: 5.0, y1: 5.0, x2: 6.0, y2: 6.0 }), 0.0);
     }
 
     #[test]
@@ -96,31 +65,15 @@ mod tests {
         // IoU exactly 1/3: suppressed only when strictly above the threshold.
         let a = det(0.0, 0.0, 2.0, 2.0, 0, 0.9);
         let b = det(1.0, 0.0, 3.0, 2.0, 0, 0.8);
-        assert_eq!(
-            nms_class_aware(vec![a.clone(), b.clone()], 1.0 / 3.0, 10).len(),
-            2
-        );
+        assert_eq!(nms_class_aware(vec![a.clone(), b.clone()], 1.0 / 3.0, 10).len(), 2);
         assert_eq!(nms_class_aware(vec![a, b], 0.3, 10).len(), 1);
     }
 
     #[test]
     fn max_detections_keeps_the_best() {
-        let many: Vec<_> = (0..20)
-            .map(|i| {
-                det(
-                    i as f32 * 20.0,
-                    0.0,
-                    i as f32 * 20.0 + 10.0,
-                    10.0,
-                    0,
-                    i as f32,
-                )
-            })
-            .collect();
+        let many: Vec<_> =
+            (0..20).map(|i| det(i as f32 * 20.0, 0.0, i as f32 * 20.0 + 10.0, 10.0, 0, i as f32)).collect();
         let kept = nms_class_aware(many, 0.5, 3);
-        assert_eq!(
-            kept.iter().map(|d| d.score).collect::<Vec<_>>(),
-            vec![19.0, 18.0, 17.0]
-        );
+        assert_eq!(kept.iter().map(|d| d.score).collect::<Vec<_>>(), vec![19.0, 18.0, 17.0]);
     }
 }

@@ -17,30 +17,17 @@ pub struct Layout {
 impl Layout {
     /// YOLOv8: [n, 4 + nc, anchors]; sigmoid class scores, no objectness.
     pub fn yolov8(num_classes: usize) -> Self {
-        Self {
-            name: "yolov8",
-            attributes_first: true,
-            objectness: false,
-            num_classes,
-        }
+        Self { name: "yolov8", attributes_first: true, objectness: false, num_classes }
     }
 
     /// YOLO11: same head layout as v8, [n, 4 + nc, anchors].
     pub fn yolo11(num_classes: usize) -> Self {
-        Self {
-            name: "yolo11",
-            ..Self::yolov8(num_classes)
-        }
+        Self { name: "yolo11", ..Self::yolov8(num_classes) }
     }
 
     /// YOLOv5: [n, anchors, 5 + nc]; score = objectness × class score.
     pub fn yolov5(num_classes: usize) -> Self {
-        Self {
-            name: "yolov5",
-            attributes_first: false,
-            objectness: true,
-            num_classes,
-        }
+        Self { name: "yolov5", attributes_first: false, objectness: true, num_classes }
     }
 
     pub fn for_version(version: YoloVersion, num_classes: usize) -> Self {
@@ -61,28 +48,16 @@ impl Layout {
         index: usize,
         score_threshold: f32,
     ) -> Result<Vec<Detection>, DetectError> {
-        let (name, array) = outputs
-            .first()
-            .ok_or_else(|| DetectError::MissingOutput("output0".into()))?;
+        let (name, array) = outputs.first().ok_or_else(|| DetectError::MissingOutput("output0".into()))?;
         let attrs = self.attributes();
         let (expect, text) = if self.attributes_first {
-            (
-                (Some(attrs), None),
-                format!("[n, {attrs}, anchors] ({} layout)", self.name),
-            )
+            ((Some(attrs), None), format!("[n, {attrs}, anchors] ({} layout)", self.name))
         } else {
-            (
-                (None, Some(attrs)),
-                format!("[n, anchors, {attrs}] ({} layout)", self.name),
-            )
+            ((None, Some(attrs)), format!("[n, anchors, {attrs}] ({} layout)", self.name))
         };
         let frame = frame_2d(name, array, index, expect, || text)?;
         // Rows = anchors, columns = attributes.
-        let rows = if self.attributes_first {
-            frame.reversed_axes()
-        } else {
-            frame
-        };
+        let rows = if self.attributes_first { frame.reversed_axes() } else { frame };
         let first_class = 4 + usize::from(self.objectness);
         let mut out = Vec::new();
         for row in rows.outer_iter() {
@@ -100,12 +75,7 @@ impl Layout {
             }
             let (cx, cy, w, h) = (row[0], row[1], row[2], row[3]);
             out.push(Detection {
-                bbox: BBox {
-                    x1: cx - w / 2.0,
-                    y1: cy - h / 2.0,
-                    x2: cx + w / 2.0,
-                    y2: cy + h / 2.0,
-                },
+                bbox: BBox { x1: cx - w / 2.0, y1: cy - h / 2.0, x2: cx + w / 2.0, y2: cy + h / 2.0 },
                 class_id: class_id as u32,
                 score: best,
             });
@@ -128,34 +98,20 @@ mod tests {
         }
         let raw = raw.into_dyn();
         let outputs: Vec<(&str, ArrayViewD<f32>)> = vec![("output0", raw.view())];
-        let found = Layout::yolov8(2)
-            .candidates(&outputs, 0, 0.25)
-            .expect("decode");
+        let found = Layout::yolov8(2).candidates(&outputs, 0, 0.25).expect("decode");
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].class_id, 1);
-        assert_eq!(
-            found[0].bbox,
-            BBox {
-                x1: 40.0,
-                y1: 35.0,
-                x2: 60.0,
-                y2: 45.0
-            }
-        );
+        assert_eq!(found[0].bbox, BBox { x1: 40.0, y1: 35.0, x2: 60.0, y2: 45.0 });
     }
 
     #[test]
     fn v5_layout_multiplies_objectness() {
         let mut raw = Array3::<f32>::zeros((1, 2, 7));
-        raw.slice_mut(ndarray::s![0, 0, ..])
-            .assign(&ndarray::arr1(&[10.0, 10.0, 4.0, 4.0, 0.5, 0.9, 0.2]));
-        raw.slice_mut(ndarray::s![0, 1, ..])
-            .assign(&ndarray::arr1(&[30.0, 30.0, 4.0, 4.0, 0.2, 0.9, 0.9]));
+        raw.slice_mut(ndarray::s![0, 0, ..]).assign(&ndarray::arr1(&[10.0, 10.0, 4.0, 4.0, 0.5, 0.9, 0.2]));
+        raw.slice_mut(ndarray::s![0, 1, ..]).assign(&ndarray::arr1(&[30.0, 30.0, 4.0, 4.0, 0.2, 0.9, 0.9]));
         let raw = raw.into_dyn();
         let outputs: Vec<(&str, ArrayViewD<f32>)> = vec![("output0", raw.view())];
-        let found = Layout::yolov5(2)
-            .candidates(&outputs, 0, 0.25)
-            .expect("decode");
+        let found = Layout::yolov5(2).candidates(&outputs, 0, 0.25).expect("decode");
         // Anchor 0: 0.5 × 0.9 = 0.45 passes; anchor 1: 0.2 × 0.9 = 0.18 does not.
         assert_eq!(found.len(), 1);
         assert!((found[0].score - 0.45).abs() < 1e-6);
@@ -166,9 +122,6 @@ mod tests {
         let raw = Array3::<f32>::zeros((1, 84, 10)).into_dyn();
         let outputs: Vec<(&str, ArrayViewD<f32>)> = vec![("output0", raw.view())];
         let err = Layout::yolov8(3).candidates(&outputs, 0, 0.25).unwrap_err();
-        assert!(
-            err.to_string().contains("[n, 7, anchors] (yolov8 layout)"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("[n, 7, anchors] (yolov8 layout)"), "{err}");
     }
 }

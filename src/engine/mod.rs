@@ -19,10 +19,7 @@ pub struct Output {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot load model {path}: {message}")]
-    Load {
-        path: std::path::PathBuf,
-        message: String,
-    },
+    Load { path: std::path::PathBuf, message: String },
     #[error("model {model}: {message}")]
     Model { model: String, message: String },
     #[error("inference failed on model {model}: {message}")]

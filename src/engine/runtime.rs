@@ -39,9 +39,7 @@ impl OrtRuntime {
     /// Loads ONNX Runtime once per process; later calls return the same runtime (or the same error).
     pub fn init(explicit: Option<&Path>) -> Result<&'static OrtRuntime, RuntimeError> {
         let loaded = RUNTIME.get_or_init(|| Self::load(explicit).map_err(|e| e.to_string()));
-        loaded
-            .as_ref()
-            .map_err(|message| RuntimeError::Environment(message.clone()))
+        loaded.as_ref().map_err(|message| RuntimeError::Environment(message.clone()))
     }
 
     pub fn environment(&self) -> &Environment {
@@ -53,37 +51,21 @@ impl OrtRuntime {
         let library = candidates
             .iter()
             .find_map(|c| resolve_library(c))
-            .ok_or_else(|| RuntimeError::NotFound {
-                looked: candidates.clone(),
-            })?;
+            .ok_or_else(|| RuntimeError::NotFound { looked: candidates.clone() })?;
         let environment = ort::init_from(&library)
-            .map_err(|e| RuntimeError::Load {
-                path: library.clone(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| RuntimeError::Load { path: library.clone(), message: e.to_string() })?
             .with_name("linesight")
             .with_telemetry(false)
-            .with_logger(std::sync::Arc::new(
-                |level, category, _id, location, message| {
-                    if matches!(level, LogLevel::Error | LogLevel::Fatal) {
-                        tracing::error!(
-                            message = "ONNX Runtime error.",
-                            category,
-                            location,
-                            text = message
-                        );
-                    }
-                },
-            ))
+            .with_logger(std::sync::Arc::new(|level, category, _id, location, message| {
+                if matches!(level, LogLevel::Error | LogLevel::Fatal) {
+                    tracing::error!(message = "ONNX Runtime error.", category, location, text = message);
+                }
+            }))
             .build()
             .map_err(|e| RuntimeError::Environment(e.to_string()))?;
         let version = library_version(&library).unwrap_or_else(|| "unknown".to_owned());
         tracing::info!(message = "ONNX Runtime loaded.", library = %library.display(), version);
-        Ok(OrtRuntime {
-            library,
-            version,
-            environment,
-        })
+        Ok(OrtRuntime { library, version, environment })
     }
 }
 
@@ -110,10 +92,7 @@ pub fn library_candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(dir) = default_library_dir() {
         out.push(dir);
     }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_owned))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)) {
         out.push(dir);
     }
     out
@@ -131,11 +110,7 @@ fn resolve_library(candidate: &Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(is_library_name)
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_library_name))
         .collect();
     // Prefer the longest (most specific, versioned) name: libonnxruntime.so.1.32.0 over libonnxruntime.so.
     found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
@@ -146,9 +121,7 @@ fn is_library_name(name: &str) -> bool {
     if cfg!(target_os = "windows") {
         name.eq_ignore_ascii_case("onnxruntime.dll")
     } else if cfg!(target_os = "macos") {
-        name.starts_with("libonnxruntime")
-            && name.ends_with(".dylib")
-            && !name.contains("providers")
+        name.starts_with("libonnxruntime") && name.ends_with(".dylib") && !name.contains("providers")
     } else {
         name.starts_with("libonnxruntime.so")
     }
@@ -167,19 +140,12 @@ mod tests {
     #[test]
     fn directory_search_prefers_the_versioned_library() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for name in [
-            "libonnxruntime.so",
-            "libonnxruntime.so.1.32.0",
-            "libonnxruntime_providers_shared.so",
-        ] {
+        for name in ["libonnxruntime.so", "libonnxruntime.so.1.32.0", "libonnxruntime_providers_shared.so"] {
             std::fs::write(dir.path().join(name), b"").expect("write");
         }
         let found = resolve_library(dir.path()).expect("found");
         if cfg!(target_os = "linux") {
-            assert_eq!(
-                found.file_name().and_then(|n| n.to_str()),
-                Some("libonnxruntime.so.1.32.0")
-            );
+            assert_eq!(found.file_name().and_then(|n| n.to_str()), Some("libonnxruntime.so.1.32.0"));
         }
     }
 
@@ -190,10 +156,7 @@ mod tests {
         assert_eq!(candidates[0], missing);
         let err = RuntimeError::NotFound { looked: candidates };
         let text = err.to_string();
-        assert!(
-            text.contains("/nonexistent/linesight/libonnxruntime.so.1.0.0"),
-            "{text}"
-        );
+        assert!(text.contains("/nonexistent/linesight/libonnxruntime.so.1.0.0"), "{text}");
         assert!(text.contains("ORT_DYLIB_PATH"), "{text}");
     }
 }

@@ -23,16 +23,8 @@ pub struct ModelSession {
 }
 
 impl ModelSession {
-    pub fn load(
-        runtime: &OrtRuntime,
-        name: &str,
-        path: &Path,
-        options: SessionOptions,
-    ) -> Result<Self, EngineError> {
-        let load_err = |message: String| EngineError::Load {
-            path: path.to_owned(),
-            message,
-        };
+    pub fn load(runtime: &OrtRuntime, name: &str, path: &Path, options: SessionOptions) -> Result<Self, EngineError> {
+        let load_err = |message: String| EngineError::Load { path: path.to_owned(), message };
         let session = Session::builder(runtime.environment())
             .map_err(|e| load_err(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
@@ -54,17 +46,8 @@ impl ModelSession {
                 });
             }
         };
-        let output_names = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_owned())
-            .collect();
-        Ok(Self {
-            name: name.to_owned(),
-            session,
-            input_name,
-            output_names,
-        })
+        let output_names = session.outputs().iter().map(|o| o.name().to_owned()).collect();
+        Ok(Self { name: name.to_owned(), session, input_name, output_names })
     }
 
     pub fn name(&self) -> &str {
@@ -81,39 +64,21 @@ impl ModelSession {
 
     /// Runs one batch. `input` is the whole batch, row-major in `shape` (e.g. [n, 3, h, w] f32).
     pub fn run(&mut self, shape: [usize; 4], input: &[f32]) -> Result<Vec<Output>, EngineError> {
-        let run_err = |message: String| EngineError::Run {
-            model: self.name.clone(),
-            message,
-        };
-        let tensor =
-            TensorRef::from_array_view((shape, input)).map_err(|e| run_err(e.to_string()))?;
+        let run_err = |message: String| EngineError::Run { model: self.name.clone(), message };
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| run_err(e.to_string()))?;
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| EngineError::Run {
-                model: self.name.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| EngineError::Run { model: self.name.clone(), message: e.to_string() })?;
         let mut result = Vec::with_capacity(outputs.len());
         for (name, value) in outputs.iter() {
-            let (out_shape, data) =
-                value
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| EngineError::Run {
-                        model: self.name.clone(),
-                        message: format!("output {name}: {e}"),
-                    })?;
+            let (out_shape, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| EngineError::Run { model: self.name.clone(), message: format!("output {name}: {e}") })?;
             let dims: Vec<usize> = out_shape.iter().map(|&d| d.max(0) as usize).collect();
-            let array = ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec()).map_err(|e| {
-                EngineError::Run {
-                    model: self.name.clone(),
-                    message: format!("output {name}: {e}"),
-                }
-            })?;
-            result.push(Output {
-                name: name.to_owned(),
-                data: array,
-            });
+            let array = ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec())
+                .map_err(|e| EngineError::Run { model: self.name.clone(), message: format!("output {name}: {e}") })?;
+            result.push(Output { name: name.to_owned(), data: array });
         }
         Ok(result)
     }

@@ -49,11 +49,7 @@ pub fn annotate(image: &mut RgbImage, annotations: &[Annotation]) {
 }
 
 fn put(image: &mut RgbImage, x: i64, y: i64, color: Rgb<u8>) {
-    if x >= 0
-        && y >= 0
-        && (x as u64) < u64::from(image.width())
-        && (y as u64) < u64::from(image.height())
-    {
+    if x >= 0 && y >= 0 && (x as u64) < u64::from(image.width()) && (y as u64) < u64::from(image.height()) {
         image.put_pixel(x as u32, y as u32, color);
     }
 }
@@ -83,9 +79,7 @@ fn fill_rect(image: &mut RgbImage, x1: i64, y1: i64, x2: i64, y2: i64, color: Rg
 
 fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, scale: i64, color: Rgb<u8>) {
     for (i, ch) in text.chars().enumerate() {
-        let glyph = font8x8::BASIC_FONTS
-            .get(ch)
-            .or_else(|| font8x8::BASIC_FONTS.get('?'));
+        let glyph = font8x8::BASIC_FONTS.get(ch).or_else(|| font8x8::BASIC_FONTS.get('?'));
         let Some(glyph) = glyph else { continue };
         let gx = x + i as i64 * 8 * scale;
         for (row, bits) in glyph.iter().enumerate() {
@@ -93,12 +87,7 @@ fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, scale: i64, color
                 if bits & (1 << col) != 0 {
                     for dy in 0..scale {
                         for dx in 0..scale {
-                            put(
-                                image,
-                                gx + col * scale + dx,
-                                y + row as i64 * scale + dy,
-                                color,
-                            );
+                            put(image, gx + col * scale + dx, y + row as i64 * scale + dy, color);
                         }
                     }
                 }
@@ -126,14 +115,7 @@ mod tests {
     #[test]
     fn box_outline_and_label_are_drawn_in_class_colour() {
         let mut img = RgbImage::new(100, 100);
-        let a = Annotation {
-            x1: 20.0,
-            y1: 30.0,
-            x2: 60.0,
-            y2: 80.0,
-            label: "A".into(),
-            color_key: 0,
-        };
+        let a = Annotation { x1: 20.0, y1: 30.0, x2: 60.0, y2: 80.0, label: "A".into(), color_key: 0 };
         annotate(&mut img, &[a]);
         assert_eq!(img.get_pixel(40, 80).0, PALETTE[0], "bottom edge");
         assert_eq!(img.get_pixel(60, 50).0, PALETTE[0], "right edge");
@@ -148,14 +130,7 @@ mod tests {
     #[test]
     fn boxes_outside_the_image_do_not_panic() {
         let mut img = RgbImage::new(10, 10);
-        let a = Annotation {
-            x1: -50.0,
-            y1: -50.0,
-            x2: 500.0,
-            y2: 500.0,
-            label: "x".into(),
-            color_key: 3,
-        };
+        let a = Annotation { x1: -50.0, y1: -50.0, x2: 500.0, y2: 500.0, label: "x".into(), color_key: 3 };
         annotate(&mut img, &[a]);
     }
 }

@@ -27,42 +27,21 @@ pub struct DecodeLimits {
 pub enum DecodeError {
     #[error("image.data is empty")]
     Empty,
-    #[error(
-        "image.data is neither JPEG nor PNG (first bytes {0}); set image.encoding for raw pixels"
-    )]
+    #[error("image.data is neither JPEG nor PNG (first bytes {0}); set image.encoding for raw pixels")]
     UnknownFormat(String),
     #[error("image.data is not a valid {format}: {message}")]
-    Corrupt {
-        format: &'static str,
-        message: String,
-    },
+    Corrupt { format: &'static str, message: String },
     #[error("image is {width}x{height}: width and height must be positive")]
     ZeroSize { width: u32, height: u32 },
     #[error("image is {width}x{height} = {pixels} pixels, over the limit of {max_pixels} pixels")]
-    TooManyPixels {
-        width: u32,
-        height: u32,
-        pixels: u64,
-        max_pixels: u64,
-    },
+    TooManyPixels { width: u32, height: u32, pixels: u64, max_pixels: u64 },
     #[error("image is {width}x{height}: a side exceeds the limit of {max_side} pixels")]
-    SideTooLong {
-        width: u32,
-        height: u32,
-        max_side: u32,
-    },
+    SideTooLong { width: u32, height: u32, max_side: u32 },
     #[error(
         "image.data holds {actual} bytes but {width}x{height} {encoding} needs {expected} \
          (width x height x {channels})"
     )]
-    RawLength {
-        encoding: &'static str,
-        width: u32,
-        height: u32,
-        channels: u64,
-        expected: u64,
-        actual: u64,
-    },
+    RawLength { encoding: &'static str, width: u32, height: u32, channels: u64, expected: u64, actual: u64 },
 }
 
 fn check_size(width: u32, height: u32, limits: DecodeLimits) -> Result<(), DecodeError> {
@@ -70,20 +49,11 @@ fn check_size(width: u32, height: u32, limits: DecodeLimits) -> Result<(), Decod
         return Err(DecodeError::ZeroSize { width, height });
     }
     if width > limits.max_side || height > limits.max_side {
-        return Err(DecodeError::SideTooLong {
-            width,
-            height,
-            max_side: limits.max_side,
-        });
+        return Err(DecodeError::SideTooLong { width, height, max_side: limits.max_side });
     }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
-        return Err(DecodeError::TooManyPixels {
-            width,
-            height,
-            pixels,
-            max_pixels: limits.max_pixels,
-        });
+        return Err(DecodeError::TooManyPixels { width, height, pixels, max_pixels: limits.max_pixels });
     }
     Ok(())
 }
@@ -109,15 +79,9 @@ pub fn decode(
         }
         ImageEncoding::Jpeg => decode_compressed(data, ImageFormat::Jpeg, limits),
         ImageEncoding::Png => decode_compressed(data, ImageFormat::Png, limits),
-        ImageEncoding::RawRgb8 => raw(data, width, height, 3, "RAW_RGB8", limits, |px| {
-            [px[0], px[1], px[2]]
-        }),
-        ImageEncoding::RawBgr8 => raw(data, width, height, 3, "RAW_BGR8", limits, |px| {
-            [px[2], px[1], px[0]]
-        }),
-        ImageEncoding::RawGray8 => {
-            raw(data, width, height, 1, "RAW_GRAY8", limits, |px| [px[0]; 3])
-        }
+        ImageEncoding::RawRgb8 => raw(data, width, height, 3, "RAW_RGB8", limits, |px| [px[0], px[1], px[2]]),
+        ImageEncoding::RawBgr8 => raw(data, width, height, 3, "RAW_BGR8", limits, |px| [px[2], px[1], px[0]]),
+        ImageEncoding::RawGray8 => raw(data, width, height, 1, "RAW_GRAY8", limits, |px| [px[0]; 3]),
     }
 }
 
@@ -138,21 +102,26 @@ fn format_name(format: ImageFormat) -> &'static str {
     }
 }
 
-fn decode_compressed(
-    data: &[u8],
-    format: ImageFormat,
-    limits: DecodeLimits,
-) -> Result<RgbImage, DecodeError> {
+/// The JPEG decoder conceals truncation (it fills the missing rows with grey), so a JPEG must end
+/// with its end-of-image marker, allowing zero / 0xFF padding after it.
+fn check_jpeg_complete(data: &[u8]) -> Result<(), DecodeError> {
+    let end = data.iter().rposition(|&b| b != 0x00 && b != 0xFF).map_or(0, |i| i + 1);
+    if end >= 2 && data[end - 2..end] == [0xFF, 0xD9] {
+        Ok(())
+    } else {
+        Err(DecodeError::Corrupt { format: "JPEG", message: "truncated: no end-of-image marker".into() })
+    }
+}
+
+fn decode_compressed(data: &[u8], format: ImageFormat, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
     let name = format_name(format);
-    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
-        format: name,
-        message: e.to_string(),
-    };
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: name, message: e.to_string() };
     // Header first: refuse oversized images before allocating their pixels.
-    let (width, height) = ImageReader::with_format(Cursor::new(data), format)
-        .into_dimensions()
-        .map_err(corrupt)?;
+    let (width, height) = ImageReader::with_format(Cursor::new(data), format).into_dimensions().map_err(corrupt)?;
     check_size(width, height, limits)?;
+    if format == ImageFormat::Jpeg {
+        check_jpeg_complete(data)?;
+    }
     let mut reader = ImageReader::with_format(Cursor::new(data), format);
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_image_width = Some(width);
@@ -177,14 +146,7 @@ fn raw(
     let expected = u64::from(width) * u64::from(height) * channels;
     let actual = data.len() as u64;
     if actual != expected {
-        return Err(DecodeError::RawLength {
-            encoding,
-            width,
-            height,
-            channels,
-            expected,
-            actual,
-        });
+        return Err(DecodeError::RawLength { encoding, width, height, channels, expected, actual });
     }
     let mut rgb = Vec::with_capacity((u64::from(width) * u64::from(height) * 3) as usize);
     for px in data.chunks_exact(channels as usize) {
@@ -204,16 +166,12 @@ fn raw(
 mod tests {
     use super::*;
 
-    const LIMITS: DecodeLimits = DecodeLimits {
-        max_pixels: 40_000_000,
-        max_side: 16_384,
-    };
+    const LIMITS: DecodeLimits = DecodeLimits { max_pixels: 40_000_000, max_side: 16_384 };
 
     fn png_bytes(w: u32, h: u32) -> Vec<u8> {
         let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
         let mut out = Vec::new();
-        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
-            .expect("png");
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).expect("png");
         out
     }
 
@@ -226,8 +184,7 @@ mod tests {
 
     #[test]
     fn raw_bgr_is_swapped_to_rgb() {
-        let img =
-            decode(&[1, 2, 3, 4, 5, 6], ImageEncoding::RawBgr8, 2, 1, LIMITS).expect("decode");
+        let img = decode(&[1, 2, 3, 4, 5, 6], ImageEncoding::RawBgr8, 2, 1, LIMITS).expect("decode");
         assert_eq!(img.get_pixel(0, 0).0, [3, 2, 1]);
         assert_eq!(img.get_pixel(1, 0).0, [6, 5, 4]);
     }
@@ -241,36 +198,20 @@ mod tests {
     #[test]
     fn raw_length_mismatch_names_both_lengths() {
         let err = decode(&[0; 11], ImageEncoding::RawRgb8, 2, 2, LIMITS).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "image.data holds 11 bytes but 2x2 RAW_RGB8 needs 12 (width x height x 3)"
-        );
+        assert_eq!(err.to_string(), "image.data holds 11 bytes but 2x2 RAW_RGB8 needs 12 (width x height x 3)");
     }
 
     #[test]
     fn truncated_png_is_corrupt() {
         let bytes = png_bytes(64, 64);
-        let err = decode(
-            &bytes[..bytes.len() / 2],
-            ImageEncoding::Sniff,
-            0,
-            0,
-            LIMITS,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, DecodeError::Corrupt { format: "PNG", .. }),
-            "{err}"
-        );
+        let err = decode(&bytes[..bytes.len() / 2], ImageEncoding::Sniff, 0, 0, LIMITS).unwrap_err();
+        assert!(matches!(err, DecodeError::Corrupt { format: "PNG", .. }), "{err}");
     }
 
     #[test]
     fn decompression_bomb_is_refused_from_its_header() {
         // A valid 20000x20000 PNG header (400 MP) with a 1-pixel image's data behind it.
-        let limits = DecodeLimits {
-            max_pixels: 40_000_000,
-            max_side: 65_535,
-        };
+        let limits = DecodeLimits { max_pixels: 40_000_000, max_side: 65_535 };
         let mut bytes = png_bytes(1, 1);
         bytes[16..20].copy_from_slice(&20_000u32.to_be_bytes());
         bytes[20..24].copy_from_slice(&20_000u32.to_be_bytes());
@@ -279,21 +220,13 @@ mod tests {
         let err = decode(&bytes, ImageEncoding::Png, 0, 0, limits).unwrap_err();
         assert_eq!(
             err,
-            DecodeError::TooManyPixels {
-                width: 20_000,
-                height: 20_000,
-                pixels: 400_000_000,
-                max_pixels: 40_000_000
-            }
+            DecodeError::TooManyPixels { width: 20_000, height: 20_000, pixels: 400_000_000, max_pixels: 40_000_000 }
         );
     }
 
     #[test]
     fn zero_and_absurd_raw_dimensions_are_refused() {
-        assert!(matches!(
-            decode(&[1], ImageEncoding::RawGray8, 0, 1, LIMITS),
-            Err(DecodeError::ZeroSize { .. })
-        ));
+        assert!(matches!(decode(&[1], ImageEncoding::RawGray8, 0, 1, LIMITS), Err(DecodeError::ZeroSize { .. })));
         assert!(matches!(
             decode(&[1], ImageEncoding::RawGray8, 100_000, 1, LIMITS),
             Err(DecodeError::SideTooLong { .. })
@@ -302,6 +235,23 @@ mod tests {
             decode(&[1], ImageEncoding::RawGray8, 10_000, 10_000, LIMITS),
             Err(DecodeError::TooManyPixels { .. })
         ));
+    }
+
+    fn jpeg_bytes() -> Vec<u8> {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Jpeg).expect("jpeg");
+        out
+    }
+
+    #[test]
+    fn truncated_jpeg_is_corrupt_but_padding_after_eoi_is_fine() {
+        let bytes = jpeg_bytes();
+        let err = decode(&bytes[..bytes.len() - 40], ImageEncoding::Sniff, 0, 0, LIMITS).unwrap_err();
+        assert_eq!(err, DecodeError::Corrupt { format: "JPEG", message: "truncated: no end-of-image marker".into() });
+        let mut padded = bytes.clone();
+        padded.extend([0, 0, 0xFF, 0]);
+        assert_eq!(decode(&padded, ImageEncoding::Jpeg, 0, 0, LIMITS).expect("padded").dimensions(), (64, 48));
     }
 
     #[test]

@@ -76,10 +76,7 @@ impl Letterbox {
     pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
         let sx = (f64::from(x) - f64::from(self.pad_left)) / self.scale;
         let sy = (f64::from(y) - f64::from(self.pad_top)) / self.scale;
-        (
-            sx.clamp(0.0, f64::from(self.src_width)) as f32,
-            sy.clamp(0.0, f64::from(self.src_height)) as f32,
-        )
+        (sx.clamp(0.0, f64::from(self.src_width)) as f32, sy.clamp(0.0, f64::from(self.src_height)) as f32)
     }
 }
 
@@ -102,10 +99,7 @@ impl Preprocessor {
         out: &mut [f32],
     ) -> Result<Letterbox, LetterboxError> {
         if out.len() != spec.len() {
-            return Err(LetterboxError::BufferSize {
-                expected: spec.len(),
-                actual: out.len(),
-            });
+            return Err(LetterboxError::BufferSize { expected: spec.len(), actual: out.len() });
         }
         let lb = Letterbox::new(image.width(), image.height(), spec.width, spec.height);
         let resized;
@@ -113,11 +107,8 @@ impl Preprocessor {
             image.as_raw()
         } else {
             let mut dst = Image::new(lb.resized_width, lb.resized_height, PixelType::U8x3);
-            let options =
-                ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
-            self.resizer
-                .resize(image, &mut dst, &options)
-                .map_err(|e| LetterboxError::Resize(e.to_string()))?;
+            let options = ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
+            self.resizer.resize(image, &mut dst, &options).map_err(|e| LetterboxError::Resize(e.to_string()))?;
             resized = dst.into_vec();
             &resized
         };
@@ -130,11 +121,7 @@ impl Preprocessor {
             }
         }
         // Tensor channel c reads RGB channel src[c].
-        let src = if spec.bgr {
-            [2usize, 1, 0]
-        } else {
-            [0usize, 1, 2]
-        };
+        let src = if spec.bgr { [2usize, 1, 0] } else { [0usize, 1, 2] };
         let (w, h) = (spec.width as usize, spec.height as usize);
         let plane = w * h;
         for c in 0..3 {
@@ -168,16 +155,10 @@ mod tests {
         assert_eq!((lb.pad_left, lb.pad_top), (0, 52));
         // 1280x720 into 640x640: 640x360, dh = 140.
         let lb = Letterbox::new(1280, 720, 640, 640);
-        assert_eq!(
-            (lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top),
-            (640, 360, 0, 140)
-        );
+        assert_eq!((lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top), (640, 360, 0, 140));
         // Odd padding: 100x51 into 64x64 → r = 0.64, 64x33 (32.64 → 33), dh = 15.5 → top round(15.4) = 15.
         let lb = Letterbox::new(100, 51, 64, 64);
-        assert_eq!(
-            (lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top),
-            (64, 33, 0, 15)
-        );
+        assert_eq!((lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top), (64, 33, 0, 15));
     }
 
     #[test]
@@ -187,10 +168,7 @@ mod tests {
         assert_eq!((lb.resized_width, lb.resized_height, lb.pad_top), (5, 2, 1));
         // 3x5 into 7x7: r = 1.4, 4.2 → 4 wide, dw = 1.5 → left = round(1.4) = 1.
         let lb = Letterbox::new(3, 5, 7, 7);
-        assert_eq!(
-            (lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top),
-            (4, 7, 1, 0)
-        );
+        assert_eq!((lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top), (4, 7, 1, 0));
         // 5x2 into 3x3 → r = 0.6: 3x1.2 → 3x1, dh = 1 → top = round(0.9) = 1.
         let lb = Letterbox::new(5, 2, 3, 3);
         assert_eq!((lb.resized_width, lb.resized_height, lb.pad_top), (3, 1, 1));
@@ -200,10 +178,7 @@ mod tests {
     fn inverse_maps_model_pixels_back_to_source() {
         let lb = Letterbox::new(768, 576, 416, 416);
         let (x, y) = lb.to_source(208.0, 52.0 + 156.0);
-        assert!(
-            (x - 384.0).abs() < 1e-3 && (y - 288.0).abs() < 1e-3,
-            "{x} {y}"
-        );
+        assert!((x - 384.0).abs() < 1e-3 && (y - 288.0).abs() < 1e-3, "{x} {y}");
         // Padding maps outside the image and is clipped.
         assert_eq!(lb.to_source(0.0, 0.0), (0.0, 0.0));
         assert_eq!(lb.to_source(416.0, 416.0), (768.0, 576.0));
@@ -222,9 +197,7 @@ mod tests {
         // 4x2 source: no resize, 1 row of padding top and bottom.
         let img = RgbImage::from_fn(4, 2, |x, _| image::Rgb([100 + x as u8, 50, 0]));
         let mut out = vec![0.0; spec.len()];
-        let lb = Preprocessor::new()
-            .letterbox_into(&img, &spec, &mut out)
-            .expect("letterbox");
+        let lb = Preprocessor::new().letterbox_into(&img, &spec, &mut out).expect("letterbox");
         assert_eq!((lb.pad_left, lb.pad_top), (0, 1));
         let at = |c: usize, y: usize, x: usize| out[c * 16 + y * 4 + x];
         // Row 0 is padding: (114 - mean) / std per channel.
@@ -238,19 +211,8 @@ mod tests {
 
     #[test]
     fn wrong_buffer_size_is_an_error() {
-        let spec = TensorSpec {
-            width: 2,
-            height: 2,
-            bgr: false,
-            mean: [0.0; 3],
-            std: [1.0; 3],
-            pad_value: 0,
-        };
+        let spec = TensorSpec { width: 2, height: 2, bgr: false, mean: [0.0; 3], std: [1.0; 3], pad_value: 0 };
         let img = RgbImage::new(2, 2);
-        assert!(
-            Preprocessor::new()
-                .letterbox_into(&img, &spec, &mut [0.0; 5])
-                .is_err()
-        );
+        assert!(Preprocessor::new().letterbox_into(&img, &spec, &mut [0.0; 5]).is_err());
     }
 }

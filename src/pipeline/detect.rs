@@ -9,8 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StageContext,
-    StageTimings, Verdict,
+    FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StageContext, StageTimings, Verdict,
 };
 use crate::batching::{BatchPolicy, BatchQueue};
 use crate::config::{ChannelOrder, ModelManifest, PipelineConfig};
@@ -70,12 +69,7 @@ impl DetectPipeline {
             std: input.std,
             pad_value: input.pad_value,
         };
-        let decoder = Decoder::from_spec(
-            &manifest.decoder,
-            manifest.classes.len(),
-            input.width,
-            input.height,
-        );
+        let decoder = Decoder::from_spec(&manifest.decoder, manifest.classes.len(), input.width, input.height);
         let post = manifest.postprocess;
         let thresholds = Thresholds {
             score: config.score_threshold.unwrap_or(post.score_threshold),
@@ -91,12 +85,7 @@ impl DetectPipeline {
         let handle = tokio::runtime::Handle::current();
         let mut workers = Vec::with_capacity(config.instances);
         for instance in 0..config.instances {
-            let mut session = ModelSession::load(
-                runtime,
-                &manifest.name,
-                &manifest.onnx_path(),
-                session_options,
-            )?;
+            let mut session = ModelSession::load(runtime, &manifest.name, &manifest.onnx_path(), session_options)?;
             warm_up(&mut session, &tensor_spec, policy.max_batch)?;
             let queue = queue.clone();
             let handle = handle.clone();
@@ -104,10 +93,7 @@ impl DetectPipeline {
             let thread = std::thread::Builder::new()
                 .name(format!("model-{}-{instance}", manifest.name))
                 .spawn(move || model_worker(session, spec, queue, handle))
-                .map_err(|e| EngineError::Model {
-                    model: manifest.name.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| EngineError::Model { model: manifest.name.clone(), message: e.to_string() })?;
             workers.push(thread);
         }
         tracing::info!(
@@ -118,9 +104,7 @@ impl DetectPipeline {
             max_batch = policy.max_batch,
             max_queue_delay_us = config.batching.max_queue_delay_us,
         );
-        let budget = config.budget_ms.map_or(context.default_budget, |ms| {
-            Duration::from_millis(u64::from(ms))
-        });
+        let budget = config.budget_ms.map_or(context.default_budget, |ms| Duration::from_millis(u64::from(ms)));
         Ok(Self {
             name: name.to_owned(),
             manifest,
@@ -172,9 +156,7 @@ impl DetectPipeline {
         let received = request.received;
         let budget = request.budget.unwrap_or(self.budget);
         let budget_deadline = received + budget;
-        let deadline = request
-            .client_deadline
-            .map_or(budget_deadline, |d| d.min(budget_deadline));
+        let deadline = request.client_deadline.map_or(budget_deadline, |d| d.min(budget_deadline));
         let image = request.image.ok_or(InspectError::MissingImage)?;
 
         // Decode + letterbox on the bounded CPU pool.
@@ -184,13 +166,7 @@ impl DetectPipeline {
         let (decoded, tensor, letterbox, decode_time, preprocess_time) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
                 let t0 = std::time::Instant::now();
-                let rgb = imaging::decode(
-                    &image.data,
-                    image.encoding,
-                    image.width,
-                    image.height,
-                    limits,
-                )?;
+                let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
                 let t1 = std::time::Instant::now();
                 let mut tensor = vec![0f32; spec.len()];
                 let letterbox = PREPROCESSOR
@@ -206,18 +182,8 @@ impl DetectPipeline {
         // Batch + infer on a model worker.
         let (reply, answer) = oneshot::channel();
         self.queue
-            .submit(
-                Job {
-                    tensor,
-                    budget,
-                    reply,
-                },
-                deadline,
-            )
-            .map_err(|full| InspectError::QueueFull {
-                pipeline: self.name.clone(),
-                capacity: full.capacity,
-            })?;
+            .submit(Job { tensor, budget, reply }, deadline)
+            .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
         let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
 
         // Decode outputs + NMS (+ annotation) on the CPU pool.
@@ -227,19 +193,13 @@ impl DetectPipeline {
         let (detections, annotated_jpeg, postprocess_time) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
                 let t0 = std::time::Instant::now();
-                let named: Vec<NamedOutput<'_>> = inferred
-                    .outputs
-                    .iter()
-                    .map(|o| (o.name.as_str(), o.data.view()))
-                    .collect();
+                let named: Vec<NamedOutput<'_>> =
+                    inferred.outputs.iter().map(|o| (o.name.as_str(), o.data.view())).collect();
                 let found = decoder.detect(&named, inferred.index, &thresholds, &letterbox)?;
                 let detections: Vec<LabeledDetection> = found
                     .into_iter()
                     .map(|d| LabeledDetection {
-                        class_name: classes
-                            .get(d.class_id as usize)
-                            .cloned()
-                            .unwrap_or_default(),
+                        class_name: classes.get(d.class_id as usize).cloned().unwrap_or_default(),
                         detection: d,
                         track_id: 0,
                     })
@@ -267,11 +227,7 @@ impl DetectPipeline {
                 postprocess: postprocess_time,
                 total,
             },
-            verdict: if total <= budget {
-                Verdict::WithinBudget
-            } else {
-                Verdict::OverBudget
-            },
+            verdict: if total <= budget { Verdict::WithinBudget } else { Verdict::OverBudget },
             annotated_jpeg,
             batch_size: inferred.batch_size as u32,
             image_width: width,
@@ -283,25 +239,14 @@ impl DetectPipeline {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InspectError> {
-        let _permit = self
-            .context
-            .cpu_permits
-            .acquire()
-            .await
-            .map_err(|_| InspectError::ShuttingDown)?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| InspectError::Internal(format!("CPU stage failed: {e}")))
+        let _permit = self.context.cpu_permits.acquire().await.map_err(|_| InspectError::ShuttingDown)?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| InspectError::Internal(format!("CPU stage failed: {e}")))
     }
 }
 
-fn annotate_jpeg(
-    image: &mut RgbImage,
-    detections: &[LabeledDetection],
-) -> Result<Vec<u8>, InspectError> {
+fn annotate_jpeg(image: &mut RgbImage, detections: &[LabeledDetection]) -> Result<Vec<u8>, InspectError> {
     draw_detections(image, detections);
-    imaging::encode_jpeg(image, 85)
-        .map_err(|e| InspectError::Internal(format!("JPEG encoding failed: {e}")))
+    imaging::encode_jpeg(image, 85).map_err(|e| InspectError::Internal(format!("JPEG encoding failed: {e}")))
 }
 
 /// Boxes with "class score" labels, one colour per class.
@@ -321,11 +266,7 @@ pub fn draw_detections(image: &mut RgbImage, detections: &[LabeledDetection]) {
 }
 
 /// First runs allocate ONNX Runtime's buffers per shape: pay that before the first frame arrives.
-fn warm_up(
-    session: &mut ModelSession,
-    spec: &TensorSpec,
-    max_batch: usize,
-) -> Result<(), EngineError> {
+fn warm_up(session: &mut ModelSession, spec: &TensorSpec, max_batch: usize) -> Result<(), EngineError> {
     let (h, w) = (spec.height as usize, spec.width as usize);
     for n in [1, max_batch] {
         let input = vec![0f32; n * spec.len()];
@@ -347,10 +288,7 @@ fn model_worker(
         let now = Instant::now();
         for shed in batch.shed {
             let waited = now - shed.enqueued;
-            let _ = shed.item.reply.send(Err(InspectError::Shed {
-                budget: shed.item.budget,
-                waited,
-            }));
+            let _ = shed.item.reply.send(Err(InspectError::Shed { budget: shed.item.budget, waited }));
         }
         if batch.items.is_empty() {
             continue;
@@ -380,10 +318,7 @@ fn model_worker(
             Err(error) => {
                 tracing::error!(message = "Inference failed.", model = session.name(), %error, batch = n);
                 for q in batch.items {
-                    let _ = q
-                        .item
-                        .reply
-                        .send(Err(InspectError::Engine(error.to_string())));
+                    let _ = q.item.reply.send(Err(InspectError::Engine(error.to_string())));
                 }
             }
         }

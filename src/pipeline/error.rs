@@ -13,10 +13,7 @@ pub enum InspectError {
     #[error("camera_id is {len} bytes long; the limit is {max}")]
     CameraIdTooLong { len: usize, max: usize },
     #[error("pipeline `{name}` does not exist; available: {}", available.join(", "))]
-    UnknownPipeline {
-        name: String,
-        available: Vec<String>,
-    },
+    UnknownPipeline { name: String, available: Vec<String> },
     #[error("image is missing")]
     MissingImage,
     #[error("image.encoding {0} is not a known encoding")]
@@ -46,9 +43,6 @@ impl From<EngineError> for InspectError {
 impl InspectError {
     /// Frames refused for lack of time or room are answered with the `shed` verdict.
     pub fn is_shed(&self) -> bool {
-        matches!(
-            self,
-            InspectError::QueueFull { .. } | InspectError::Shed { .. }
-        )
+        matches!(self, InspectError::QueueFull { .. } | InspectError::Shed { .. })
     }
 }

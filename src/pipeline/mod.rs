@@ -13,9 +13,7 @@ use tokio::sync::Semaphore;
 
 pub use detect::{DetectPipeline, draw_detections};
 pub use error::InspectError;
-pub use frame::{
-    FrameRequest, FrameResult, ImageInput, LabeledDetection, PipelineInfo, StageTimings, Verdict,
-};
+pub use frame::{FrameRequest, FrameResult, ImageInput, LabeledDetection, PipelineInfo, StageTimings, Verdict};
 
 use crate::config::{Config, ManifestError, ModelManifest, PipelineKind};
 use crate::engine::{EngineError, OrtRuntime, RuntimeError, SessionOptions};
@@ -29,24 +27,11 @@ pub enum StartError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error("pipeline `{pipeline}`: {source}")]
-    Manifest {
-        pipeline: String,
-        source: ManifestError,
-    },
+    Manifest { pipeline: String, source: Box<ManifestError> },
     #[error("pipeline `{pipeline}`: {source}")]
-    Engine {
-        pipeline: String,
-        source: EngineError,
-    },
-    #[error(
-        "pipeline `{pipeline}`: model `{model}` is a `{task}` model, not usable by a `{kind}` pipeline"
-    )]
-    WrongTask {
-        pipeline: String,
-        model: String,
-        task: String,
-        kind: String,
-    },
+    Engine { pipeline: String, source: EngineError },
+    #[error("pipeline `{pipeline}`: model `{model}` is a `{task}` model, not usable by a `{kind}` pipeline")]
+    WrongTask { pipeline: String, model: String, task: String, kind: String },
 }
 
 /// What every stage shares: the bounded CPU pool and the input limits.
@@ -78,18 +63,11 @@ impl Pipelines {
             default_budget: Duration::from_millis(u64::from(config.server.default_budget_ms)),
         });
         let model_dir = config.resolved_model_dir();
-        let session_options = SessionOptions {
-            intra_threads: config.engine.intra_threads,
-        };
+        let session_options = SessionOptions { intra_threads: config.engine.intra_threads };
         let mut by_name = BTreeMap::new();
         for (name, pipeline) in &config.pipelines {
-            let manifest =
-                ModelManifest::load(&model_dir.join(&pipeline.model)).map_err(|source| {
-                    StartError::Manifest {
-                        pipeline: name.clone(),
-                        source,
-                    }
-                })?;
+            let manifest = ModelManifest::load(&model_dir.join(&pipeline.model))
+                .map_err(|source| StartError::Manifest { pipeline: name.clone(), source: Box::new(source) })?;
             let started = match pipeline.kind {
                 PipelineKind::Detect => {
                     if manifest.task != "detect" {
@@ -100,27 +78,13 @@ impl Pipelines {
                             kind: "detect".into(),
                         });
                     }
-                    DetectPipeline::start(
-                        name,
-                        pipeline,
-                        manifest,
-                        runtime,
-                        session_options,
-                        context.clone(),
-                    )
-                    .map_err(|source| StartError::Engine {
-                        pipeline: name.clone(),
-                        source,
-                    })?
+                    DetectPipeline::start(name, pipeline, manifest, runtime, session_options, context.clone())
+                        .map_err(|source| StartError::Engine { pipeline: name.clone(), source })?
                 }
             };
             by_name.insert(name.clone(), Arc::new(started));
         }
-        Ok(Self {
-            by_name,
-            default: config.default_pipeline.clone(),
-            context,
-        })
+        Ok(Self { by_name, default: config.default_pipeline.clone(), context })
     }
 
     pub fn default_name(&self) -> &str {
@@ -132,17 +96,11 @@ impl Pipelines {
     }
 
     pub fn get(&self, name: &str) -> Result<&Arc<DetectPipeline>, InspectError> {
-        let name = if name.is_empty() {
-            self.default.as_str()
-        } else {
-            name
-        };
-        self.by_name
-            .get(name)
-            .ok_or_else(|| InspectError::UnknownPipeline {
-                name: name.to_owned(),
-                available: self.by_name.keys().cloned().collect(),
-            })
+        let name = if name.is_empty() { self.default.as_str() } else { name };
+        self.by_name.get(name).ok_or_else(|| InspectError::UnknownPipeline {
+            name: name.to_owned(),
+            available: self.by_name.keys().cloned().collect(),
+        })
     }
 
     pub fn describe(&self) -> Vec<PipelineInfo> {
@@ -155,10 +113,7 @@ impl Pipelines {
             return Err(InspectError::EmptyCameraId);
         }
         if request.camera_id.len() > MAX_CAMERA_ID_BYTES {
-            return Err(InspectError::CameraIdTooLong {
-                len: request.camera_id.len(),
-                max: MAX_CAMERA_ID_BYTES,
-            });
+            return Err(InspectError::CameraIdTooLong { len: request.camera_id.len(), max: MAX_CAMERA_ID_BYTES });
         }
         let pipeline = self.get(&request.pipeline)?.clone();
         pipeline.inspect(request).await

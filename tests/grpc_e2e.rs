@@ -1,0 +1,368 @@
+//! End to end over gRPC on 127.0.0.1: real server, real client, real NanoDet-g on real frames.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, jpeg_request, persons, test_config, vtest_jpeg};
+use linesight::api::proto::{self, Image, InspectRequest, ListPipelinesRequest};
+use tonic::Code;
+
+fn raw_request(
+    camera: &str,
+    encoding: proto::image::Encoding,
+    data: Vec<u8>,
+    width: u32,
+    height: u32,
+) -> InspectRequest {
+    InspectRequest {
+        camera_id: camera.into(),
+        sequence: 1,
+        pipeline: String::new(),
+        image: Some(Image { data: data.into(), encoding: encoding as i32, width, height }),
+        budget_ms: 0,
+        annotate: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vtest_frame_250_yields_people_with_timings() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let mut request = jpeg_request("cam-1", 250, vtest_jpeg(250));
+    request.annotate = true;
+    let response = client.inspect(request).await.expect("inspect").into_inner();
+    assert_eq!(response.camera_id, "cam-1");
+    assert_eq!(response.sequence, 250);
+    assert_eq!((response.image_width, response.image_height), (768, 576));
+    assert!(persons(&response) >= 6, "expected the walkers of frame 250, got {:?}", response.detections);
+    for d in &response.detections {
+        let b = d.r#box.expect("box");
+        assert!(0.0 <= b.x1 && b.x1 < b.x2 && b.x2 <= 768.0 && 0.0 <= b.y1 && b.y1 < b.y2 && b.y2 <= 576.0, "{b:?}");
+        assert!(d.score > 0.35 && d.track_id == 0);
+    }
+    let t = response.timings.expect("timings");
+    assert!(t.decode_us > 0 && t.preprocess_us > 0 && t.inference_us > 0 && t.postprocess_us > 0);
+    assert!(t.total_us >= t.decode_us + t.preprocess_us + t.inference_us + t.postprocess_us);
+    assert_eq!(response.verdict, proto::Verdict::WithinBudget as i32);
+    assert!(response.batch_size >= 1);
+    let annotated = image::load_from_memory(&response.annotated_jpeg).expect("annotated JPEG decodes");
+    assert_eq!((annotated.width(), annotated.height()), (768, 576));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_encoding_of_the_same_pixels_gives_the_same_detections() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let jpeg = vtest_jpeg(100);
+    let rgb = image::load_from_memory(&jpeg).expect("decode").into_rgb8();
+    let (w, h) = rgb.dimensions();
+    let bgr: Vec<u8> = rgb.as_raw().chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect();
+    let mut png = Vec::new();
+    rgb.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).expect("png");
+
+    let from_jpeg = client.inspect(jpeg_request("c", 1, jpeg.clone())).await.expect("jpeg").into_inner();
+    let mut sniffed = jpeg_request("c", 1, jpeg);
+    if let Some(image) = sniffed.image.as_mut() {
+        image.encoding = proto::image::Encoding::Unspecified as i32;
+    }
+    let requests = [
+        sniffed,
+        raw_request("c", proto::image::Encoding::Png, png, 0, 0),
+        raw_request("c", proto::image::Encoding::RawRgb8, rgb.as_raw().clone(), w, h),
+        raw_request("c", proto::image::Encoding::RawBgr8, bgr, w, h),
+    ];
+    assert!(persons(&from_jpeg) >= 4);
+    for request in requests {
+        let encoding = request.image.as_ref().map(|i| i.encoding);
+        let response = client.inspect(request).await.expect("inspect").into_inner();
+        assert_eq!(response.detections, from_jpeg.detections, "encoding {encoding:?}");
+    }
+    let gray = image::DynamicImage::ImageRgb8(rgb).into_luma8();
+    let response = client
+        .inspect(raw_request("c", proto::image::Encoding::RawGray8, gray.into_raw(), w, h))
+        .await
+        .expect("gray")
+        .into_inner();
+    assert!(persons(&response) >= 3, "grey frame still shows people: {:?}", response.detections);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_pipelines_reports_model_classes_and_batching() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let response = client.list_pipelines(ListPipelinesRequest {}).await.expect("list").into_inner();
+    assert_eq!(response.default_pipeline, "detect");
+    let detect = &response.pipelines[0];
+    assert_eq!((detect.name.as_str(), detect.model.as_str()), ("detect", "nanodet-g"));
+    assert_eq!(detect.classes.len(), 80);
+    assert_eq!(detect.classes[0], "person");
+    assert_eq!((detect.input_width, detect.input_height, detect.max_batch), (416, 416, 8));
+    assert_eq!(detect.budget_ms, 30_000);
+    server.stop().await;
+}
+
+/// Each bad input gets its own status naming the problem, and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_inputs_get_precise_statuses_and_server_keeps_serving() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let jpeg = vtest_jpeg(0);
+
+    let mut corrupt = jpeg[..200].to_vec();
+    corrupt.extend(std::iter::repeat_n(0x5a, 5000));
+    let truncated = jpeg[..jpeg.len() / 3].to_vec();
+    let mut bomb = Vec::new();
+    image::RgbImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut bomb), image::ImageFormat::Png).expect("png");
+    bomb[16..20].copy_from_slice(&10_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&10_000u32.to_be_bytes());
+    let crc = crc32fast::hash(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+
+    use proto::image::Encoding as E;
+    let mut unknown_pipeline = jpeg_request("c", 1, jpeg.clone());
+    unknown_pipeline.pipeline = "segment-everything".into();
+    let mut no_image = jpeg_request("c", 1, jpeg.clone());
+    no_image.image = None;
+    let mut bad_encoding = jpeg_request("c", 1, jpeg.clone());
+    if let Some(i) = bad_encoding.image.as_mut() {
+        i.encoding = 42;
+    }
+    let cases: Vec<(&str, InspectRequest, Code, &str)> = vec![
+        ("corrupt JPEG", jpeg_request("c", 1, corrupt), Code::InvalidArgument, "not a valid JPEG"),
+        ("truncated JPEG", jpeg_request("c", 1, truncated), Code::InvalidArgument, "not a valid JPEG"),
+        (
+            "PNG bytes declared JPEG",
+            raw_request("c", E::Jpeg, bomb.clone(), 0, 0),
+            Code::InvalidArgument,
+            "not a valid JPEG",
+        ),
+        (
+            "decompression bomb",
+            raw_request("c", E::Png, bomb, 0, 0),
+            Code::InvalidArgument,
+            "100000000 pixels, over the limit of 40000000 pixels",
+        ),
+        ("empty data", raw_request("c", E::Unspecified, vec![], 0, 0), Code::InvalidArgument, "image.data is empty"),
+        (
+            "not an image",
+            raw_request("c", E::Unspecified, b"GIF89a....".to_vec(), 0, 0),
+            Code::InvalidArgument,
+            "neither JPEG nor PNG",
+        ),
+        (
+            "raw length mismatch",
+            raw_request("c", E::RawRgb8, vec![0; 100], 10, 10),
+            Code::InvalidArgument,
+            "holds 100 bytes but 10x10 RAW_RGB8 needs 300",
+        ),
+        (
+            "raw zero width",
+            raw_request("c", E::RawGray8, vec![0; 10], 0, 10),
+            Code::InvalidArgument,
+            "must be positive",
+        ),
+        (
+            "raw absurd size",
+            raw_request("c", E::RawGray8, vec![0; 10], 100_000, 100_000),
+            Code::InvalidArgument,
+            "exceeds the limit",
+        ),
+        ("unknown encoding", bad_encoding, Code::InvalidArgument, "image.encoding 42"),
+        ("missing image", no_image, Code::InvalidArgument, "image is missing"),
+        ("empty camera id", jpeg_request("", 1, jpeg.clone()), Code::InvalidArgument, "camera_id is empty"),
+        (
+            "unknown pipeline",
+            unknown_pipeline,
+            Code::NotFound,
+            "pipeline `segment-everything` does not exist; available: detect",
+        ),
+    ];
+    for (what, request, code, message) in cases {
+        let status = client.inspect(request).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(status.message().contains(message), "{what}: {:?} lacks {message:?}", status.message());
+    }
+    let fine = client.inspect(jpeg_request("c", 2, jpeg)).await.expect("server still serves").into_inner();
+    assert!(persons(&fine) >= 3);
+    server.stop().await;
+}
+
+/// `max_message_bytes` is enforced exactly: a request of exactly the limit is served, one byte more
+/// is RESOURCE_EXHAUSTED, on Inspect and on InspectStream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn message_size_limit_holds_at_the_byte() {
+    use prost::Message;
+    let limit = 1 << 20;
+    let mut config = test_config();
+    config.server.max_message_bytes = limit;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+
+    // A valid grey frame whose encoded request is exactly `total` bytes: pick a width x height just
+    // under the total, then fill the rest with camera_id bytes.
+    let sized = |total: usize| -> InspectRequest {
+        let (width, rows) = (900..1100)
+            .map(|w| (w, (total - 100) / w))
+            .find(|&(w, r)| total - 100 - w * r < 40)
+            .expect("a fitting frame size");
+        let mut request =
+            raw_request("c", proto::image::Encoding::RawGray8, vec![128; width * rows], width as u32, rows as u32);
+        let base = request.encoded_len();
+        assert!(total > base && total - base < 120, "base {base}");
+        // One camera_id byte adds one encoded byte while its length prefix stays one byte (< 128).
+        request.camera_id = "c".repeat(1 + total - base);
+        assert_eq!(request.encoded_len(), total);
+        request
+    };
+    let at_limit = client.inspect(sized(limit)).await.expect("exactly at the limit is served").into_inner();
+    assert!(at_limit.image_width >= 900 && at_limit.image_height > 900, "{at_limit:?}");
+    let status = client.inspect(sized(limit + 1)).await.expect_err("one byte over");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains(&format!("{} bytes, over the server limit of {limit} bytes", limit + 1)),
+        "{}",
+        status.message()
+    );
+
+    let frames = vec![sized(limit), sized(limit + 1)];
+    let mut responses = client.inspect_stream(tokio_stream::iter(frames)).await.expect("stream").into_inner();
+    let first = responses.message().await.expect("first frame answered").expect("first");
+    assert!(first.error.is_none(), "{:?}", first.error);
+    let status = responses.message().await.expect_err("oversized frame ends the stream");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    server.stop().await;
+}
+
+/// Responses come back in request order, bad frames are answered in-band, and the stream goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_answers_in_order_with_in_band_errors() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    let frames = [0, 100, 250, 400, 600];
+    let mut requests = Vec::new();
+    for sequence in 0..15u64 {
+        let request = if sequence % 5 == 3 {
+            jpeg_request("cam-s", sequence, b"\xff\xd8\xff garbage".to_vec())
+        } else {
+            jpeg_request("cam-s", sequence, vtest_jpeg(frames[sequence as usize % frames.len()]))
+        };
+        requests.push(request);
+    }
+    let mut responses = client.inspect_stream(tokio_stream::iter(requests)).await.expect("stream").into_inner();
+    let mut seen = Vec::new();
+    while let Some(response) = responses.message().await.expect("no stream error") {
+        if response.sequence % 5 == 3 {
+            let error = response.error.as_ref().expect("bad frame answered with an error");
+            assert_eq!(error.code, Code::InvalidArgument as i32);
+            assert!(error.message.contains("not a valid JPEG"), "{}", error.message);
+        } else {
+            assert!(response.error.is_none(), "{:?}", response.error);
+            assert!(persons(&response) >= 1);
+        }
+        seen.push(response.sequence);
+    }
+    assert_eq!(seen, (0..15).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+/// Under concurrent load from many cameras the batcher forms batches larger than one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cameras_are_batched_together() {
+    let mut config = test_config();
+    if let Some(p) = config.pipelines.get_mut("detect") {
+        p.batching.max_batch = 4;
+        p.batching.max_queue_delay_us = 50_000;
+    }
+    let server = TestServer::start(config).await;
+    let client = server.client().await;
+    let jpeg = vtest_jpeg(400);
+    let mut tasks = Vec::new();
+    for camera in 0..12 {
+        let mut client = client.clone();
+        let request = jpeg_request(&format!("cam-{camera}"), camera, jpeg.clone());
+        tasks.push(tokio::spawn(async move { client.inspect(request).await.map(|r| r.into_inner()) }));
+    }
+    let mut sizes = Vec::new();
+    let mut reference: Option<Vec<proto::Detection>> = None;
+    for task in tasks {
+        let response = task.await.expect("join").expect("inspect");
+        sizes.push(response.batch_size);
+        // Batching must not change any frame's answer.
+        match &reference {
+            None => reference = Some(response.detections.clone()),
+            Some(first) => assert_eq!(&response.detections, first),
+        }
+    }
+    assert!(sizes.iter().any(|&s| s > 1), "no batch formed: {sizes:?}");
+    assert!(sizes.iter().all(|&s| s <= 4), "batch over max_batch: {sizes:?}");
+    server.stop().await;
+}
+
+/// A frame that cannot make its budget, or the client's gRPC deadline, is shed before inference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_and_grpc_deadline_shed_frames_that_cannot_make_it() {
+    let server = TestServer::start(test_config()).await;
+    let mut client = server.client().await;
+    // Prime the service-time estimate.
+    client.inspect(jpeg_request("c", 0, vtest_jpeg(0))).await.expect("warm");
+
+    let mut tight = jpeg_request("c", 1, vtest_jpeg(0));
+    tight.budget_ms = 1;
+    let status = client.inspect(tight).await.expect_err("1 ms budget");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("shed"), "{}", status.message());
+
+    let mut deadline = tonic::Request::new(jpeg_request("c", 2, vtest_jpeg(0)));
+    deadline.set_timeout(Duration::from_millis(8));
+    let status = client.inspect(deadline).await.expect_err("8 ms deadline");
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+
+    // In a stream the shed frame is answered with verdict SHED and the stream goes on.
+    let mut shed = jpeg_request("c", 3, vtest_jpeg(0));
+    shed.budget_ms = 1;
+    let frames = vec![shed, jpeg_request("c", 4, vtest_jpeg(0))];
+    let mut responses = client.inspect_stream(tokio_stream::iter(frames)).await.expect("stream").into_inner();
+    let first = responses.message().await.expect("ok").expect("first");
+    assert_eq!(first.verdict, proto::Verdict::Shed as i32);
+    assert_eq!(first.error.as_ref().map(|e| e.code), Some(Code::DeadlineExceeded as i32));
+    let second = responses.message().await.expect("ok").expect("second");
+    assert_eq!(second.verdict, proto::Verdict::WithinBudget as i32);
+    server.stop().await;
+}
+
+/// A full queue answers RESOURCE_EXHAUSTED at once; every request still gets exactly one answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_queue_answers_resource_exhausted() {
+    let mut config = test_config();
+    if let Some(p) = config.pipelines.get_mut("detect") {
+        p.batching.max_batch = 1;
+        p.batching.max_queue_size = 1;
+        p.batching.max_queue_delay_us = 0;
+    }
+    let server = TestServer::start(config).await;
+    let client = server.client().await;
+    let jpeg = vtest_jpeg(600);
+    let mut tasks = Vec::new();
+    for camera in 0..16 {
+        let mut client = client.clone();
+        let request = jpeg_request(&format!("cam-{camera}"), 0, jpeg.clone());
+        tasks.push(tokio::spawn(async move { client.inspect(request).await }));
+    }
+    let (mut served, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.expect("join") {
+            Ok(_) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("queue is full"), "{}", status.message());
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(served + refused, 16);
+    assert!(served >= 1 && refused >= 1, "served {served}, refused {refused}");
+    server.stop().await;
+}
