@@ -35,6 +35,19 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Accepted connections with Nagle's algorithm off: a response is a few small HTTP/2 frames, and
+/// Nagle + delayed ACKs would hold them back by up to 40 ms.
+fn accept_nodelay(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(message = "Cannot disable Nagle's algorithm.", %error);
+            }
+        })
+    })
+}
+
 /// Serves Inspection, Health and Reflection on `listener` until `shutdown` resolves, then stops the
 /// pipelines (queued frames are still answered).
 pub async fn serve(
@@ -63,7 +76,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(inspection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(accept_nodelay(listener), shutdown)
         .await;
     health.set_not_serving::<proto::inspection_server::InspectionServer<InspectionService>>().await;
     pipelines.shutdown().await;

@@ -59,6 +59,9 @@ pub struct EngineConfig {
     pub intra_threads: usize,
     /// `cpu` only for now.
     pub provider: String,
+    /// Let ONNX Runtime's idle intra-op threads spin before sleeping. Off by default: with more than
+    /// one model instance on a few cores, spinning pools steal each other's CPU.
+    pub intra_op_spinning: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +100,8 @@ pub enum PipelineKind {
 
 /// Dynamic batching, as Triton's dynamic batcher: a batch ships when it holds `max_batch` frames or
 /// when its oldest frame has waited `max_queue_delay_us`; at most `max_queue_size` frames wait.
+/// The default delay is 0, as Triton's: a lone frame costs no wait, and under load batches still
+/// form from the frames that queue while the model is busy.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchingConfig {
@@ -113,7 +118,7 @@ impl BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        Self { max_batch: 8, max_queue_delay_us: 2_000, max_queue_size: 64 }
+        Self { max_batch: 8, max_queue_delay_us: 0, max_queue_size: 64 }
     }
 }
 
@@ -137,6 +142,7 @@ impl Default for EngineConfig {
             ort_dylib_path: None,
             intra_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             provider: "cpu".to_owned(),
+            intra_op_spinning: false,
         }
     }
 }

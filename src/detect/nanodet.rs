@@ -25,7 +25,6 @@ impl NanoDetDecoder {
     ) -> Result<Vec<Detection>, DetectError> {
         let mut out = Vec::new();
         let bins = self.reg_bins;
-        let mut probs = vec![0f32; bins];
         for &stride in &self.strides {
             let grid_w = self.input_width.div_ceil(stride) as usize;
             let grid_h = self.input_height.div_ceil(stride) as usize;
@@ -43,31 +42,32 @@ impl NanoDetDecoder {
                     format!("[n, {points}, {}]", 4 * bins)
                 })?;
             let s = stride as f32;
-            for (p, scores) in cls.outer_iter().enumerate() {
-                let (mut best, mut class_id) = (f32::NEG_INFINITY, 0usize);
-                for (c, &v) in scores.iter().enumerate() {
-                    if v > best {
-                        best = v;
-                        class_id = c;
-                    }
-                }
+            // Rows are contiguous in ONNX Runtime's outputs; fall back to a copy for any other layout.
+            let cls = cls.as_standard_layout();
+            let reg = reg.as_standard_layout();
+            let (Some(cls), Some(reg)) = (cls.as_slice(), reg.as_slice()) else {
+                continue;
+            };
+            for (p, scores) in cls.chunks_exact(self.num_classes).enumerate() {
+                // Most points score nothing: a branch-free max first, the argmax only for candidates.
+                let best = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 if best <= score_threshold {
                     continue;
                 }
+                let class_id = scores.iter().position(|&v| v == best).unwrap_or(0);
                 let cx = ((p % grid_w) as f32 + self.center_offset) * s;
                 let cy = ((p / grid_w) as f32 + self.center_offset) * s;
-                let logits = reg.row(p);
+                let logits = &reg[p * 4 * bins..(p + 1) * 4 * bins];
                 let mut dist = [0f32; 4];
-                for (side, d) in dist.iter_mut().enumerate() {
-                    let l = logits.slice(ndarray::s![side * bins..(side + 1) * bins]);
-                    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for (k, &v) in l.iter().enumerate() {
-                        probs[k] = (v - max).exp();
-                        sum += probs[k];
+                for (d, side) in dist.iter_mut().zip(logits.chunks_exact(bins)) {
+                    let max = side.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let (mut sum, mut weighted) = (0.0, 0.0);
+                    for (k, &v) in side.iter().enumerate() {
+                        let e = (v - max).exp();
+                        sum += e;
+                        weighted += e * k as f32;
                     }
-                    let expectation: f32 = probs.iter().enumerate().map(|(k, &q)| q * k as f32).sum::<f32>() / sum;
-                    *d = expectation * s;
+                    *d = weighted / sum * s;
                 }
                 out.push(Detection {
                     bbox: BBox { x1: cx - dist[0], y1: cy - dist[1], x2: cx + dist[2], y2: cy + dist[3] },

@@ -56,29 +56,61 @@ impl Layout {
             ((None, Some(attrs)), format!("[n, anchors, {attrs}] ({} layout)", self.name))
         };
         let frame = frame_2d(name, array, index, expect, || text)?;
-        // Rows = anchors, columns = attributes.
-        let rows = if self.attributes_first { frame.reversed_axes() } else { frame };
+        let frame = frame.as_standard_layout();
+        let Some(data) = frame.as_slice() else {
+            return Ok(Vec::new());
+        };
         let first_class = 4 + usize::from(self.objectness);
         let mut out = Vec::new();
-        for row in rows.outer_iter() {
-            let objectness = if self.objectness { row[4] } else { 1.0 };
-            let (mut best, mut class_id) = (f32::NEG_INFINITY, 0usize);
-            for c in 0..self.num_classes {
-                let v = row[first_class + c] * objectness;
-                if v > best {
-                    best = v;
-                    class_id = c;
-                }
-            }
-            if best <= score_threshold {
-                continue;
-            }
-            let (cx, cy, w, h) = (row[0], row[1], row[2], row[3]);
+        let mut push = |attr: &dyn Fn(usize) -> f32, best: f32, class_id: usize| {
+            let (cx, cy, w, h) = (attr(0), attr(1), attr(2), attr(3));
             out.push(Detection {
                 bbox: BBox { x1: cx - w / 2.0, y1: cy - h / 2.0, x2: cx + w / 2.0, y2: cy + h / 2.0 },
                 class_id: class_id as u32,
                 score: best,
             });
+        };
+        if self.attributes_first {
+            // [attrs, anchors]: a running max over class rows keeps every pass contiguous.
+            let anchors = data.len() / attrs;
+            let mut best = vec![f32::NEG_INFINITY; anchors];
+            let mut best_class = vec![0usize; anchors];
+            for c in 0..self.num_classes {
+                let row = &data[(first_class + c) * anchors..(first_class + c + 1) * anchors];
+                for ((b, bc), &v) in best.iter_mut().zip(best_class.iter_mut()).zip(row) {
+                    if v > *b {
+                        *b = v;
+                        *bc = c;
+                    }
+                }
+            }
+            if self.objectness {
+                let objectness = &data[4 * anchors..5 * anchors];
+                for (b, o) in best.iter_mut().zip(objectness) {
+                    *b *= o;
+                }
+            }
+            for (a, (&score, &class_id)) in best.iter().zip(&best_class).enumerate() {
+                if score > score_threshold {
+                    push(&|k| data[k * anchors + a], score, class_id);
+                }
+            }
+        } else {
+            // [anchors, attrs]: each anchor's attributes are one contiguous row.
+            for row in data.chunks_exact(attrs) {
+                let objectness = if self.objectness { row[4] } else { 1.0 };
+                let (mut best, mut class_id) = (f32::NEG_INFINITY, 0usize);
+                for (c, &v) in row[first_class..].iter().enumerate() {
+                    let v = v * objectness;
+                    if v > best {
+                        best = v;
+                        class_id = c;
+                    }
+                }
+                if best > score_threshold {
+                    push(&|k| row[k], best, class_id);
+                }
+            }
         }
         Ok(out)
     }

@@ -7,13 +7,23 @@ mod session;
 pub use runtime::{OrtRuntime, RuntimeError, default_library_dir, library_candidates};
 pub use session::{ModelSession, SessionOptions};
 
-use ndarray::ArrayD;
+use ndarray::ArrayViewD;
 
-/// A named output tensor, copied out of ONNX Runtime.
-#[derive(Debug, Clone)]
+/// A named output tensor, still in ONNX Runtime's memory (no copy); any thread may read it.
+#[derive(Debug)]
 pub struct Output {
     pub name: String,
-    pub data: ArrayD<f32>,
+    value: ort::value::DynValue,
+}
+
+impl Output {
+    /// The tensor as f32, e.g. cls_s8: [n, 2704, 80].
+    pub fn view(&self) -> Result<ArrayViewD<'_, f32>, EngineError> {
+        self.value.try_extract_array::<f32>().map_err(|e| EngineError::Model {
+            model: String::new(),
+            message: format!("output {} is not an f32 tensor: {e}", self.name),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

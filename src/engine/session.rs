@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use ndarray::{ArrayD, IxDyn};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
@@ -13,6 +12,9 @@ use super::{EngineError, OrtRuntime, Output};
 pub struct SessionOptions {
     /// Threads inside one `run` (ONNX Runtime intra-op pool).
     pub intra_threads: usize,
+    /// Let idle intra-op threads spin before sleeping: a little lower latency for a lone session,
+    /// but spinning pools of several sessions steal each other's cores.
+    pub intra_op_spinning: bool,
 }
 
 pub struct ModelSession {
@@ -34,6 +36,8 @@ impl ModelSession {
             .with_intra_threads(options.intra_threads)
             .map_err(|e| load_err(e.to_string()))?
             .with_inter_threads(1)
+            .map_err(|e| load_err(e.to_string()))?
+            .with_intra_op_spinning(options.intra_op_spinning)
             .map_err(|e| load_err(e.to_string()))?
             .commit_from_file(path)
             .map_err(|e| load_err(e.to_string()))?;
@@ -70,16 +74,7 @@ impl ModelSession {
             .session
             .run(ort::inputs![self.input_name.as_str() => tensor])
             .map_err(|e| EngineError::Run { model: self.name.clone(), message: e.to_string() })?;
-        let mut result = Vec::with_capacity(outputs.len());
-        for (name, value) in outputs.iter() {
-            let (out_shape, data) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| EngineError::Run { model: self.name.clone(), message: format!("output {name}: {e}") })?;
-            let dims: Vec<usize> = out_shape.iter().map(|&d| d.max(0) as usize).collect();
-            let array = ArrayD::from_shape_vec(IxDyn(&dims), data.to_vec())
-                .map_err(|e| EngineError::Run { model: self.name.clone(), message: format!("output {name}: {e}") })?;
-            result.push(Output { name: name.to_owned(), data: array });
-        }
+        let result = outputs.into_iter().map(|(name, value)| Output { name: name.to_owned(), value }).collect();
         Ok(result)
     }
 }

@@ -193,8 +193,11 @@ impl DetectPipeline {
         let (detections, annotated_jpeg, postprocess_time) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
                 let t0 = std::time::Instant::now();
-                let named: Vec<NamedOutput<'_>> =
-                    inferred.outputs.iter().map(|o| (o.name.as_str(), o.data.view())).collect();
+                let named = inferred.outputs.iter().map(|o| o.view().map(|v| (o.name.as_str(), v))).collect::<Result<
+                    Vec<NamedOutput<'_>>,
+                    _,
+                >>(
+                )?;
                 let found = decoder.detect(&named, inferred.index, &thresholds, &letterbox)?;
                 let detections: Vec<LabeledDetection> = found
                     .into_iter()
@@ -294,12 +297,19 @@ fn model_worker(
             continue;
         }
         let n = batch.items.len();
-        input.clear();
-        for q in &batch.items {
-            input.extend_from_slice(&q.item.tensor);
-        }
+        // A lone frame's tensor goes in as it is; a batch is stacked into one buffer.
+        let tensor: &[f32] = match batch.items.as_slice() {
+            [only] => &only.item.tensor,
+            items => {
+                input.clear();
+                for q in items {
+                    input.extend_from_slice(&q.item.tensor);
+                }
+                &input
+            }
+        };
         let started = Instant::now();
-        let result = session.run([n, 3, h, w], &input);
+        let result = session.run([n, 3, h, w], tensor);
         let inference = started.elapsed();
         queue.record_service_time(inference);
         match result {

@@ -63,7 +63,10 @@ impl Pipelines {
             default_budget: Duration::from_millis(u64::from(config.server.default_budget_ms)),
         });
         let model_dir = config.resolved_model_dir();
-        let session_options = SessionOptions { intra_threads: config.engine.intra_threads };
+        let session_options = SessionOptions {
+            intra_threads: config.engine.intra_threads,
+            intra_op_spinning: config.engine.intra_op_spinning,
+        };
         let mut by_name = BTreeMap::new();
         for (name, pipeline) in &config.pipelines {
             let manifest = ModelManifest::load(&model_dir.join(&pipeline.model))
