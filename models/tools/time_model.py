@@ -24,6 +24,8 @@ for path in args.models:
     so.intra_op_num_threads = args.threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    # Interleaved sessions must not spin: an idle pool's spinning threads steal the other's cores.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     shape = [args.batch if not isinstance(d, int) else d for d in inp.shape]

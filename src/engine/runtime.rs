@@ -24,6 +24,9 @@ pub enum RuntimeError {
     Load { path: PathBuf, message: String },
     #[error("ONNX Runtime environment: {0}")]
     Environment(String),
+    /// An earlier attempt in this process failed; loading is not retried.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The loaded runtime. One per process; sessions are created after it.
@@ -39,7 +42,7 @@ impl OrtRuntime {
     /// Loads ONNX Runtime once per process; later calls return the same runtime (or the same error).
     pub fn init(explicit: Option<&Path>) -> Result<&'static OrtRuntime, RuntimeError> {
         let loaded = RUNTIME.get_or_init(|| Self::load(explicit).map_err(|e| e.to_string()));
-        loaded.as_ref().map_err(|message| RuntimeError::Environment(message.clone()))
+        loaded.as_ref().map_err(|message| RuntimeError::Failed(message.clone()))
     }
 
     pub fn environment(&self) -> &Environment {
