@@ -12,8 +12,8 @@ use linesight::api::proto::inspection_client::InspectionClient;
 use linesight::api::proto::{Image, InspectRequest};
 use linesight::config::{Config, ModelManifest};
 use linesight::engine::OrtRuntime;
-use linesight::imaging::{self, DecodeLimits, ImageEncoding, Preprocessor, TensorSpec};
-use linesight::pipeline::Pipelines;
+use linesight::imaging::{self, DecodeLimits, ImageEncoding, Preprocessor};
+use linesight::pipeline::{Pipelines, tensor_spec};
 
 const BARE: &str = "bare_session_run_nanodet-g_b1";
 const E2E: &str = "inspect_unary_vtest_768x576_jpeg";
@@ -68,14 +68,7 @@ fn main() {
         .expect("session");
     let limits = DecodeLimits { max_pixels: 40_000_000, max_side: 16_384 };
     let img = imaging::decode(&jpeg, ImageEncoding::Jpeg, 0, 0, limits).expect("decode");
-    let spec = TensorSpec {
-        width: 416,
-        height: 416,
-        bgr: true,
-        mean: manifest.input.mean,
-        std: manifest.input.std,
-        pad_value: manifest.input.pad_value,
-    };
+    let spec = tensor_spec(&manifest.input);
     let mut tensor = vec![0f32; spec.len()];
     Preprocessor::new().letterbox_into(&img, &spec, &mut tensor).expect("letterbox");
 

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use linesight::config::{DecoderSpec, ModelManifest, YoloVersion};
+use linesight::config::{ModelManifest, YoloVersion};
 use linesight::detect::{Decoder, Layout, NamedOutput, Thresholds};
 use linesight::engine::{ModelSession, OrtRuntime, SessionOptions};
-use linesight::imaging::{self, DecodeLimits, ImageEncoding, Letterbox, Preprocessor, TensorSpec};
+use linesight::imaging::{self, DecodeLimits, ImageEncoding, Letterbox, Preprocessor};
+use linesight::pipeline::tensor_spec;
 use ndarray::{ArrayD, IxDyn};
 
 const LIMITS: DecodeLimits = DecodeLimits { max_pixels: 40_000_000, max_side: 16_384 };
@@ -16,15 +17,8 @@ fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn nanodet_spec() -> TensorSpec {
-    TensorSpec {
-        width: 416,
-        height: 416,
-        bgr: true,
-        mean: [103.53, 116.28, 123.675],
-        std: [57.375, 57.12, 58.395],
-        pad_value: 0,
-    }
+fn nanodet() -> ModelManifest {
+    ModelManifest::load(&root().join("models/nanodet-g")).expect("manifest")
 }
 
 fn preprocess(c: &mut Criterion) {
@@ -35,7 +29,7 @@ fn preprocess(c: &mut Criterion) {
     });
     let small = imaging::decode(&jpeg, ImageEncoding::Jpeg, 0, 0, LIMITS).expect("decode");
     let big = image::imageops::resize(&small, 1920, 1080, image::imageops::FilterType::Triangle);
-    let spec = nanodet_spec();
+    let spec = tensor_spec(&nanodet().input);
     let mut out = vec![0f32; spec.len()];
     let mut pre = Preprocessor::new();
     for (name, img) in [("768x576", &small), ("1920x1080", &big)] {
@@ -49,7 +43,7 @@ fn preprocess(c: &mut Criterion) {
 fn postprocess(c: &mut Criterion) {
     let mut group = c.benchmark_group("postprocess");
     // Real NanoDet-g outputs for vtest frame 250.
-    let manifest = ModelManifest::load(&root().join("models/nanodet-g")).expect("manifest");
+    let manifest = nanodet();
     let runtime = OrtRuntime::init(None).expect("ONNX Runtime (run scripts/setup)");
     let mut session = ModelSession::load(
         runtime,
@@ -60,7 +54,7 @@ fn postprocess(c: &mut Criterion) {
     .expect("session");
     let jpeg = std::fs::read(root().join("tests/fixtures/vtest/frame_0250.jpg")).expect("frame");
     let img = imaging::decode(&jpeg, ImageEncoding::Jpeg, 0, 0, LIMITS).expect("decode");
-    let spec = nanodet_spec();
+    let spec = tensor_spec(&nanodet().input);
     let mut tensor = vec![0f32; spec.len()];
     let lb = Preprocessor::new().letterbox_into(&img, &spec, &mut tensor).expect("letterbox");
     let outputs = session.run([1, 3, 416, 416], &tensor).expect("run");
@@ -93,7 +87,6 @@ fn postprocess(c: &mut Criterion) {
         b.iter(|| yolo.detect(&named, 0, &t, &lb).expect("detect"))
     });
     group.finish();
-    let _ = DecoderSpec::Yolo { version: YoloVersion::V8 };
 }
 
 criterion_group! {

@@ -12,7 +12,7 @@ use super::{
     FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StageContext, StageTimings, Verdict,
 };
 use crate::batching::{BatchPolicy, BatchQueue};
-use crate::config::{ChannelOrder, ModelManifest, PipelineConfig};
+use crate::config::{ChannelOrder, InputSpec, ModelManifest, PipelineConfig};
 use crate::detect::{Decoder, NamedOutput, Thresholds};
 use crate::engine::{EngineError, ModelSession, OrtRuntime, Output, SessionOptions};
 use crate::imaging::{self, Annotation, Preprocessor, TensorSpec};
@@ -47,6 +47,18 @@ pub struct DetectPipeline {
     context: Arc<StageContext>,
 }
 
+/// The tensor a model's manifest asks for.
+pub fn tensor_spec(input: &InputSpec) -> TensorSpec {
+    TensorSpec {
+        width: input.width,
+        height: input.height,
+        bgr: input.channel_order == ChannelOrder::Bgr,
+        mean: input.mean,
+        std: input.std,
+        pad_value: input.pad_value,
+    }
+}
+
 thread_local! {
     static PREPROCESSOR: RefCell<Preprocessor> = RefCell::new(Preprocessor::new());
 }
@@ -61,14 +73,7 @@ impl DetectPipeline {
         context: Arc<StageContext>,
     ) -> Result<Self, EngineError> {
         let input = &manifest.input;
-        let tensor_spec = TensorSpec {
-            width: input.width,
-            height: input.height,
-            bgr: input.channel_order == ChannelOrder::Bgr,
-            mean: input.mean,
-            std: input.std,
-            pad_value: input.pad_value,
-        };
+        let tensor_spec = tensor_spec(input);
         let decoder = Decoder::from_spec(&manifest.decoder, manifest.classes.len(), input.width, input.height);
         let post = manifest.postprocess;
         let thresholds = Thresholds {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-pub use detect::{DetectPipeline, draw_detections};
+pub use detect::{DetectPipeline, draw_detections, tensor_spec};
 pub use error::InspectError;
 pub use frame::{FrameRequest, FrameResult, ImageInput, LabeledDetection, PipelineInfo, StageTimings, Verdict};
 
