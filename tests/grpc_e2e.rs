@@ -366,3 +366,34 @@ async fn full_queue_answers_resource_exhausted() {
     assert!(served >= 1 && refused >= 1, "served {served}, refused {refused}");
     server.stop().await;
 }
+
+/// The client's deadline counts as the frame's deadline when it is sooner than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_deadline_sooner_than_budget_sheds_in_library() {
+    use linesight::pipeline::{FrameRequest, ImageInput, InspectError, Pipelines};
+    let pipelines = Pipelines::start(&test_config()).expect("pipelines");
+    let received = tokio::time::Instant::now();
+    let frame = |client_deadline| FrameRequest {
+        camera_id: "c".into(),
+        sequence: 0,
+        pipeline: String::new(),
+        image: Some(ImageInput {
+            data: vtest_jpeg(0).into(),
+            encoding: linesight::imaging::ImageEncoding::Jpeg,
+            width: 0,
+            height: 0,
+        }),
+        budget: None,
+        annotate: false,
+        received,
+        client_deadline,
+    };
+    // Budget 30 s, but the client's deadline is already due: shed before inference.
+    let err = pipelines.inspect(frame(Some(received))).await.expect_err("shed");
+    assert!(matches!(err, InspectError::Shed { .. }), "{err}");
+    assert!(err.to_string().contains("before the client's gRPC deadline"), "{err}");
+    // A generous client deadline changes nothing.
+    let ok = pipelines.inspect(frame(Some(received + Duration::from_secs(30)))).await.expect("served");
+    assert!(!ok.detections.is_empty());
+    pipelines.shutdown().await;
+}

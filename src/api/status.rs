@@ -113,7 +113,10 @@ mod tests {
             (InspectError::UnknownPipeline { name: "x".into(), available: vec!["detect".into()] }, Code::NotFound),
             (InspectError::QueueFull { pipeline: "detect".into(), capacity: 64 }, Code::ResourceExhausted),
             (
-                InspectError::Shed { budget: std::time::Duration::from_millis(83), waited: std::time::Duration::ZERO },
+                InspectError::Shed {
+                    limit: crate::pipeline::ShedLimit::Budget(std::time::Duration::from_millis(83)),
+                    waited: std::time::Duration::ZERO,
+                },
                 Code::DeadlineExceeded,
             ),
             (InspectError::ShuttingDown, Code::Unavailable),

@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{
-    FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StageContext, StageTimings, Verdict,
+    FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext, StageTimings,
+    Verdict,
 };
 use crate::batching::{BatchPolicy, BatchQueue};
 use crate::config::{ChannelOrder, InputSpec, ModelManifest, PipelineConfig};
@@ -21,7 +22,8 @@ use crate::imaging::{self, Annotation, Preprocessor, TensorSpec};
 struct Job {
     // tensor: [3, h, w] f32, normalised per the model's input spec
     tensor: Vec<f32>,
-    budget: Duration,
+    /// The deadline this frame is held to, should it be shed.
+    limit: ShedLimit,
     reply: oneshot::Sender<Result<Inferred, InspectError>>,
 }
 
@@ -161,7 +163,10 @@ impl DetectPipeline {
         let received = request.received;
         let budget = request.budget.unwrap_or(self.budget);
         let budget_deadline = received + budget;
-        let deadline = request.client_deadline.map_or(budget_deadline, |d| d.min(budget_deadline));
+        let (deadline, limit) = match request.client_deadline {
+            Some(client) if client < budget_deadline => (client, ShedLimit::ClientDeadline),
+            _ => (budget_deadline, ShedLimit::Budget(budget)),
+        };
         let image = request.image.ok_or(InspectError::MissingImage)?;
 
         // Decode + letterbox on the bounded CPU pool.
@@ -187,7 +192,7 @@ impl DetectPipeline {
         // Batch + infer on a model worker.
         let (reply, answer) = oneshot::channel();
         self.queue
-            .submit(Job { tensor, budget, reply }, deadline)
+            .submit(Job { tensor, limit, reply }, deadline)
             .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
         let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
 
@@ -296,7 +301,7 @@ fn model_worker(
         let now = Instant::now();
         for shed in batch.shed {
             let waited = now - shed.enqueued;
-            let _ = shed.item.reply.send(Err(InspectError::Shed { budget: shed.item.budget, waited }));
+            let _ = shed.item.reply.send(Err(InspectError::Shed { limit: shed.item.limit, waited }));
         }
         if batch.items.is_empty() {
             continue;
@@ -314,7 +319,11 @@ fn model_worker(
             }
         };
         let started = Instant::now();
-        let result = session.run([n, 3, h, w], tensor);
+        // A panic inside one batch must not take the worker (and every later frame) with it.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run([n, 3, h, w], tensor)))
+            .unwrap_or_else(|_| {
+                Err(EngineError::Run { model: session.name().to_owned(), message: "inference panicked".into() })
+            });
         let inference = started.elapsed();
         queue.record_service_time(inference);
         match result {

@@ -22,8 +22,8 @@ pub enum InspectError {
     Decode(#[from] DecodeError),
     #[error("pipeline `{pipeline}` queue is full ({capacity} frames waiting); frame shed")]
     QueueFull { pipeline: String, capacity: usize },
-    #[error("frame shed: it could no longer finish within its {} ms budget (waited {} ms)", budget.as_millis(), waited.as_millis())]
-    Shed { budget: Duration, waited: Duration },
+    #[error("frame shed: it could no longer finish {} (waited {} ms)", limit, waited.as_millis())]
+    Shed { limit: ShedLimit, waited: Duration },
     #[error("inference failed: {0}")]
     Engine(String),
     #[error("decoding model outputs failed: {0}")]
@@ -32,6 +32,22 @@ pub enum InspectError {
     ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Which deadline a shed frame could not meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedLimit {
+    Budget(Duration),
+    ClientDeadline,
+}
+
+impl std::fmt::Display for ShedLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShedLimit::Budget(budget) => write!(f, "within its {} ms budget", budget.as_millis()),
+            ShedLimit::ClientDeadline => f.write_str("before the client's gRPC deadline"),
+        }
+    }
 }
 
 impl From<EngineError> for InspectError {

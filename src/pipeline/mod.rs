@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 pub use detect::{DetectPipeline, draw_detections, tensor_spec};
-pub use error::InspectError;
+pub use error::{InspectError, ShedLimit};
 pub use frame::{FrameRequest, FrameResult, ImageInput, LabeledDetection, PipelineInfo, StageTimings, Verdict};
 
 use crate::config::{Config, ManifestError, ModelManifest, PipelineKind};
