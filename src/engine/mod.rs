@@ -19,10 +19,9 @@ pub struct Output {
 impl Output {
     /// The tensor as f32, e.g. cls_s8: [n, 2704, 80].
     pub fn view(&self) -> Result<ArrayViewD<'_, f32>, EngineError> {
-        self.value.try_extract_array::<f32>().map_err(|e| EngineError::Model {
-            model: String::new(),
-            message: format!("output {} is not an f32 tensor: {e}", self.name),
-        })
+        self.value
+            .try_extract_array::<f32>()
+            .map_err(|e| EngineError::Output { name: self.name.clone(), message: format!("not an f32 tensor: {e}") })
     }
 }
 
@@ -34,4 +33,6 @@ pub enum EngineError {
     Model { model: String, message: String },
     #[error("inference failed on model {model}: {message}")]
     Run { model: String, message: String },
+    #[error("model output {name}: {message}")]
+    Output { name: String, message: String },
 }

@@ -44,6 +44,8 @@ pub struct DetectPipeline {
     decoder: Decoder,
     thresholds: Thresholds,
     budget: Duration,
+    /// The manifest's class names, shared with every frame's postprocessing.
+    classes: Arc<[String]>,
     queue: Arc<BatchQueue<Job>>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     context: Arc<StageContext>,
@@ -113,6 +115,7 @@ impl DetectPipeline {
         );
         let budget = config.budget_ms.map_or(context.default_budget, |ms| Duration::from_millis(u64::from(ms)));
         Ok(Self {
+            classes: manifest.classes.clone().into(),
             name: name.to_owned(),
             manifest,
             tensor_spec,
@@ -199,7 +202,7 @@ impl DetectPipeline {
         // Decode outputs + NMS (+ annotation) on the CPU pool.
         let decoder = self.decoder.clone();
         let thresholds = self.thresholds;
-        let classes = self.manifest.classes.clone();
+        let classes = self.classes.clone();
         let (detections, annotated_jpeg, postprocess_time) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
                 let t0 = std::time::Instant::now();
