@@ -70,7 +70,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    // HTTP/2's default 64 KiB windows make every frame larger than that wait a round trip for a
+    // WINDOW_UPDATE: let a client send a few frames' worth before waiting.
+    let stream_window = u32::try_from(config.max_message_bytes.clamp(1 << 20, 16 << 20)).unwrap_or(16 << 20);
     let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(stream_window.saturating_mul(4))
         .layer(oversized_message_layer(config.max_message_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)
