@@ -21,7 +21,6 @@ pub struct ModelSession {
     name: String,
     session: Session,
     input_name: String,
-    output_names: Vec<String>,
 }
 
 impl ModelSession {
@@ -50,20 +49,11 @@ impl ModelSession {
                 });
             }
         };
-        let output_names = session.outputs().iter().map(|o| o.name().to_owned()).collect();
-        Ok(Self { name: name.to_owned(), session, input_name, output_names })
+        Ok(Self { name: name.to_owned(), session, input_name })
     }
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn input_name(&self) -> &str {
-        &self.input_name
-    }
-
-    pub fn output_names(&self) -> &[String] {
-        &self.output_names
     }
 
     /// Runs one batch. `input` is the whole batch, row-major in `shape` (e.g. [n, 3, h, w] f32).

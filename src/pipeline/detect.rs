@@ -51,6 +51,11 @@ pub struct DetectPipeline {
     context: Arc<StageContext>,
 }
 
+/// The batch's outputs as the decoders take them.
+fn named_views(outputs: &[Output]) -> Result<Vec<NamedOutput<'_>>, EngineError> {
+    outputs.iter().map(|o| o.view().map(|view| (o.name.as_str(), view))).collect()
+}
+
 /// The tensor a model's manifest asks for.
 pub fn tensor_spec(input: &InputSpec) -> TensorSpec {
     TensorSpec {
@@ -206,11 +211,7 @@ impl DetectPipeline {
         let (detections, annotated_jpeg, postprocess_time) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
                 let t0 = std::time::Instant::now();
-                let named = inferred.outputs.iter().map(|o| o.view().map(|v| (o.name.as_str(), v))).collect::<Result<
-                    Vec<NamedOutput<'_>>,
-                    _,
-                >>(
-                )?;
+                let named = named_views(&inferred.outputs)?;
                 let found = decoder.detect(&named, inferred.index, &thresholds, &letterbox)?;
                 let detections: Vec<LabeledDetection> = found
                     .into_iter()
