@@ -73,15 +73,15 @@ def decode_nanodet(outputs, spec, size):
     return np.concatenate(boxes), np.concatenate(scores)
 
 
-def decode_yolo(raw, layout):
+def decode_yolo(raw, version):
     """v8/v11: [4+nc, A] (cx, cy, w, h, class scores); v5: [A, 5+nc] (cx, cy, w, h, obj, class scores)."""
-    if layout in ("yolov8", "yolo11"):
+    if version in ("v8", "v11"):
         p = raw.T
         xywh, cls = p[:, :4], p[:, 4:]
-    elif layout == "yolov5":
+    elif version == "v5":
         xywh, cls = raw[:, :4], raw[:, 5:] * raw[:, 4:5]
     else:
-        raise ValueError(layout)
+        raise ValueError(version)
     boxes = np.stack([xywh[:, 0] - xywh[:, 2] / 2, xywh[:, 1] - xywh[:, 3] / 2,
                       xywh[:, 0] + xywh[:, 2] / 2, xywh[:, 1] + xywh[:, 3] / 2], -1)
     return boxes, cls
@@ -101,8 +101,10 @@ def detect(session, spec, img_bgr, score_thr, iou_thr, max_det):
     dec = spec["decoder"]
     if dec["kind"] == "nanodet":
         boxes, scores = decode_nanodet(outputs, dec, size)
+    elif dec["kind"] == "yolo":
+        boxes, scores = decode_yolo(outputs[names[0]][0], dec["version"])
     else:
-        boxes, scores = decode_yolo(outputs[names[0]][0], dec["kind"])
+        raise ValueError(dec["kind"])
     cls = scores.argmax(1)
     best = scores[np.arange(len(cls)), cls]
     m = best > score_thr
