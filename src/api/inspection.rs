@@ -133,10 +133,8 @@ impl Inspection for InspectionService {
 
 /// An inbound stream error ends the stream; an oversized frame is reported as RESOURCE_EXHAUSTED.
 fn stream_error(status: Status, limit: usize) -> Status {
-    if status.code() == tonic::Code::OutOfRange && status.message().contains("decoded message length too large") {
-        let found =
-            status.message().split("found ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or("?").to_owned();
-        return Status::resource_exhausted(oversized_message(&found, limit));
+    match oversized_message(status.message(), limit) {
+        Some(message) if status.code() == tonic::Code::OutOfRange => Status::resource_exhausted(message),
+        _ => status,
     }
-    status
 }

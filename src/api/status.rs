@@ -39,19 +39,19 @@ pub fn oversized_message_layer(
 }
 
 fn rewrite_oversized(headers: &mut http::HeaderMap, limit: usize) {
-    let is_out_of_range = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    if headers.get("grpc-status").is_none_or(|v| v.as_bytes() != b"11") {
+        return;
+    }
     // grpc-message is percent-encoded on the wire.
     let message = headers
         .get("grpc-message")
         .map(|v| percent_encoding::percent_decode(v.as_bytes()).decode_utf8_lossy().into_owned())
         .unwrap_or_default();
-    if !is_out_of_range || !message.contains("decoded message length too large") {
-        return;
-    }
-    let found = message.split("found ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or("?").to_owned();
-    headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-    if let Ok(value) = http::HeaderValue::from_str(&oversized_message(&found, limit)) {
-        headers.insert("grpc-message", value);
+    if let Some(message) = oversized_message(&message, limit) {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        if let Ok(value) = http::HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
     }
 }
 
@@ -93,8 +93,14 @@ impl http_body::Body for TrailerRewrite {
     }
 }
 
-pub fn oversized_message(found: &str, limit: usize) -> String {
-    format!("request message is {found} bytes, over the server limit of {limit} bytes (server.max_message_bytes)")
+/// Our message for tonic's "decoded message length too large: found N bytes, …", or `None` for any
+/// other message.
+pub fn oversized_message(tonic_message: &str, limit: usize) -> Option<String> {
+    if !tonic_message.contains("decoded message length too large") {
+        return None;
+    }
+    let found = tonic_message.split("found ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or("?");
+    Some(format!("request message is {found} bytes, over the server limit of {limit} bytes (server.max_message_bytes)"))
 }
 
 #[cfg(test)]
@@ -136,5 +142,15 @@ mod tests {
         assert!(to_status(&InspectError::EmptyCameraId).message().contains("camera_id"));
         assert!(to_status(&InspectError::Decode(DecodeError::Empty)).message().contains("image.data"));
         assert!(to_status(&InspectError::UnknownEncoding(9)).message().contains("image.encoding"));
+    }
+
+    #[test]
+    fn only_tonics_oversize_message_is_rewritten() {
+        let tonic = "Error, decoded message length too large: found 1048577 bytes, the limit is: 1048576 bytes";
+        assert_eq!(
+            oversized_message(tonic, 1_048_576).as_deref(),
+            Some("request message is 1048577 bytes, over the server limit of 1048576 bytes (server.max_message_bytes)")
+        );
+        assert_eq!(oversized_message("some other out-of-range problem", 10), None);
     }
 }
