@@ -133,10 +133,6 @@ impl DetectPipeline {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn describe(&self) -> PipelineInfo {
         let policy = self.queue.policy();
         PipelineInfo {

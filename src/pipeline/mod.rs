@@ -47,7 +47,6 @@ pub struct StageContext {
 pub struct Pipelines {
     by_name: BTreeMap<String, Arc<DetectPipeline>>,
     default: String,
-    context: Arc<StageContext>,
 }
 
 impl Pipelines {
@@ -87,15 +86,11 @@ impl Pipelines {
             };
             by_name.insert(name.clone(), Arc::new(started));
         }
-        Ok(Self { by_name, default: config.default_pipeline.clone(), context })
+        Ok(Self { by_name, default: config.default_pipeline.clone() })
     }
 
     pub fn default_name(&self) -> &str {
         &self.default
-    }
-
-    pub fn context(&self) -> &Arc<StageContext> {
-        &self.context
     }
 
     pub fn get(&self, name: &str) -> Result<&Arc<DetectPipeline>, InspectError> {
