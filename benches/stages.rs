@@ -59,7 +59,7 @@ fn postprocess(c: &mut Criterion) {
     let lb = Preprocessor::new().letterbox_into(&img, &spec, &mut tensor).expect("letterbox");
     let outputs = session.run([1, 3, 416, 416], &tensor).expect("run");
     let named: Vec<NamedOutput<'_>> = outputs.iter().map(|o| (o.name.as_str(), o.view().expect("f32"))).collect();
-    let decoder = Decoder::from_spec(&manifest.decoder, 80, 416, 416);
+    let decoder = Decoder::from_spec(&manifest.decoder, 80, 416, 416).expect("a detector");
     let thresholds = Thresholds { score: 0.35, iou: 0.6, max_detections: 100 };
     group.bench_function("nanodet_decode_nms_vtest_250", |b| {
         b.iter(|| decoder.detect(&named, 0, &thresholds, &lb).expect("detect"))

@@ -12,3 +12,4 @@ pub mod engine;
 pub mod imaging;
 pub mod pipeline;
 pub mod telemetry;
+pub mod track;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use linesight::config::Config;
 use linesight::imaging::{self, DecodeLimits, ImageEncoding};
 use linesight::pipeline::{FrameRequest, ImageInput, Pipelines, draw_detections};
+use linesight::track::{GalleryUpdate, Tracker, TrackerParams, motchallenge};
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +61,47 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Track MOTChallenge detections offline with the service's DeepSORT tracker.
+    Mot(MotArgs),
+}
+
+/// Input rows: `frame,-1,x,y,w,h,conf,-1,-1,-1[,e1..eK]`; output rows: `frame,id,x,y,w,h,conf,-1,-1,-1`.
+#[derive(clap::Args)]
+struct MotArgs {
+    /// MOTChallenge detections, optionally with an appearance embedding appended to each row.
+    #[arg(long)]
+    detections: PathBuf,
+    /// Where the track rows go.
+    #[arg(long)]
+    out: PathBuf,
+    /// Detections scoring below this are dropped before tracking.
+    #[arg(long, default_value_t = 0.0)]
+    min_confidence: f32,
+    /// Frames a confirmed track may go unmatched before it is deleted.
+    #[arg(long, default_value_t = TrackerParams::default().max_age)]
+    max_age: u32,
+    /// Matches in a row that confirm a track.
+    #[arg(long, default_value_t = TrackerParams::default().n_init)]
+    n_init: u32,
+    /// IoU matching accepts 1 - IoU up to this.
+    #[arg(long, default_value_t = TrackerParams::default().max_iou_distance)]
+    max_iou_distance: f64,
+    /// The appearance cascade accepts cosine distance up to this.
+    #[arg(long, default_value_t = TrackerParams::default().max_cosine_distance)]
+    max_cosine_distance: f64,
+    /// Embeddings kept per track.
+    #[arg(long, default_value_t = TrackerParams::default().nn_budget)]
+    nn_budget: usize,
+    /// Which matched embeddings join a track's gallery: `consistent` (those agreeing with it) or
+    /// `every` (the paper's reference behaviour).
+    #[arg(long, value_enum, default_value = "consistent")]
+    gallery_update: GalleryUpdateArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GalleryUpdateArg {
+    Consistent,
+    Every,
 }
 
 fn load_config(common: &Common) -> Result<Config> {
@@ -80,6 +122,9 @@ fn load_config(common: &Common) -> Result<Config> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     linesight::telemetry::init_logging();
+    if let Command::Mot(args) = &cli.command {
+        return mot(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
@@ -87,8 +132,39 @@ fn main() -> Result<()> {
             Command::Infer { common, pipeline, out_dir, no_annotate, images } => {
                 infer(common, &pipeline, out_dir.as_deref(), !no_annotate, &images).await
             }
+            Command::Mot(_) => Ok(()),
         }
     })
+}
+
+fn mot(args: &MotArgs) -> Result<()> {
+    let params = TrackerParams {
+        max_age: args.max_age,
+        n_init: args.n_init,
+        max_iou_distance: args.max_iou_distance,
+        max_cosine_distance: args.max_cosine_distance,
+        nn_budget: args.nn_budget,
+        gallery_update: match args.gallery_update {
+            GalleryUpdateArg::Consistent => GalleryUpdate::Consistent,
+            GalleryUpdateArg::Every => GalleryUpdate::Every,
+        },
+    };
+    let input =
+        std::fs::File::open(&args.detections).with_context(|| format!("cannot open {}", args.detections.display()))?;
+    let frames = motchallenge::read_detections(std::io::BufReader::new(input), args.min_confidence)
+        .with_context(|| format!("{}", args.detections.display()))?;
+    let out = std::fs::File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let started = std::time::Instant::now();
+    let summary = motchallenge::track_sequence(&mut Tracker::new(params), &frames, std::io::BufWriter::new(out))?;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{} frames, {} track rows, {} track ids, {:.3} ms per frame",
+        summary.frames,
+        summary.rows,
+        summary.max_track_id,
+        elapsed.as_secs_f64() * 1e3 / summary.frames.max(1) as f64
+    );
+    Ok(())
 }
 
 async fn serve(common: Common, listen: Option<SocketAddr>) -> Result<()> {

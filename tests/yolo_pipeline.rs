@@ -23,6 +23,8 @@ async fn yolo_v8_layout_model_matches_python_reference_over_grpc() {
         PipelineConfig {
             kind: PipelineKind::Detect,
             model: "yolo-plumbing".into(),
+            detector: None,
+            tracker: Default::default(),
             batching: Default::default(),
             budget_ms: None,
             score_threshold: None,

@@ -7,7 +7,10 @@ use tokio::time::Instant;
 use super::proto;
 use super::status::code_of;
 use crate::imaging::ImageEncoding;
-use crate::pipeline::{FrameRequest, FrameResult, ImageInput, InspectError, PipelineInfo, StageTimings, Verdict};
+use crate::pipeline::{
+    FrameRequest, FrameResult, ImageInput, InspectError, PipelineInfo, StageTimings, TrackingStats, Verdict,
+};
+use crate::track::FrameOrder;
 
 pub fn frame_request(
     request: proto::InspectRequest,
@@ -54,6 +57,8 @@ fn timings(t: &StageTimings) -> proto::StageTimings {
         inference_us: micros(t.inference),
         postprocess_us: micros(t.postprocess),
         total_us: micros(t.total),
+        embed_us: micros(t.embed),
+        track_us: micros(t.track),
     }
 }
 
@@ -65,8 +70,20 @@ fn verdict(v: Verdict) -> proto::Verdict {
     }
 }
 
+fn tracking(order: Option<FrameOrder>) -> (proto::Tracking, u64) {
+    match order {
+        None => (proto::Tracking::Unspecified, 0),
+        Some(FrameOrder::Applied) => (proto::Tracking::Applied, 0),
+        Some(FrameOrder::Late { last_applied }) => (proto::Tracking::Late, last_applied),
+        Some(FrameOrder::Duplicate) => (proto::Tracking::Duplicate, 0),
+    }
+}
+
 pub fn inspect_response(result: FrameResult) -> proto::InspectResponse {
+    let (tracking, last_applied_sequence) = tracking(result.tracking);
     proto::InspectResponse {
+        tracking: tracking as i32,
+        last_applied_sequence,
         camera_id: result.camera_id,
         sequence: result.sequence,
         detections: result
@@ -128,5 +145,21 @@ pub fn pipeline_info(info: PipelineInfo) -> proto::PipelineInfo {
         max_queue_delay_us: micros(info.max_queue_delay),
         max_queue_size: info.max_queue_size as u32,
         description: info.description,
+        detector: info.detector.unwrap_or_default(),
+    }
+}
+
+pub fn pipeline_tracking(t: TrackingStats) -> proto::PipelineTracking {
+    let s = t.stats;
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    proto::PipelineTracking {
+        pipeline: t.pipeline,
+        active_cameras: count(s.cameras),
+        confirmed_tracks: count(s.confirmed_tracks),
+        tentative_tracks: count(s.tentative_tracks),
+        frames_in_flight: count(s.frames_in_flight),
+        cameras_evicted: s.cameras_evicted,
+        frames_late: s.frames_late,
+        frames_duplicate: s.frames_duplicate,
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{error_response, frame_request, inspect_response, pipeline_info};
+use super::convert::{error_response, frame_request, inspect_response, pipeline_info, pipeline_tracking};
 use super::deadline::parse_grpc_timeout;
 use super::proto::{self, inspection_server::Inspection};
 use super::status::{oversized_message, to_status};
@@ -37,23 +37,26 @@ fn client_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant
         .map(|timeout| received + timeout)
 }
 
-/// One frame of a stream, answered whatever happens to it.
-async fn answer(
+/// One frame of a stream, answered whatever happens to it. Called in request order: the frame's
+/// place in its camera's order is taken now, before the returned future runs.
+fn answer(
     pipelines: Arc<Pipelines>,
     request: proto::InspectRequest,
     received: Instant,
-) -> proto::InspectResponse {
+) -> impl std::future::Future<Output = proto::InspectResponse> + Send + 'static {
     let (camera_id, sequence, pipeline) = (request.camera_id.clone(), request.sequence, request.pipeline.clone());
-    let result = match frame_request(request, received, None) {
-        Ok(frame) => pipelines.inspect(frame).await,
-        Err(e) => Err(e),
+    let inspected = match frame_request(request, received, None) {
+        Ok(frame) => pipelines.inspect(frame),
+        Err(e) => Box::pin(std::future::ready(Err(e))),
     };
-    match result {
-        Ok(result) => inspect_response(result),
-        Err(error) => {
-            tracing::debug!(message = "Frame failed.", %error, camera_id, sequence);
-            let pipeline = if pipeline.is_empty() { pipelines.default_name().to_owned() } else { pipeline };
-            error_response(camera_id, sequence, pipeline, &error, received.elapsed())
+    async move {
+        match inspected.await {
+            Ok(result) => inspect_response(result),
+            Err(error) => {
+                tracing::debug!(message = "Frame failed.", %error, camera_id, sequence);
+                let pipeline = if pipeline.is_empty() { pipelines.default_name().to_owned() } else { pipeline };
+                error_response(camera_id, sequence, pipeline, &error, received.elapsed())
+            }
         }
     }
 }
@@ -127,6 +130,15 @@ impl Inspection for InspectionService {
         Ok(Response::new(proto::ListPipelinesResponse {
             pipelines: self.pipelines.describe().into_iter().map(pipeline_info).collect(),
             default_pipeline: self.pipelines.default_name().to_owned(),
+        }))
+    }
+
+    async fn get_tracking_stats(
+        &self,
+        _request: Request<proto::TrackingStatsRequest>,
+    ) -> Result<Response<proto::TrackingStatsResponse>, Status> {
+        Ok(Response::new(proto::TrackingStatsResponse {
+            pipelines: self.pipelines.tracking_stats().into_iter().map(pipeline_tracking).collect(),
         }))
     }
 }

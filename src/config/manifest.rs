@@ -9,17 +9,20 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct ModelManifest {
     pub name: String,
-    /// `detect`.
+    /// `detect` (boxes and classes) or `embed` (one appearance vector per crop).
     pub task: String,
     /// ONNX file, relative to the manifest's folder.
     pub file: PathBuf,
     #[serde(default)]
     pub description: String,
-    /// Class names in the model's output order.
+    /// Class names in the model's output order (detectors).
+    #[serde(default)]
     pub classes: Vec<String>,
     pub input: InputSpec,
     pub decoder: DecoderSpec,
-    pub postprocess: PostprocessSpec,
+    /// Default thresholds (detectors).
+    #[serde(default)]
+    pub postprocess: Option<PostprocessSpec>,
     /// Free-form: source, conversion script, upstream, licence, checksums.
     #[serde(default)]
     pub provenance: Option<toml::Table>,
@@ -57,6 +60,8 @@ pub enum ChannelOrder {
 pub enum ResizeMode {
     /// Aspect kept, image centred, borders padded (Ultralytics `LetterBox`).
     Letterbox,
+    /// Stretched to the input size (embedders, on object crops).
+    Stretch,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +72,8 @@ pub enum DecoderSpec {
     Nanodet { strides: Vec<u32>, reg_bins: usize, center_offset: f32 },
     /// Ultralytics YOLO export, one output.
     Yolo { version: YoloVersion },
+    /// Appearance embedder: `output` is [n, dim], one vector per input crop.
+    Embedding { output: String, dim: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -83,6 +90,12 @@ pub struct PostprocessSpec {
     pub score_threshold: f32,
     pub iou_threshold: f32,
     pub max_detections: usize,
+}
+
+impl Default for PostprocessSpec {
+    fn default() -> Self {
+        Self { score_threshold: 0.25, iou_threshold: 0.45, max_detections: 100 }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +126,22 @@ impl ModelManifest {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.classes.is_empty() {
-            return Err("classes: at least one class is required".into());
+        match (self.task.as_str(), &self.decoder) {
+            ("detect", DecoderSpec::Nanodet { .. } | DecoderSpec::Yolo { .. }) => {
+                if self.classes.is_empty() {
+                    return Err("classes: a detector needs at least one class".into());
+                }
+                if self.input.resize != ResizeMode::Letterbox {
+                    return Err("input.resize: detectors take `letterbox`".into());
+                }
+            }
+            ("embed", DecoderSpec::Embedding { dim, .. }) => {
+                if *dim == 0 {
+                    return Err("decoder.dim: must be positive".into());
+                }
+            }
+            ("detect" | "embed", _) => return Err(format!("decoder: this kind cannot serve a `{}` model", self.task)),
+            (task, _) => return Err(format!("task: `{task}` is not a known task (detect, embed)")),
         }
         if self.input.width == 0 || self.input.height == 0 {
             return Err("input: width and height must be positive".into());

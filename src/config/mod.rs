@@ -18,6 +18,8 @@ pub use manifest::{
 pub const DEFAULT_PIPELINE: &str = "detect";
 /// The detector bundled in `models/` and served by default.
 pub const DEFAULT_DETECT_MODEL: &str = "nanodet-g";
+/// The appearance embedder bundled in `models/`, used by the default `track` pipeline.
+pub const DEFAULT_EMBED_MODEL: &str = "mobilenetv2-reid";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,10 +69,18 @@ pub struct EngineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// `detect`.
+    /// `detect` or `track`.
     pub kind: PipelineKind,
-    /// Folder name under `model_dir`.
+    /// Folder name under `model_dir`: the detector of a `detect` pipeline, the appearance embedder
+    /// of a `track` pipeline.
     pub model: String,
+    /// `track` only: the `detect` pipeline whose detections are tracked. Its queue and model
+    /// instances are shared, so detect and track frames batch together.
+    #[serde(default)]
+    pub detector: Option<String>,
+    /// `track` only.
+    #[serde(default)]
+    pub tracker: TrackerConfig,
     #[serde(default)]
     pub batching: BatchingConfig,
     /// Default budget for this pipeline's frames; falls back to `server.default_budget_ms`.
@@ -96,6 +106,67 @@ fn one() -> usize {
 #[serde(rename_all = "kebab-case")]
 pub enum PipelineKind {
     Detect,
+    Track,
+}
+
+/// DeepSORT parameters (defaults are the paper's), which detections to track, and the embedder's
+/// crop size.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    pub max_age: u32,
+    pub n_init: u32,
+    pub max_iou_distance: f64,
+    pub max_cosine_distance: f64,
+    pub nn_budget: usize,
+    /// `consistent` (default): a confirmed track's gallery takes only embeddings that agree with
+    /// it; `every`: every matched embedding, as the paper's reference code.
+    pub gallery_update: crate::track::GalleryUpdate,
+    /// Detector classes to track, by name; empty = all.
+    pub classes: Vec<String>,
+    /// Embedder input size for each crop; default: the embedder manifest's input size.
+    pub crop_width: Option<u32>,
+    pub crop_height: Option<u32>,
+    /// A camera with no frame for this long loses its tracks (memory stays bounded).
+    pub camera_idle_s: u64,
+    /// Embedder batching: a batch holds the crops of up to `max_batch` frames.
+    pub embedder_batching: BatchingConfig,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        let p = crate::track::TrackerParams::default();
+        Self {
+            max_age: p.max_age,
+            n_init: p.n_init,
+            max_iou_distance: p.max_iou_distance,
+            max_cosine_distance: p.max_cosine_distance,
+            nn_budget: p.nn_budget,
+            gallery_update: p.gallery_update,
+            classes: Vec::new(),
+            crop_width: None,
+            crop_height: None,
+            camera_idle_s: 60,
+            embedder_batching: BatchingConfig::default(),
+        }
+    }
+}
+
+impl TrackerConfig {
+    pub fn params(&self) -> crate::track::TrackerParams {
+        crate::track::TrackerParams {
+            max_age: self.max_age,
+            n_init: self.n_init,
+            max_iou_distance: self.max_iou_distance,
+            max_cosine_distance: self.max_cosine_distance,
+            nn_budget: self.nn_budget,
+            gallery_update: self.gallery_update,
+        }
+    }
+
+    pub fn camera_idle(&self) -> Duration {
+        Duration::from_secs(self.camera_idle_s)
+    }
 }
 
 /// Dynamic batching, as Triton's dynamic batcher: a batch ships when it holds `max_batch` frames or
@@ -155,6 +226,23 @@ impl Default for Config {
             PipelineConfig {
                 kind: PipelineKind::Detect,
                 model: DEFAULT_DETECT_MODEL.to_owned(),
+                detector: None,
+                tracker: TrackerConfig::default(),
+                batching: BatchingConfig::default(),
+                budget_ms: None,
+                score_threshold: None,
+                iou_threshold: None,
+                max_detections: None,
+                instances: 1,
+            },
+        );
+        pipelines.insert(
+            "track".to_owned(),
+            PipelineConfig {
+                kind: PipelineKind::Track,
+                model: DEFAULT_EMBED_MODEL.to_owned(),
+                detector: Some(DEFAULT_PIPELINE.to_owned()),
+                tracker: TrackerConfig::default(),
                 batching: BatchingConfig::default(),
                 budget_ms: None,
                 score_threshold: None,
@@ -281,6 +369,51 @@ impl Config {
             }
             if p.max_detections == Some(0) {
                 problem(at("max_detections"), "must be positive");
+            }
+            match (p.kind, &p.detector) {
+                (PipelineKind::Detect, Some(_)) => problem(at("detector"), "only `track` pipelines take a detector"),
+                (PipelineKind::Track, None) => {
+                    problem(at("detector"), "a `track` pipeline must name a `detect` pipeline")
+                }
+                (PipelineKind::Track, Some(d)) => match self.pipelines.get(d) {
+                    Some(target) if target.kind == PipelineKind::Detect => {}
+                    Some(_) => problem(at("detector"), "must name a pipeline of kind `detect`"),
+                    None => problem(at("detector"), "names no configured pipeline"),
+                },
+                (PipelineKind::Detect, None) => {}
+            }
+            if p.kind == PipelineKind::Track {
+                let t = &p.tracker;
+                if t.n_init == 0 {
+                    problem(at("tracker.n_init"), "must be positive");
+                }
+                if t.max_age == 0 {
+                    problem(at("tracker.max_age"), "must be positive");
+                }
+                if !(0.0..=1.0).contains(&t.max_iou_distance) {
+                    problem(at("tracker.max_iou_distance"), "must be within 0..=1");
+                }
+                if !(0.0..=2.0).contains(&t.max_cosine_distance) {
+                    problem(at("tracker.max_cosine_distance"), "must be within 0..=2");
+                }
+                if t.nn_budget == 0 {
+                    problem(at("tracker.nn_budget"), "must be positive");
+                }
+                if t.crop_width.is_some_and(|v| !(16..=1024).contains(&v)) {
+                    problem(at("tracker.crop_width"), "must be within 16..=1024");
+                }
+                if t.crop_height.is_some_and(|v| !(16..=1024).contains(&v)) {
+                    problem(at("tracker.crop_height"), "must be within 16..=1024");
+                }
+                if t.camera_idle_s == 0 {
+                    problem(at("tracker.camera_idle_s"), "must be positive");
+                }
+                if t.embedder_batching.max_batch == 0 {
+                    problem(at("tracker.embedder_batching.max_batch"), "must be positive");
+                }
+                if t.embedder_batching.max_queue_size < t.embedder_batching.max_batch {
+                    problem(at("tracker.embedder_batching.max_queue_size"), "must be at least max_batch");
+                }
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }

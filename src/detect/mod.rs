@@ -66,8 +66,9 @@ pub enum Decoder {
 }
 
 impl Decoder {
-    pub fn from_spec(spec: &DecoderSpec, num_classes: usize, input_width: u32, input_height: u32) -> Self {
-        match spec {
+    /// `None` for a spec that is not a detector's.
+    pub fn from_spec(spec: &DecoderSpec, num_classes: usize, input_width: u32, input_height: u32) -> Option<Self> {
+        Some(match spec {
             DecoderSpec::Nanodet { strides, reg_bins, center_offset } => Decoder::NanoDet(NanoDetDecoder {
                 strides: strides.clone(),
                 reg_bins: *reg_bins,
@@ -77,7 +78,8 @@ impl Decoder {
                 input_height,
             }),
             DecoderSpec::Yolo { version } => Decoder::Yolo(Layout::for_version(*version, num_classes)),
-        }
+            DecoderSpec::Embedding { .. } => return None,
+        })
     }
 
     /// Candidates of frame `index` of the batch whose best-class score is above `score_threshold`.

@@ -83,7 +83,7 @@ impl Letterbox {
 /// Per-thread preprocessing state (the resizer keeps scratch buffers between frames).
 #[derive(Default)]
 pub struct Preprocessor {
-    resizer: Resizer,
+    pub(super) resizer: Resizer,
 }
 
 impl Preprocessor {
@@ -113,33 +113,44 @@ impl Preprocessor {
             &resized
         };
 
-        // Per channel: 256-entry table of normalised values.
-        let mut lut = [[0f32; 256]; 3];
-        for (c, table) in lut.iter_mut().enumerate() {
-            for (v, slot) in table.iter_mut().enumerate() {
-                *slot = (v as f32 - spec.mean[c]) / spec.std[c];
-            }
-        }
-        // Tensor channel c reads RGB channel src[c].
-        let src = if spec.bgr { [2usize, 1, 0] } else { [0usize, 1, 2] };
         let (w, h) = (spec.width as usize, spec.height as usize);
-        let plane = w * h;
+        let pad = normalization_tables(spec);
         for c in 0..3 {
-            out[c * plane..(c + 1) * plane].fill(lut[c][usize::from(spec.pad_value)]);
+            out[c * w * h..(c + 1) * w * h].fill(pad[c][usize::from(spec.pad_value)]);
         }
-        let rw = lb.resized_width as usize;
-        let (left, top) = (lb.pad_left as usize, lb.pad_top as usize);
-        for (row, line) in pixels.chunks_exact(rw * 3).enumerate() {
-            let base = (top + row) * w + left;
-            for c in 0..3 {
-                let table = &lut[c];
-                let dst = &mut out[c * plane + base..c * plane + base + rw];
-                for (d, px) in dst.iter_mut().zip(line.chunks_exact(3)) {
-                    *d = table[usize::from(px[src[c]])];
-                }
+        write_planes(pixels, lb.resized_width as usize, spec, out, lb.pad_left as usize, lb.pad_top as usize);
+        Ok(lb)
+    }
+}
+
+/// Per tensor channel: 256-entry table of normalised values.
+pub(super) fn normalization_tables(spec: &TensorSpec) -> [[f32; 256]; 3] {
+    let mut lut = [[0f32; 256]; 3];
+    for (c, table) in lut.iter_mut().enumerate() {
+        for (v, slot) in table.iter_mut().enumerate() {
+            *slot = (v as f32 - spec.mean[c]) / spec.std[c];
+        }
+    }
+    lut
+}
+
+/// Writes RGB8 `pixels` (rows of `width` pixels) into `out` ([3, spec.height, spec.width]) at
+/// (`left`, `top`), normalised and in the spec's channel order.
+pub(super) fn write_planes(pixels: &[u8], width: usize, spec: &TensorSpec, out: &mut [f32], left: usize, top: usize) {
+    let lut = normalization_tables(spec);
+    // Tensor channel c reads RGB channel src[c].
+    let src = if spec.bgr { [2usize, 1, 0] } else { [0usize, 1, 2] };
+    let w = spec.width as usize;
+    let plane = w * spec.height as usize;
+    for (row, line) in pixels.chunks_exact(width * 3).enumerate() {
+        let base = (top + row) * w + left;
+        for c in 0..3 {
+            let table = &lut[c];
+            let dst = &mut out[c * plane + base..c * plane + base + width];
+            for (d, px) in dst.iter_mut().zip(line.chunks_exact(3)) {
+                *d = table[usize::from(px[src[c]])];
             }
         }
-        Ok(lb)
     }
 }
 

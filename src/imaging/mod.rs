@@ -1,10 +1,13 @@
-//! Images: decoding what clients send, letterboxing into model tensors, drawing annotations.
+//! Images: decoding what clients send, letterboxing into model tensors, cropping objects for
+//! embedders, drawing annotations.
 //! Knows nothing about models or gRPC.
 
 mod annotate;
+mod crop;
 mod decode;
 mod letterbox;
 
 pub use annotate::{Annotation, annotate, encode_jpeg, encode_png};
+pub use crop::CropBox;
 pub use decode::{DecodeError, DecodeLimits, ImageEncoding, decode};
 pub use letterbox::{Letterbox, LetterboxError, Preprocessor, TensorSpec};

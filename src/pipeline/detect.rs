@@ -8,6 +8,7 @@ use image::RgbImage;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::worker::{Job, start_workers};
 use super::{
     FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext, StageTimings,
     Verdict,
@@ -15,26 +16,38 @@ use super::{
 use crate::batching::{BatchPolicy, BatchQueue};
 use crate::config::{ChannelOrder, InputSpec, ModelManifest, PipelineConfig};
 use crate::detect::{Decoder, NamedOutput, Thresholds};
-use crate::engine::{EngineError, ModelSession, OrtRuntime, Output, SessionOptions};
+use crate::engine::{EngineError, OrtRuntime, Output, SessionOptions};
 use crate::imaging::{self, Annotation, Preprocessor, TensorSpec};
 
-/// A preprocessed frame waiting for inference.
-struct Job {
-    // tensor: [3, h, w] f32, normalised per the model's input spec
-    tensor: Vec<f32>,
-    /// The deadline this frame is held to, should it be shed.
-    limit: ShedLimit,
-    reply: oneshot::Sender<Result<Inferred, InspectError>>,
+/// A frame after detection, before anything a composing pipeline adds.
+pub(super) struct Detected {
+    pub detections: Vec<LabeledDetection>,
+    /// The decoded frame, when the caller asked to keep it.
+    pub image: Option<RgbImage>,
+    /// decode, preprocess, queue_wait, inference and postprocess; the rest is the caller's.
+    pub timings: StageTimings,
+    pub batch_size: u32,
+    pub image_width: u32,
+    pub image_height: u32,
 }
 
-/// A frame's share of a batch's outputs.
-struct Inferred {
-    // outputs: the whole batch's tensors, [n, …] each; this frame is row `index`
-    outputs: Arc<Vec<Output>>,
-    index: usize,
-    batch_size: usize,
-    queue_wait: Duration,
-    inference: Duration,
+/// When a frame must be done by, and which limit that is.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FrameDeadline {
+    pub budget: Duration,
+    pub at: Instant,
+    pub limit: ShedLimit,
+}
+
+impl FrameDeadline {
+    pub fn new(request: &FrameRequest, budget: Duration) -> Self {
+        let budget = request.budget.unwrap_or(budget);
+        let budget_deadline = request.received + budget;
+        match request.client_deadline {
+            Some(client) if client < budget_deadline => Self { budget, at: client, limit: ShedLimit::ClientDeadline },
+            _ => Self { budget, at: budget_deadline, limit: ShedLimit::Budget(budget) },
+        }
+    }
 }
 
 pub struct DetectPipeline {
@@ -83,8 +96,12 @@ impl DetectPipeline {
     ) -> Result<Self, EngineError> {
         let input = &manifest.input;
         let tensor_spec = tensor_spec(input);
-        let decoder = Decoder::from_spec(&manifest.decoder, manifest.classes.len(), input.width, input.height);
-        let post = manifest.postprocess;
+        let decoder = Decoder::from_spec(&manifest.decoder, manifest.classes.len(), input.width, input.height)
+            .ok_or_else(|| EngineError::Model {
+                model: manifest.name.clone(),
+                message: "its decoder is not a detector's".into(),
+            })?;
+        let post = manifest.postprocess.unwrap_or_default();
         let thresholds = Thresholds {
             score: config.score_threshold.unwrap_or(post.score_threshold),
             iou: config.iou_threshold.unwrap_or(post.iou_threshold),
@@ -96,20 +113,16 @@ impl DetectPipeline {
             max_queue_size: config.batching.max_queue_size,
         };
         let queue = Arc::new(BatchQueue::new(policy));
-        let handle = tokio::runtime::Handle::current();
-        let mut workers = Vec::with_capacity(config.instances);
-        for instance in 0..config.instances {
-            let mut session = ModelSession::load(runtime, &manifest.name, &manifest.onnx_path(), session_options)?;
-            warm_up(&mut session, &tensor_spec, policy.max_batch)?;
-            let queue = queue.clone();
-            let handle = handle.clone();
-            let spec = tensor_spec;
-            let thread = std::thread::Builder::new()
-                .name(format!("model-{}-{instance}", manifest.name))
-                .spawn(move || model_worker(session, spec, queue, handle))
-                .map_err(|e| EngineError::Model { model: manifest.name.clone(), message: e.to_string() })?;
-            workers.push(thread);
-        }
+        let shape = [3, tensor_spec.height as usize, tensor_spec.width as usize];
+        let workers = start_workers(
+            runtime,
+            &manifest,
+            session_options,
+            config.instances,
+            shape,
+            &[1, policy.max_batch],
+            &queue,
+        )?;
         tracing::info!(
             message = "Pipeline started.",
             pipeline = name,
@@ -146,6 +159,7 @@ impl DetectPipeline {
             max_batch: policy.max_batch,
             max_queue_delay: policy.max_queue_delay,
             max_queue_size: policy.max_queue_size,
+            detector: None,
         }
     }
 
@@ -163,20 +177,70 @@ impl DetectPipeline {
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    pub fn classes(&self) -> &Arc<[String]> {
+        &self.classes
+    }
+
+    pub fn context(&self) -> &Arc<StageContext> {
+        &self.context
+    }
+
     pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {
-        let received = request.received;
-        let budget = request.budget.unwrap_or(self.budget);
-        let budget_deadline = received + budget;
-        let (deadline, limit) = match request.client_deadline {
-            Some(client) if client < budget_deadline => (client, ShedLimit::ClientDeadline),
-            _ => (budget_deadline, ShedLimit::Budget(budget)),
+        let deadline = FrameDeadline::new(&request, self.budget);
+        let annotate = request.annotate;
+        let detected = self.detect(&request, deadline, annotate).await?;
+        let Detected { detections, image, mut timings, batch_size, image_width, image_height } = detected;
+        let (detections, annotated_jpeg) = match image {
+            Some(mut img) => {
+                let started = std::time::Instant::now();
+                let (detections, jpeg) = self
+                    .on_cpu_pool(move || -> Result<_, InspectError> {
+                        let jpeg = annotate_jpeg(&mut img, &detections)?;
+                        Ok((detections, jpeg))
+                    })
+                    .await??;
+                timings.postprocess += started.elapsed();
+                (detections, Some(jpeg))
+            }
+            None => (detections, None),
         };
-        let image = request.image.ok_or(InspectError::MissingImage)?;
+        timings.total = request.received.elapsed();
+        Ok(FrameResult {
+            camera_id: request.camera_id,
+            sequence: request.sequence,
+            pipeline: self.name.clone(),
+            model: self.manifest.name.clone(),
+            detections,
+            verdict: if timings.total <= deadline.budget { Verdict::WithinBudget } else { Verdict::OverBudget },
+            timings,
+            annotated_jpeg,
+            batch_size,
+            image_width,
+            image_height,
+            tracking: None,
+        })
+    }
+
+    /// Decode → letterbox → batch → infer → decode outputs + NMS, for one frame.
+    pub(super) async fn detect(
+        &self,
+        request: &FrameRequest,
+        deadline: FrameDeadline,
+        keep_image: bool,
+    ) -> Result<Detected, InspectError> {
+        let image = request.image.clone().ok_or(InspectError::MissingImage)?;
 
         // Decode + letterbox on the bounded CPU pool.
         let spec = self.tensor_spec;
         let limits = self.context.decode_limits;
-        let keep_image = request.annotate;
         let (decoded, tensor, letterbox, decode_time, preprocess_time) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
                 let t0 = std::time::Instant::now();
@@ -196,19 +260,19 @@ impl DetectPipeline {
         // Batch + infer on a model worker.
         let (reply, answer) = oneshot::channel();
         self.queue
-            .submit(Job { tensor, limit, reply }, deadline)
+            .submit(Job { tensor, rows: 1, limit: deadline.limit, reply }, deadline.at)
             .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
         let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
 
-        // Decode outputs + NMS (+ annotation) on the CPU pool.
+        // Decode outputs + NMS on the CPU pool.
         let decoder = self.decoder.clone();
         let thresholds = self.thresholds;
         let classes = self.classes.clone();
-        let (detections, annotated_jpeg, postprocess_time) = self
+        let (detections, postprocess_time) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
                 let t0 = std::time::Instant::now();
                 let named = named_views(&inferred.outputs)?;
-                let found = decoder.detect(&named, inferred.index, &thresholds, &letterbox)?;
+                let found = decoder.detect(&named, inferred.first_row, &thresholds, &letterbox)?;
                 let detections: Vec<LabeledDetection> = found
                     .into_iter()
                     .map(|d| LabeledDetection {
@@ -217,38 +281,28 @@ impl DetectPipeline {
                         track_id: 0,
                     })
                     .collect();
-                let jpeg = match decoded {
-                    Some(mut img) => Some(annotate_jpeg(&mut img, &detections)?),
-                    None => None,
-                };
-                Ok((detections, jpeg, t0.elapsed()))
+                Ok((detections, t0.elapsed()))
             })
             .await??;
 
-        let total = received.elapsed();
-        Ok(FrameResult {
-            camera_id: request.camera_id,
-            sequence: request.sequence,
-            pipeline: self.name.clone(),
-            model: self.manifest.name.clone(),
+        Ok(Detected {
             detections,
+            image: decoded,
             timings: StageTimings {
                 decode: decode_time,
                 preprocess: preprocess_time,
                 queue_wait: inferred.queue_wait,
                 inference: inferred.inference,
                 postprocess: postprocess_time,
-                total,
+                ..StageTimings::default()
             },
-            verdict: if total <= budget { Verdict::WithinBudget } else { Verdict::OverBudget },
-            annotated_jpeg,
-            batch_size: inferred.batch_size as u32,
+            batch_size: inferred.batch_frames as u32,
             image_width: width,
             image_height: height,
         })
     }
 
-    async fn on_cpu_pool<T: Send + 'static>(
+    pub(super) async fn on_cpu_pool<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InspectError> {
@@ -257,12 +311,13 @@ impl DetectPipeline {
     }
 }
 
-fn annotate_jpeg(image: &mut RgbImage, detections: &[LabeledDetection]) -> Result<Vec<u8>, InspectError> {
+pub(super) fn annotate_jpeg(image: &mut RgbImage, detections: &[LabeledDetection]) -> Result<Vec<u8>, InspectError> {
     draw_detections(image, detections);
     imaging::encode_jpeg(image, 85).map_err(|e| InspectError::Internal(format!("JPEG encoding failed: {e}")))
 }
 
-/// Boxes with "class score" labels, one colour per class.
+/// Boxes with "class score" labels, one colour per class; tracked objects get "#id class" and one
+/// colour per track.
 pub fn draw_detections(image: &mut RgbImage, detections: &[LabeledDetection]) {
     let annotations: Vec<Annotation> = detections
         .iter()
@@ -271,80 +326,13 @@ pub fn draw_detections(image: &mut RgbImage, detections: &[LabeledDetection]) {
             y1: d.detection.bbox.y1,
             x2: d.detection.bbox.x2,
             y2: d.detection.bbox.y2,
-            label: format!("{} {:.2}", d.class_name, d.detection.score),
-            color_key: d.detection.class_id,
+            label: if d.track_id > 0 {
+                format!("#{} {}", d.track_id, d.class_name)
+            } else {
+                format!("{} {:.2}", d.class_name, d.detection.score)
+            },
+            color_key: if d.track_id > 0 { d.track_id as u32 } else { d.detection.class_id },
         })
         .collect();
     imaging::annotate(image, &annotations);
-}
-
-/// First runs allocate ONNX Runtime's buffers per shape: pay that before the first frame arrives.
-fn warm_up(session: &mut ModelSession, spec: &TensorSpec, max_batch: usize) -> Result<(), EngineError> {
-    let (h, w) = (spec.height as usize, spec.width as usize);
-    for n in [1, max_batch] {
-        let input = vec![0f32; n * spec.len()];
-        session.run([n, 3, h, w], &input)?;
-    }
-    Ok(())
-}
-
-/// Owns one session; pulls batches until the queue is closed and drained.
-fn model_worker(
-    mut session: ModelSession,
-    spec: TensorSpec,
-    queue: Arc<BatchQueue<Job>>,
-    handle: tokio::runtime::Handle,
-) {
-    let (h, w) = (spec.height as usize, spec.width as usize);
-    let mut input: Vec<f32> = Vec::new();
-    while let Some(batch) = handle.block_on(queue.next_batch()) {
-        let now = Instant::now();
-        for shed in batch.shed {
-            let waited = now - shed.enqueued;
-            let _ = shed.item.reply.send(Err(InspectError::Shed { limit: shed.item.limit, waited }));
-        }
-        if batch.items.is_empty() {
-            continue;
-        }
-        let n = batch.items.len();
-        // A lone frame's tensor goes in as it is; a batch is stacked into one buffer.
-        let tensor: &[f32] = match batch.items.as_slice() {
-            [only] => &only.item.tensor,
-            items => {
-                input.clear();
-                for q in items {
-                    input.extend_from_slice(&q.item.tensor);
-                }
-                &input
-            }
-        };
-        let started = Instant::now();
-        // A panic inside one batch must not take the worker (and every later frame) with it.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run([n, 3, h, w], tensor)))
-            .unwrap_or_else(|_| {
-                Err(EngineError::Run { model: session.name().to_owned(), message: "inference panicked".into() })
-            });
-        let inference = started.elapsed();
-        queue.record_service_time(inference);
-        match result {
-            Ok(outputs) => {
-                let outputs = Arc::new(outputs);
-                for (index, q) in batch.items.into_iter().enumerate() {
-                    let _ = q.item.reply.send(Ok(Inferred {
-                        outputs: outputs.clone(),
-                        index,
-                        batch_size: n,
-                        queue_wait: started - q.enqueued,
-                        inference,
-                    }));
-                }
-            }
-            Err(error) => {
-                tracing::error!(message = "Inference failed.", model = session.name(), %error, batch = n);
-                for q in batch.items {
-                    let _ = q.item.reply.send(Err(InspectError::Engine(error.to_string())));
-                }
-            }
-        }
-    }
 }

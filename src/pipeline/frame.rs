@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use crate::detect::Detection;
 use crate::imaging::ImageEncoding;
+use crate::track::FrameOrder;
 
 #[derive(Debug, Clone)]
 pub struct FrameRequest {
@@ -46,6 +47,10 @@ pub struct StageTimings {
     pub queue_wait: Duration,
     pub inference: Duration,
     pub postprocess: Duration,
+    /// `track`: cropping every detection and embedding the crops (queue wait included).
+    pub embed: Duration,
+    /// `track`: waiting for the camera's earlier frames, then the tracker step.
+    pub track: Duration,
     pub total: Duration,
 }
 
@@ -70,6 +75,8 @@ pub struct FrameResult {
     pub batch_size: u32,
     pub image_width: u32,
     pub image_height: u32,
+    /// `track` pipelines: whether the frame was applied to its camera's tracker in order.
+    pub tracking: Option<FrameOrder>,
 }
 
 /// What `ListPipelines` reports for one pipeline.
@@ -85,4 +92,6 @@ pub struct PipelineInfo {
     pub max_batch: usize,
     pub max_queue_delay: Duration,
     pub max_queue_size: usize,
+    /// `track` pipelines: the detect pipeline they track.
+    pub detector: Option<String>,
 }

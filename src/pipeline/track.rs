@@ -1,0 +1,304 @@
+//! The `track` pipeline: its detect pipeline's detections → crops → appearance embeddings (one batch
+//! for the crops of many frames) → the camera's DeepSORT tracker, applied in `sequence` order.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::detect::{DetectPipeline, Detected, FrameDeadline, annotate_jpeg};
+use super::worker::{Inferred, Job, start_workers};
+use super::{FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, Verdict};
+use crate::batching::{BatchPolicy, BatchQueue};
+use crate::config::{DecoderSpec, ModelManifest, PipelineConfig};
+use crate::detect::Detection;
+use crate::engine::{EngineError, OrtRuntime, SessionOptions};
+use crate::imaging::{CropBox, Preprocessor, TensorSpec};
+use crate::track::{Admission, FrameOrder, Observation, Registry, RegistryStats};
+
+thread_local! {
+    static CROPPER: RefCell<Preprocessor> = RefCell::new(Preprocessor::new());
+}
+
+pub struct TrackPipeline {
+    name: String,
+    detector: Arc<DetectPipeline>,
+    embedder: ModelManifest,
+    crop_spec: TensorSpec,
+    embedding_output: String,
+    embedding_dim: usize,
+    /// Detector class ids that are tracked; `None` = all.
+    tracked_classes: Option<Vec<u32>>,
+    budget: Duration,
+    queue: Arc<BatchQueue<Job>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    registry: Arc<Registry>,
+    evictor: tokio::task::JoinHandle<()>,
+}
+
+impl TrackPipeline {
+    pub fn start(
+        name: &str,
+        config: &PipelineConfig,
+        embedder: ModelManifest,
+        detector: Arc<DetectPipeline>,
+        runtime: &OrtRuntime,
+        session_options: SessionOptions,
+    ) -> Result<Self, EngineError> {
+        let model_error = |message: String| EngineError::Model { model: embedder.name.clone(), message };
+        let DecoderSpec::Embedding { output, dim } = &embedder.decoder else {
+            return Err(model_error("not an embedder (decoder.kind must be `embedding`)".into()));
+        };
+        let tracker = &config.tracker;
+        let mut crop_spec = super::tensor_spec(&embedder.input);
+        crop_spec.width = tracker.crop_width.unwrap_or(crop_spec.width);
+        crop_spec.height = tracker.crop_height.unwrap_or(crop_spec.height);
+        let tracked_classes = if tracker.classes.is_empty() {
+            None
+        } else {
+            let known = detector.classes();
+            let mut ids = Vec::with_capacity(tracker.classes.len());
+            for class in &tracker.classes {
+                let id = known.iter().position(|k| k == class).ok_or_else(|| {
+                    model_error(format!("tracker.classes: `{class}` is not a class of pipeline `{}`", detector.name()))
+                })?;
+                ids.push(id as u32);
+            }
+            Some(ids)
+        };
+        let batching = tracker.embedder_batching;
+        let policy = BatchPolicy {
+            max_batch: batching.max_batch,
+            max_queue_delay: batching.max_queue_delay(),
+            max_queue_size: batching.max_queue_size,
+        };
+        let queue = Arc::new(BatchQueue::new(policy));
+        let shape = [3, crop_spec.height as usize, crop_spec.width as usize];
+        let workers = start_workers(runtime, &embedder, session_options, config.instances, shape, &[1, 16], &queue)?;
+        let registry = Arc::new(Registry::new(tracker.params(), tracker.camera_idle()));
+        let evictor = tokio::spawn(evict_idle_cameras(registry.clone(), tracker.camera_idle()));
+        tracing::info!(
+            message = "Pipeline started.",
+            pipeline = name,
+            detector = detector.name(),
+            embedder = embedder.name,
+            crop_width = crop_spec.width,
+            crop_height = crop_spec.height,
+            max_age = tracker.max_age,
+            n_init = tracker.n_init,
+        );
+        let budget = config.budget_ms.map_or(detector.budget(), |ms| Duration::from_millis(u64::from(ms)));
+        Ok(Self {
+            name: name.to_owned(),
+            embedding_output: output.clone(),
+            embedding_dim: *dim,
+            detector,
+            embedder,
+            crop_spec,
+            tracked_classes,
+            budget,
+            queue,
+            workers: Mutex::new(workers),
+            registry,
+            evictor,
+        })
+    }
+
+    pub fn describe(&self) -> PipelineInfo {
+        let mut info = self.detector.describe();
+        let classes = match &self.tracked_classes {
+            Some(ids) => ids.iter().filter_map(|&i| info.classes.get(i as usize).cloned()).collect(),
+            None => info.classes.clone(),
+        };
+        info.name = self.name.clone();
+        info.detector = Some(self.detector.name().to_owned());
+        info.model = format!("{} + {}", info.model, self.embedder.name);
+        info.description = format!(
+            "DeepSORT over `{}` detections, {} appearance embeddings of {}x{} crops",
+            self.detector.name(),
+            self.embedder.name,
+            self.crop_spec.width,
+            self.crop_spec.height
+        );
+        info.classes = classes;
+        info.budget = self.budget;
+        info
+    }
+
+    pub fn stats(&self) -> RegistryStats {
+        self.registry.stats()
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn close(&self) {
+        self.evictor.abort();
+        self.queue.close();
+    }
+
+    pub async fn join_workers(&self) {
+        let workers: Vec<_> = match self.workers.lock() {
+            Ok(mut w) => w.drain(..).collect(),
+            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+        };
+        for w in workers {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+    }
+
+    /// Reserves the frame's place in its camera's order. Call in request order, before awaiting.
+    pub fn admit(&self, request: &FrameRequest) -> Admission {
+        self.registry.admit(&request.camera_id, request.sequence, std::time::Instant::now())
+    }
+
+    pub async fn inspect(&self, request: FrameRequest, admission: Admission) -> Result<FrameResult, InspectError> {
+        let deadline = FrameDeadline::new(&request, self.budget);
+        let detected = self.detector.detect(&request, deadline, true).await?;
+        let Detected { detections, image, mut timings, batch_size, image_width, image_height } = detected;
+        let image = Arc::new(image.ok_or_else(|| InspectError::Internal("decoded frame was not kept".into()))?);
+        let kept: Vec<LabeledDetection> = detections
+            .into_iter()
+            .filter(|d| self.tracked_classes.as_ref().is_none_or(|ids| ids.contains(&d.detection.class_id)))
+            .collect();
+
+        let (detections, tracking) = match admission {
+            Admission::Refused(order) => (kept, order),
+            Admission::Accepted(ticket) => {
+                let started = std::time::Instant::now();
+                let features = self.embed(&image, &kept, deadline).await?;
+                timings.embed = started.elapsed();
+
+                let started = std::time::Instant::now();
+                let observations: Vec<Observation> = kept
+                    .iter()
+                    .zip(features)
+                    .map(|(d, feature)| Observation {
+                        bbox: d.detection.bbox,
+                        score: d.detection.score,
+                        class_id: d.detection.class_id,
+                        feature,
+                    })
+                    .collect();
+                let tracked_rx = self.detector.on_cpu_pool(move || ticket.complete(observations)).await?;
+                let tracked = tracked_rx.await.map_err(|_| InspectError::ShuttingDown)?;
+                timings.track = started.elapsed();
+                let classes = self.detector.classes();
+                let tracked = tracked
+                    .objects
+                    .into_iter()
+                    .map(|o| LabeledDetection {
+                        class_name: classes.get(o.class_id as usize).cloned().unwrap_or_default(),
+                        detection: Detection { bbox: o.bbox, class_id: o.class_id, score: o.score },
+                        track_id: o.track_id,
+                    })
+                    .collect();
+                (tracked, FrameOrder::Applied)
+            }
+        };
+
+        let annotated_jpeg = if request.annotate {
+            let started = std::time::Instant::now();
+            let mut image = Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone());
+            let drawn = detections.clone();
+            let jpeg = self.detector.on_cpu_pool(move || annotate_jpeg(&mut image, &drawn)).await??;
+            timings.postprocess += started.elapsed();
+            Some(jpeg)
+        } else {
+            None
+        };
+        timings.total = request.received.elapsed();
+        Ok(FrameResult {
+            camera_id: request.camera_id,
+            sequence: request.sequence,
+            pipeline: self.name.clone(),
+            model: self.embedder.name.clone(),
+            detections,
+            verdict: if timings.total <= deadline.budget { Verdict::WithinBudget } else { Verdict::OverBudget },
+            timings,
+            annotated_jpeg,
+            batch_size,
+            image_width,
+            image_height,
+            tracking: Some(tracking),
+        })
+    }
+
+    /// One embedding per detection: all crops of the frame in one job, batched with other frames'.
+    async fn embed(
+        &self,
+        image: &Arc<image::RgbImage>,
+        detections: &[LabeledDetection],
+        deadline: FrameDeadline,
+    ) -> Result<Vec<Vec<f32>>, InspectError> {
+        if detections.is_empty() {
+            return Ok(Vec::new());
+        }
+        let spec = self.crop_spec;
+        let boxes: Vec<CropBox> = detections
+            .iter()
+            .map(|d| CropBox {
+                x1: d.detection.bbox.x1,
+                y1: d.detection.bbox.y1,
+                x2: d.detection.bbox.x2,
+                y2: d.detection.bbox.y2,
+            })
+            .collect();
+        let rows = boxes.len();
+        let frame = image.clone();
+        let tensor = self
+            .detector
+            .on_cpu_pool(move || -> Result<Vec<f32>, InspectError> {
+                let mut tensor = vec![0f32; rows * spec.len()];
+                CROPPER.with(|c| {
+                    let mut cropper = c.borrow_mut();
+                    for (region, out) in boxes.iter().zip(tensor.chunks_exact_mut(spec.len())) {
+                        cropper
+                            .crop_into(&frame, *region, &spec, out)
+                            .map_err(|e| InspectError::Internal(e.to_string()))?;
+                    }
+                    Ok::<_, InspectError>(())
+                })?;
+                Ok(tensor)
+            })
+            .await??;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .submit(Job { tensor, rows, limit: deadline.limit, reply }, deadline.at)
+            .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
+        let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
+        self.embeddings(&inferred)
+    }
+
+    fn embeddings(&self, inferred: &Inferred) -> Result<Vec<Vec<f32>>, InspectError> {
+        let bad = |message: String| InspectError::Engine(format!("embedder `{}`: {message}", self.embedder.name));
+        let output = inferred
+            .outputs
+            .iter()
+            .find(|o| o.name == self.embedding_output)
+            .ok_or_else(|| bad(format!("output `{}` is missing", self.embedding_output)))?;
+        let view = output.view()?;
+        let shape = view.shape().to_vec();
+        let end = inferred.first_row + inferred.rows;
+        if shape.len() != 2 || shape[1] != self.embedding_dim || shape[0] < end {
+            return Err(bad(format!("output shape {shape:?}, expected [≥{end}, {}]", self.embedding_dim)));
+        }
+        Ok((inferred.first_row..end).map(|r| view.index_axis(ndarray::Axis(0), r).iter().copied().collect()).collect())
+    }
+}
+
+/// Drops idle cameras every quarter of the idle time (at least every second, at most every minute).
+async fn evict_idle_cameras(registry: Arc<Registry>, idle: Duration) {
+    let period = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let evicted = registry.evict_idle(std::time::Instant::now());
+        if evicted > 0 {
+            tracing::debug!(message = "Idle cameras evicted.", count = evicted);
+        }
+    }
+}

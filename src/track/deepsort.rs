@@ -1,0 +1,405 @@
+//! One camera's DeepSORT tracker (Wojke, Bewley & Paulus 2017): predict every track, match confirmed
+//! tracks by a cascade over time since their last update on gated appearance distance, match what is
+//! left (tentative tracks and tracks missed once) by IoU, then update, age and spawn tracks.
+
+use super::appearance::{Gallery, normalized};
+use super::assignment::{CostMatrix, INFEASIBLE, min_cost_matching};
+use super::kalman::{self, CHI2_INV95_4DOF, Gaussian, Measurement};
+use super::{GalleryUpdate, Observation, TrackedObject, TrackerParams};
+use crate::detect::BBox;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackStatus {
+    Tentative,
+    Confirmed,
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+pub struct Track {
+    pub id: u64,
+    pub state: Gaussian,
+    pub hits: u32,
+    pub age: u32,
+    pub time_since_update: u32,
+    pub status: TrackStatus,
+    pub class_id: u32,
+    pub score: f32,
+    gallery: Gallery,
+}
+
+impl Track {
+    /// The Kalman mean as a box.
+    pub fn bbox(&self) -> BBox {
+        let [x1, y1, x2, y2] = self.corners();
+        BBox { x1: x1 as f32, y1: y1 as f32, x2: x2 as f32, y2: y2 as f32 }
+    }
+
+    /// The Kalman mean as (x1, y1, x2, y2), full precision.
+    fn corners(&self) -> [f64; 4] {
+        let m = &self.state.mean;
+        let (h, w) = (m[3], m[2] * m[3]);
+        [m[0] - w / 2.0, m[1] - h / 2.0, m[0] + w / 2.0, m[1] + h / 2.0]
+    }
+
+    pub fn gallery_len(&self) -> usize {
+        self.gallery.len()
+    }
+}
+
+/// A detection as the matcher uses it.
+struct Candidate {
+    measurement: Measurement,
+    bbox: BBox,
+    feature: Option<Box<[f32]>>,
+}
+
+/// IoU of two (x1, y1, x2, y2) boxes in f64, as the reference computes it.
+fn iou(a: &[f64; 4], b: &BBox) -> f64 {
+    let b = [f64::from(b.x1), f64::from(b.y1), f64::from(b.x2), f64::from(b.y2)];
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+/// Box → (cx, cy, w / h, h).
+fn to_measurement(b: &BBox) -> Measurement {
+    let (w, h) = (f64::from(b.x2 - b.x1), f64::from(b.y2 - b.y1));
+    Measurement::new(f64::from(b.x1) + w / 2.0, f64::from(b.y1) + h / 2.0, w / h, h)
+}
+
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    params: TrackerParams,
+    tracks: Vec<Track>,
+    next_id: u64,
+}
+
+impl Tracker {
+    pub fn new(params: TrackerParams) -> Self {
+        Self { params, tracks: Vec::new(), next_id: 1 }
+    }
+
+    pub fn params(&self) -> &TrackerParams {
+        &self.params
+    }
+
+    pub fn tracks(&self) -> &[Track] {
+        &self.tracks
+    }
+
+    pub fn confirmed_count(&self) -> usize {
+        self.tracks.iter().filter(|t| t.status == TrackStatus::Confirmed).count()
+    }
+
+    /// Advances one frame with its detections; returns the confirmed tracks matched in this frame.
+    /// Boxes without positive width and height are ignored.
+    pub fn step(&mut self, observations: &[Observation]) -> Vec<TrackedObject> {
+        for track in &mut self.tracks {
+            track.state = kalman::predict(&track.state);
+            track.age += 1;
+            track.time_since_update += 1;
+        }
+        let usable: Vec<usize> = observations
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.bbox.x2 > o.bbox.x1 && o.bbox.y2 > o.bbox.y1 && o.bbox.x1.is_finite())
+            .map(|(i, _)| i)
+            .collect();
+        let candidates: Vec<Candidate> = usable
+            .iter()
+            .map(|&i| {
+                let o = &observations[i];
+                Candidate { measurement: to_measurement(&o.bbox), bbox: o.bbox, feature: normalized(&o.feature) }
+            })
+            .collect();
+
+        let (matches, unmatched_tracks, unmatched_candidates) = self.associate(&candidates);
+
+        let mut matched_this_frame = Vec::with_capacity(matches.len());
+        for &(t, c) in &matches {
+            let obs = &observations[usable[c]];
+            let candidate = &candidates[c];
+            let track = &mut self.tracks[t];
+            if let Some(updated) = kalman::update(&track.state, &candidate.measurement) {
+                track.state = updated;
+            }
+            if let Some(f) = &candidate.feature {
+                // A confirmed track keeps only embeddings that agree with its gallery (see
+                // `GalleryUpdate::Consistent`); a match made by motion alone still moves the track.
+                let admit = match self.params.gallery_update {
+                    GalleryUpdate::Every => true,
+                    GalleryUpdate::Consistent => {
+                        track.status != TrackStatus::Confirmed
+                            || track.gallery.nearest(f).is_none_or(|d| f64::from(d) <= self.params.max_cosine_distance)
+                    }
+                };
+                if admit {
+                    track.gallery.push(f.clone(), self.params.nn_budget);
+                }
+            }
+            track.hits += 1;
+            track.time_since_update = 0;
+            track.class_id = obs.class_id;
+            track.score = obs.score;
+            if track.status == TrackStatus::Tentative && track.hits >= self.params.n_init {
+                track.status = TrackStatus::Confirmed;
+            }
+            matched_this_frame.push((t, usable[c]));
+        }
+        for &t in &unmatched_tracks {
+            let track = &mut self.tracks[t];
+            if track.status == TrackStatus::Tentative || track.time_since_update > self.params.max_age {
+                track.status = TrackStatus::Deleted;
+            }
+        }
+        for c in unmatched_candidates {
+            self.spawn(&candidates[c], &observations[usable[c]]);
+            // With n_init ≤ 1 a new track is confirmed at once and reported in its first frame.
+            matched_this_frame.push((self.tracks.len() - 1, usable[c]));
+        }
+        let mut output: Vec<TrackedObject> = matched_this_frame
+            .iter()
+            .filter(|&&(t, _)| self.tracks[t].status == TrackStatus::Confirmed)
+            .map(|&(t, observation)| {
+                let track = &self.tracks[t];
+                TrackedObject {
+                    track_id: track.id,
+                    bbox: track.bbox(),
+                    class_id: track.class_id,
+                    score: track.score,
+                    observation,
+                }
+            })
+            .collect();
+        self.tracks.retain(|t| t.status != TrackStatus::Deleted);
+        output.sort_by_key(|o| o.track_id);
+        output
+    }
+
+    fn spawn(&mut self, candidate: &Candidate, obs: &Observation) {
+        let mut gallery = Gallery::default();
+        if let Some(f) = &candidate.feature {
+            gallery.push(f.clone(), self.params.nn_budget);
+        }
+        let status = if self.params.n_init <= 1 { TrackStatus::Confirmed } else { TrackStatus::Tentative };
+        self.tracks.push(Track {
+            id: self.next_id,
+            state: kalman::initiate(&candidate.measurement),
+            hits: 1,
+            age: 1,
+            time_since_update: 0,
+            status,
+            class_id: obs.class_id,
+            score: obs.score,
+            gallery,
+        });
+        self.next_id += 1;
+    }
+
+    /// (matches as (track, candidate), unmatched tracks, unmatched candidates).
+    fn associate(&self, candidates: &[Candidate]) -> (Vec<(usize, usize)>, Vec<usize>, Vec<usize>) {
+        let confirmed: Vec<usize> =
+            (0..self.tracks.len()).filter(|&i| self.tracks[i].status == TrackStatus::Confirmed).collect();
+        let unconfirmed: Vec<usize> =
+            (0..self.tracks.len()).filter(|&i| self.tracks[i].status != TrackStatus::Confirmed).collect();
+
+        // Matching cascade: tracks seen more recently get the first pick of the detections.
+        let mut matches = Vec::new();
+        let mut unmatched: Vec<usize> = (0..candidates.len()).collect();
+        for level in 0..self.params.max_age {
+            if unmatched.is_empty() {
+                break;
+            }
+            let at_level: Vec<usize> =
+                confirmed.iter().copied().filter(|&t| self.tracks[t].time_since_update == 1 + level).collect();
+            if at_level.is_empty() {
+                continue;
+            }
+            let cost = self.gated_appearance_cost(&at_level, &unmatched, candidates);
+            let a = min_cost_matching(&cost, self.params.max_cosine_distance);
+            matches.extend(a.matches.iter().map(|&(r, c)| (at_level[r], unmatched[c])));
+            unmatched = a.unmatched_cols.iter().map(|&c| unmatched[c]).collect();
+        }
+        let cascade_matched: Vec<bool> = {
+            let mut m = vec![false; self.tracks.len()];
+            for &(t, _) in &matches {
+                m[t] = true;
+            }
+            m
+        };
+        let missed_by_cascade: Vec<usize> = confirmed.iter().copied().filter(|&t| !cascade_matched[t]).collect();
+
+        // IoU matching for tentative tracks and confirmed tracks missed only in the previous frame.
+        let mut iou_tracks = unconfirmed;
+        iou_tracks.extend(missed_by_cascade.iter().copied().filter(|&t| self.tracks[t].time_since_update == 1));
+        let mut unmatched_tracks: Vec<usize> =
+            missed_by_cascade.iter().copied().filter(|&t| self.tracks[t].time_since_update != 1).collect();
+        let cost = self.iou_cost(&iou_tracks, &unmatched, candidates);
+        let a = min_cost_matching(&cost, self.params.max_iou_distance);
+        matches.extend(a.matches.iter().map(|&(r, c)| (iou_tracks[r], unmatched[c])));
+        unmatched_tracks.extend(a.unmatched_rows.iter().map(|&r| iou_tracks[r]));
+        let unmatched_candidates = a.unmatched_cols.iter().map(|&c| unmatched[c]).collect();
+        (matches, unmatched_tracks, unmatched_candidates)
+    }
+
+    /// Nearest-neighbour cosine distance to each track's gallery, with pairs outside the Kalman
+    /// Mahalanobis gate made infeasible. Where either side has no embedding, the pair is scored by
+    /// motion alone (the paper's λ = 1): d² / gate, scaled onto the appearance threshold.
+    fn gated_appearance_cost(&self, tracks: &[usize], cols: &[usize], candidates: &[Candidate]) -> CostMatrix {
+        let measurements: Vec<Measurement> = cols.iter().map(|&c| candidates[c].measurement).collect();
+        let mut cost = CostMatrix::new(tracks.len(), cols.len());
+        for (row, &t) in tracks.iter().enumerate() {
+            let track = &self.tracks[t];
+            let gating = kalman::gating_distances(&track.state, &measurements);
+            for (col, &c) in cols.iter().enumerate() {
+                let value = if gating[col] > CHI2_INV95_4DOF {
+                    INFEASIBLE
+                } else {
+                    match candidates[c].feature.as_deref().and_then(|f| track.gallery.nearest(f)) {
+                        Some(d) => f64::from(d),
+                        None => gating[col] / CHI2_INV95_4DOF * self.params.max_cosine_distance,
+                    }
+                };
+                cost.set(row, col, value);
+            }
+        }
+        cost
+    }
+
+    fn iou_cost(&self, tracks: &[usize], cols: &[usize], candidates: &[Candidate]) -> CostMatrix {
+        let mut cost = CostMatrix::new(tracks.len(), cols.len());
+        for (row, &t) in tracks.iter().enumerate() {
+            let track = &self.tracks[t];
+            let bbox = track.corners();
+            for (col, &c) in cols.iter().enumerate() {
+                let value =
+                    if track.time_since_update > 1 { INFEASIBLE } else { 1.0 - iou(&bbox, &candidates[c].bbox) };
+                cost.set(row, col, value);
+            }
+        }
+        cost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(x: f32, y: f32, w: f32, h: f32, feature: &[f32]) -> Observation {
+        Observation {
+            bbox: BBox { x1: x, y1: y, x2: x + w, y2: y + h },
+            score: 0.9,
+            class_id: 0,
+            feature: feature.to_vec(),
+        }
+    }
+
+    #[test]
+    fn tracks_are_confirmed_after_n_init_hits_and_report_kalman_boxes() {
+        let mut tracker = Tracker::new(TrackerParams::default());
+        assert!(tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]).is_empty());
+        assert!(tracker.step(&[obs(102.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]).is_empty());
+        let out = tracker.step(&[obs(104.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].track_id, 1);
+        assert_eq!(out[0].observation, 0);
+        // Filtered, so between the prediction and the measurement, not equal to either.
+        assert!(out[0].bbox.x1 > 102.0 && out[0].bbox.x1 < 104.5, "{:?}", out[0].bbox);
+    }
+
+    #[test]
+    fn a_tentative_track_dies_on_its_first_miss() {
+        let mut tracker = Tracker::new(TrackerParams::default());
+        tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &[])]);
+        tracker.step(&[]);
+        assert!(tracker.tracks().is_empty());
+    }
+
+    #[test]
+    fn confirmed_tracks_survive_max_age_misses_then_go() {
+        let params = TrackerParams { max_age: 5, ..TrackerParams::default() };
+        let mut tracker = Tracker::new(params);
+        for _ in 0..3 {
+            tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]);
+        }
+        for _ in 0..5 {
+            tracker.step(&[]);
+        }
+        assert_eq!(tracker.confirmed_count(), 1);
+        tracker.step(&[]);
+        assert_eq!(tracker.confirmed_count(), 0);
+    }
+
+    #[test]
+    fn the_gate_refuses_a_jump_even_with_a_perfect_appearance_match() {
+        let mut tracker = Tracker::new(TrackerParams::default());
+        for _ in 0..3 {
+            tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]);
+        }
+        // Same embedding, 300 px away: gated out of the cascade, IoU 0: a new track.
+        tracker.step(&[obs(400.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]);
+        let ids: Vec<u64> = tracker.tracks().iter().map(|t| t.id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(tracker.tracks()[0].time_since_update, 1);
+    }
+
+    #[test]
+    fn the_cascade_serves_recently_seen_tracks_first() {
+        // Two confirmed tracks at the same place and with the same appearance; A was last seen one
+        // frame ago, B three frames ago. The one detection must go to A.
+        let mut tracker = Tracker::new(TrackerParams::default());
+        let f = [1.0, 0.0];
+        for _ in 0..3 {
+            tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &f), obs(105.0, 100.0, 50.0, 100.0, &f)]);
+        }
+        // B (id 2) is missed for two frames while A (id 1) keeps being seen.
+        for _ in 0..2 {
+            tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &f)]);
+        }
+        let b = tracker.tracks().iter().find(|t| t.id == 2).unwrap();
+        assert_eq!(b.time_since_update, 2);
+        let out = tracker.step(&[obs(103.0, 100.0, 50.0, 100.0, &f)]);
+        assert_eq!(out.iter().map(|o| o.track_id).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn appearance_decides_between_two_equally_close_tracks() {
+        let mut tracker = Tracker::new(TrackerParams::default());
+        for _ in 0..3 {
+            tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &[1.0, 0.0]), obs(130.0, 100.0, 50.0, 100.0, &[0.0, 1.0])]);
+        }
+        // Detections swapped in position order but carrying their own appearance.
+        let out =
+            tracker.step(&[obs(116.0, 100.0, 50.0, 100.0, &[0.0, 1.0]), obs(114.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]);
+        let by_obs: Vec<(usize, u64)> = out.iter().map(|o| (o.observation, o.track_id)).collect();
+        assert!(by_obs.contains(&(0, 2)) && by_obs.contains(&(1, 1)), "{by_obs:?}");
+    }
+
+    #[test]
+    fn a_foreign_embedding_matched_by_iou_moves_the_track_but_stays_out_of_its_gallery() {
+        for (policy, expected_gallery) in [(GalleryUpdate::Consistent, 3), (GalleryUpdate::Every, 4)] {
+            let mut tracker = Tracker::new(TrackerParams { gallery_update: policy, ..TrackerParams::default() });
+            for _ in 0..3 {
+                tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]);
+            }
+            // Same place, someone else's appearance: the cascade refuses it, IoU matching takes it.
+            let out = tracker.step(&[obs(101.0, 100.0, 50.0, 100.0, &[0.0, 1.0])]);
+            assert_eq!(out.iter().map(|o| o.track_id).collect::<Vec<_>>(), vec![1], "{policy:?}");
+            assert_eq!(tracker.tracks()[0].gallery_len(), expected_gallery, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn degenerate_boxes_are_ignored() {
+        let mut tracker = Tracker::new(TrackerParams::default());
+        tracker.step(&[
+            obs(10.0, 10.0, 0.0, 20.0, &[]),
+            obs(10.0, 10.0, 20.0, -5.0, &[]),
+            obs(f32::NAN, 1.0, 2.0, 2.0, &[]),
+        ]);
+        assert!(tracker.tracks().is_empty());
+    }
+}

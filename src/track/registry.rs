@@ -1,0 +1,342 @@
+//! Every camera's tracker, in a striped-lock concurrent map.
+//!
+//! The map (dashmap: shards of `RwLock<HashMap>`) is touched only to find or create a camera's slot,
+//! to evict idle ones and to count; each slot is an `Arc<Mutex<…>>`, so a tracker step locks one
+//! camera, never a shard. No shard lock is held across an `.await`, an inference or a second map
+//! access.
+//!
+//! Ordering: a frame reserves its `sequence` when admitted; when its detections are ready it is
+//! parked until every earlier reserved frame of its camera is applied or abandoned, so frames are
+//! tracked strictly in `sequence` order whatever order batches complete in. A frame whose sequence
+//! is not above the last applied one is late (or a duplicate) and is never applied.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::{Observation, TrackedObject, Tracker, TrackerParams};
+
+/// Where a frame stood in its camera's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameOrder {
+    /// Applied to the tracker in sequence order.
+    Applied,
+    /// Its sequence was below the camera's last applied frame: not applied.
+    Late { last_applied: u64 },
+    /// The same sequence was already applied or is in flight: not applied.
+    Duplicate,
+}
+
+/// A frame's tracking outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackedFrame {
+    pub sequence: u64,
+    pub objects: Vec<TrackedObject>,
+}
+
+/// The answer to a frame asking to be tracked.
+#[derive(Debug)]
+pub enum Admission {
+    Accepted(Ticket),
+    Refused(FrameOrder),
+}
+
+enum Pending {
+    /// Detections not ready yet.
+    Waiting,
+    Ready {
+        observations: Vec<Observation>,
+        reply: oneshot::Sender<TrackedFrame>,
+    },
+}
+
+struct Camera {
+    tracker: Tracker,
+    last_applied: Option<u64>,
+    in_flight: BTreeMap<u64, Pending>,
+    last_seen: Instant,
+    /// Set when eviction removed this slot, so a racing admission retries with a fresh one.
+    evicted: bool,
+}
+
+impl Camera {
+    /// Applies every ready frame at the head of the order.
+    fn drain(&mut self) {
+        while let Some(entry) = self.in_flight.first_entry() {
+            if matches!(entry.get(), Pending::Waiting) {
+                break;
+            }
+            let sequence = *entry.key();
+            if let Pending::Ready { observations, reply } = entry.remove() {
+                let objects = self.tracker.step(&observations);
+                self.last_applied = Some(sequence);
+                // The receiver may be gone (client hung up); the step still counts.
+                let _ = reply.send(TrackedFrame { sequence, objects });
+            }
+        }
+    }
+}
+
+/// A reserved place in a camera's order. Complete it with the frame's detections, or drop it (the
+/// frame failed or was shed) and later frames stop waiting for it.
+pub struct Ticket {
+    camera: Arc<Mutex<Camera>>,
+    sequence: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("sequence", &self.sequence).finish()
+    }
+}
+
+impl Ticket {
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Hands over the frame's detections; the receiver yields once every earlier frame of the
+    /// camera has been applied or abandoned and this one has been tracked.
+    pub fn complete(mut self, observations: Vec<Observation>) -> oneshot::Receiver<TrackedFrame> {
+        let (reply, receiver) = oneshot::channel();
+        self.done = true;
+        let mut camera = self.camera.lock();
+        camera.in_flight.insert(self.sequence, Pending::Ready { observations, reply });
+        camera.drain();
+        receiver
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut camera = self.camera.lock();
+            camera.in_flight.remove(&self.sequence);
+            camera.drain();
+        }
+    }
+}
+
+/// Counts over all cameras at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    pub cameras: usize,
+    pub confirmed_tracks: usize,
+    pub tentative_tracks: usize,
+    pub frames_in_flight: usize,
+    pub cameras_evicted: u64,
+    pub frames_late: u64,
+    pub frames_duplicate: u64,
+}
+
+pub struct Registry {
+    cameras: DashMap<String, Arc<Mutex<Camera>>>,
+    params: TrackerParams,
+    idle_after: Duration,
+    evicted: AtomicU64,
+    late: AtomicU64,
+    duplicate: AtomicU64,
+}
+
+impl Registry {
+    pub fn new(params: TrackerParams, idle_after: Duration) -> Self {
+        Self {
+            cameras: DashMap::new(),
+            params,
+            idle_after,
+            evicted: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            duplicate: AtomicU64::new(0),
+        }
+    }
+
+    pub fn params(&self) -> &TrackerParams {
+        &self.params
+    }
+
+    /// Reserves `sequence` in `camera_id`'s order, or says why the frame cannot be tracked.
+    pub fn admit(&self, camera_id: &str, sequence: u64, now: Instant) -> Admission {
+        loop {
+            let slot = self.slot(camera_id, now);
+            let mut camera = slot.lock();
+            if camera.evicted {
+                continue;
+            }
+            camera.last_seen = now;
+            if let Some(last) = camera.last_applied
+                && sequence <= last
+            {
+                return Admission::Refused(if sequence == last {
+                    self.duplicate.fetch_add(1, Ordering::Relaxed);
+                    FrameOrder::Duplicate
+                } else {
+                    self.late.fetch_add(1, Ordering::Relaxed);
+                    FrameOrder::Late { last_applied: last }
+                });
+            }
+            if camera.in_flight.contains_key(&sequence) {
+                self.duplicate.fetch_add(1, Ordering::Relaxed);
+                return Admission::Refused(FrameOrder::Duplicate);
+            }
+            camera.in_flight.insert(sequence, Pending::Waiting);
+            drop(camera);
+            return Admission::Accepted(Ticket { camera: slot, sequence, done: false });
+        }
+    }
+
+    /// The camera's slot, created on first use. The shard lock is released before returning.
+    fn slot(&self, camera_id: &str, now: Instant) -> Arc<Mutex<Camera>> {
+        if let Some(slot) = self.cameras.get(camera_id) {
+            return slot.value().clone();
+        }
+        self.cameras
+            .entry(camera_id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Camera {
+                    tracker: Tracker::new(self.params),
+                    last_applied: None,
+                    in_flight: BTreeMap::new(),
+                    last_seen: now,
+                    evicted: false,
+                }))
+            })
+            .value()
+            .clone()
+    }
+
+    /// Drops cameras with no frame admitted for `idle_after` and none in flight; returns how many.
+    pub fn evict_idle(&self, now: Instant) -> usize {
+        let mut evicted = 0;
+        self.cameras.retain(|_, slot| {
+            let mut camera = slot.lock();
+            let idle =
+                camera.in_flight.is_empty() && now.saturating_duration_since(camera.last_seen) >= self.idle_after;
+            if idle {
+                camera.evicted = true;
+                evicted += 1;
+            }
+            !idle
+        });
+        self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+        evicted
+    }
+
+    pub fn stats(&self) -> RegistryStats {
+        let mut stats = RegistryStats {
+            cameras_evicted: self.evicted.load(Ordering::Relaxed),
+            frames_late: self.late.load(Ordering::Relaxed),
+            frames_duplicate: self.duplicate.load(Ordering::Relaxed),
+            ..RegistryStats::default()
+        };
+        for entry in self.cameras.iter() {
+            let camera = entry.value().lock();
+            stats.cameras += 1;
+            let confirmed = camera.tracker.confirmed_count();
+            stats.confirmed_tracks += confirmed;
+            stats.tentative_tracks += camera.tracker.tracks().len() - confirmed;
+            stats.frames_in_flight += camera.in_flight.len();
+        }
+        stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::BBox;
+
+    fn person(x: f32) -> Observation {
+        Observation {
+            bbox: BBox { x1: x, y1: 100.0, x2: x + 40.0, y2: 180.0 },
+            score: 0.9,
+            class_id: 0,
+            feature: vec![],
+        }
+    }
+
+    fn accepted(a: Admission) -> Ticket {
+        match a {
+            Admission::Accepted(t) => t,
+            Admission::Refused(why) => panic!("refused: {why:?}"),
+        }
+    }
+
+    #[test]
+    fn out_of_order_completion_is_applied_in_sequence_order() {
+        let registry = Registry::new(TrackerParams { n_init: 1, ..TrackerParams::default() }, Duration::from_secs(60));
+        let now = Instant::now();
+        let t1 = accepted(registry.admit("cam", 1, now));
+        let t2 = accepted(registry.admit("cam", 2, now));
+        let t3 = accepted(registry.admit("cam", 3, now));
+        // 3 and 2 finish first: they must wait for 1.
+        let mut r3 = t3.complete(vec![person(20.0)]);
+        let mut r2 = t2.complete(vec![person(10.0)]);
+        assert!(r3.try_recv().is_err() && r2.try_recv().is_err());
+        let mut r1 = t1.complete(vec![person(0.0)]);
+        let (f1, f2, f3) = (r1.try_recv().unwrap(), r2.try_recv().unwrap(), r3.try_recv().unwrap());
+        // One track, followed 0 → 10 → 20: only possible if applied as 1, 2, 3.
+        assert_eq!([f1.objects[0].track_id, f2.objects[0].track_id, f3.objects[0].track_id], [1, 1, 1]);
+        assert!(f3.objects[0].bbox.x1 > f2.objects[0].bbox.x1 && f2.objects[0].bbox.x1 > f1.objects[0].bbox.x1);
+    }
+
+    #[test]
+    fn an_abandoned_frame_stops_blocking_its_successors() {
+        let registry = Registry::new(TrackerParams::default(), Duration::from_secs(60));
+        let now = Instant::now();
+        let t1 = accepted(registry.admit("cam", 1, now));
+        let t2 = accepted(registry.admit("cam", 2, now));
+        let mut r2 = t2.complete(vec![person(0.0)]);
+        assert!(r2.try_recv().is_err());
+        drop(t1); // shed
+        assert_eq!(r2.try_recv().unwrap().sequence, 2);
+        assert_eq!(registry.stats().frames_in_flight, 0);
+    }
+
+    #[test]
+    fn late_and_duplicate_frames_are_refused_and_counted() {
+        let registry = Registry::new(TrackerParams::default(), Duration::from_secs(60));
+        let now = Instant::now();
+        let t5 = accepted(registry.admit("cam", 5, now));
+        assert!(matches!(registry.admit("cam", 5, now), Admission::Refused(FrameOrder::Duplicate)));
+        drop(t5.complete(vec![]));
+        assert!(matches!(registry.admit("cam", 5, now), Admission::Refused(FrameOrder::Duplicate)));
+        assert!(matches!(registry.admit("cam", 3, now), Admission::Refused(FrameOrder::Late { last_applied: 5 })));
+        // Other cameras have their own order.
+        assert!(matches!(registry.admit("other", 3, now), Admission::Accepted(_)));
+        let stats = registry.stats();
+        assert_eq!((stats.frames_duplicate, stats.frames_late, stats.cameras), (2, 1, 2));
+    }
+
+    #[test]
+    fn idle_cameras_are_evicted_but_busy_ones_stay() {
+        let registry = Registry::new(TrackerParams::default(), Duration::from_secs(10));
+        let t0 = Instant::now();
+        drop(accepted(registry.admit("idle", 1, t0)).complete(vec![person(0.0)]));
+        let busy = accepted(registry.admit("busy", 1, t0));
+        drop(accepted(registry.admit("recent", 1, t0 + Duration::from_secs(8))).complete(vec![]));
+        assert_eq!(registry.evict_idle(t0 + Duration::from_secs(11)), 1);
+        let stats = registry.stats();
+        assert_eq!((stats.cameras, stats.cameras_evicted), (2, 1));
+        drop(busy);
+        assert_eq!(registry.evict_idle(t0 + Duration::from_secs(19)), 2);
+        // An evicted camera starts again from scratch: its old order no longer applies.
+        assert!(matches!(registry.admit("idle", 1, t0 + Duration::from_secs(20)), Admission::Accepted(_)));
+    }
+
+    #[test]
+    fn each_camera_numbers_its_own_tracks() {
+        let registry = Registry::new(TrackerParams { n_init: 1, ..TrackerParams::default() }, Duration::from_secs(60));
+        let now = Instant::now();
+        for cam in ["a", "b"] {
+            let mut r = accepted(registry.admit(cam, 0, now)).complete(vec![person(0.0), person(100.0)]);
+            let ids: Vec<u64> = r.try_recv().unwrap().objects.iter().map(|o| o.track_id).collect();
+            assert_eq!(ids, vec![1, 2]);
+        }
+    }
+}
