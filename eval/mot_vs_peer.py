@@ -137,10 +137,14 @@ def score(gt_path, track_path, name):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--linesight", required=True)
+    ap.add_argument("--linesight")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--out", default="eval/results")
+    ap.add_argument("--summarize", metavar="JSON", help="only re-summarize an earlier run's JSON")
     args = ap.parse_args()
+    if args.summarize:
+        summarize(json.loads(Path(args.summarize).read_text())["runs"], Path(args.out))
+        return
     data = Path(mm.__file__).parent / "data"
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,24 +173,59 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "mot_vs_peer.json").write_text(json.dumps({"params": PARAMS, "variants": VARIANTS, "runs": results}, indent=1))
+    summarize(results, out)
+
+
+def paired(rs, key, scale):
+    """Mean of linesight − peer over seeds and its 95 % confidence half-width (t, n − 1 df)."""
+    d = np.array([(r["linesight"][key] - r["peer"][key]) * scale for r in rs])
+    if len(d) < 2:
+        return float(d.mean()), 0.0
+    t95 = {4: 2.776, 9: 2.262, 19: 2.093}.get(len(d) - 1, 1.96)
+    return float(d.mean()), float(t95 * d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def verdict(diff, half, higher_is_better=True):
+    lo, hi = diff - half, diff + half
+    if not higher_is_better:
+        lo, hi = -hi, -lo
+    if lo > 0:
+        return "ahead"
+    if hi < 0:
+        return "behind"
+    return "tied"
+
+
+def summarize(results, out):
+    """Table of means, plus each variant's paired difference with its 95 % interval: `ahead` when the
+    interval is above zero, `behind` when below, `tied` when it holds zero."""
+    seeds = len({r["seed"] for r in results if r["sequence"] == results[0]["sequence"] and r["variant"] == results[0]["variant"]})
     lines = ["| sequence | variant | MOTA linesight | MOTA peer | IDF1 linesight | IDF1 peer | ID sw. linesight | ID sw. peer "
-             "| linesight `every`: MOTA / IDF1 / ID sw. |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    worse = 0
+             "| Δ MOTA (95 % CI) | Δ IDF1 (95 % CI) | Δ ID sw. per run (95 % CI) | linesight `every`: MOTA / IDF1 / ID sw. |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    behind = []
     for seq in ["TUD-Campus", "TUD-Stadtmitte"]:
         for variant in VARIANTS:
             rs = [r for r in results if r["sequence"] == seq and r["variant"] == variant]
             m = lambda who, k: float(np.mean([r[who][k] for r in rs]))
             sw = lambda who: int(sum(r[who]["num_switches"] for r in rs))
-            if m("linesight", "mota") < m("peer", "mota") - 1e-9 or m("linesight", "idf1") < m("peer", "idf1") - 1e-9 or sw("linesight") > sw("peer"):
-                worse += 1
+            cells = []
+            for key, scale, better in [("mota", 100, True), ("idf1", 100, True), ("num_switches", 1, False)]:
+                diff, half = paired(rs, key, scale)
+                v = verdict(diff, half, better)
+                if v == "behind":
+                    behind.append(f"{seq} {variant} {key}")
+                cells.append(f"{diff:+.2f} ± {half:.2f} {v}")
             lines.append(f"| {seq} | {variant} | {100 * m('linesight', 'mota'):.1f} | {100 * m('peer', 'mota'):.1f} | "
                          f"{100 * m('linesight', 'idf1'):.1f} | {100 * m('peer', 'idf1'):.1f} | {sw('linesight')} | {sw('peer')} "
+                         f"| {' | '.join(cells)} "
                          f"| {100 * m('linesight_every', 'mota'):.1f} / {100 * m('linesight_every', 'idf1'):.1f} / {sw('linesight_every')} |")
     table = "\n".join(lines)
-    (out / "mot_vs_peer.md").write_text(table + f"\n\nMOTA and IDF1: mean over {args.seeds} seeds (%); ID switches: total over the seeds. Variants where linesight (default) is behind the peer on any of the three: {worse}.\n")
-    print(table)
-    print("variants where linesight is behind the peer:", worse)
+    note = (f"\n\nMOTA and IDF1: mean over {seeds} seeds (%); ID switches: total over the seeds. Δ: linesight − peer, "
+            f"paired by seed, mean ± 95 % confidence half-width; `ahead` / `behind` when the interval excludes zero, "
+            f"`tied` when it holds it. Behind: {', '.join(behind) if behind else 'none'}.\n")
+    (out / "mot_vs_peer.md").write_text(table + note)
+    print(table + note)
 
 
 if __name__ == "__main__":

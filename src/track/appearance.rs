@@ -11,7 +11,42 @@ pub fn normalized(feature: &[f32]) -> Option<Box<[f32]>> {
 
 /// 1 − cosine similarity of two unit vectors (0 = same direction, 2 = opposite).
 pub fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
-    1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+    1.0 - dot(a, b)
+}
+
+/// Dot product. The gallery search spends nearly all its time here (50 tracks × 100 samples × 1280
+/// dims per frame), so on x86-64 CPUs with AVX2 and FMA (checked at run time; the portable build
+/// targets plain SSE2) the same loop runs compiled for 256-bit registers.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_lanes::<8>(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes::<32>(a, b)
+}
+
+/// `L` independent running sums, so the compiler can keep them in SIMD registers (a single running
+/// sum is a serial chain of float adds it may not reorder).
+#[inline(always)]
+fn dot_lanes<const L: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut lanes = [0f32; L];
+    let (a_chunks, b_chunks) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for i in 0..L {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// The last `budget` embeddings of one track, oldest first.
@@ -64,6 +99,17 @@ mod tests {
         // [1, 0] is gone: the nearest is now [0, 1] at 1 − 0.1/|…|.
         let d = g.nearest(&probe).unwrap();
         assert!((d - (1.0 - 0.1 / 1.01f32.sqrt())).abs() < 1e-6, "{d}");
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum_at_any_length() {
+        for n in [0usize, 1, 7, 8, 9, 1280, 1283] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+            assert!((f64::from(dot(&a, &b)) - plain).abs() < 1e-3, "n = {n}");
+            assert!((f64::from(dot_lanes::<8>(&a, &b)) - plain).abs() < 1e-3, "n = {n}");
+        }
     }
 
     #[test]

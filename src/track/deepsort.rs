@@ -64,6 +64,15 @@ fn iou(a: &[f64; 4], b: &BBox) -> f64 {
     if union > 0.0 { inter / union } else { 0.0 }
 }
 
+/// One frame's matching outcome, as track and candidate indices.
+struct Association {
+    matches: Vec<(usize, usize)>,
+    /// The first `by_appearance` matches came from the appearance cascade, the rest from IoU.
+    by_appearance: usize,
+    unmatched_tracks: Vec<usize>,
+    unmatched_candidates: Vec<usize>,
+}
+
 /// Box → (cx, cy, w / h, h).
 fn to_measurement(b: &BBox) -> Measurement {
     let (w, h) = (f64::from(b.x2 - b.x1), f64::from(b.y2 - b.y1));
@@ -75,6 +84,12 @@ pub struct Tracker {
     params: TrackerParams,
     tracks: Vec<Track>,
     next_id: u64,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self::new(TrackerParams::default())
+    }
 }
 
 impl Tracker {
@@ -116,10 +131,11 @@ impl Tracker {
             })
             .collect();
 
-        let (matches, unmatched_tracks, unmatched_candidates) = self.associate(&candidates);
+        let Association { matches, by_appearance, unmatched_tracks, unmatched_candidates } =
+            self.associate(&candidates);
 
         let mut matched_this_frame = Vec::with_capacity(matches.len());
-        for &(t, c) in &matches {
+        for (i, &(t, c)) in matches.iter().enumerate() {
             let obs = &observations[usable[c]];
             let candidate = &candidates[c];
             let track = &mut self.tracks[t];
@@ -131,8 +147,10 @@ impl Tracker {
                 // `GalleryUpdate::Consistent`); a match made by motion alone still moves the track.
                 let admit = match self.params.gallery_update {
                     GalleryUpdate::Every => true,
+                    // Cascade matches agree with the gallery by construction.
                     GalleryUpdate::Consistent => {
-                        track.status != TrackStatus::Confirmed
+                        i < by_appearance
+                            || track.status != TrackStatus::Confirmed
                             || track.gallery.nearest(f).is_none_or(|d| f64::from(d) <= self.params.max_cosine_distance)
                     }
                 };
@@ -199,8 +217,7 @@ impl Tracker {
         self.next_id += 1;
     }
 
-    /// (matches as (track, candidate), unmatched tracks, unmatched candidates).
-    fn associate(&self, candidates: &[Candidate]) -> (Vec<(usize, usize)>, Vec<usize>, Vec<usize>) {
+    fn associate(&self, candidates: &[Candidate]) -> Association {
         let confirmed: Vec<usize> =
             (0..self.tracks.len()).filter(|&i| self.tracks[i].status == TrackStatus::Confirmed).collect();
         let unconfirmed: Vec<usize> =
@@ -230,6 +247,7 @@ impl Tracker {
             }
             m
         };
+        let by_appearance = matches.len();
         let missed_by_cascade: Vec<usize> = confirmed.iter().copied().filter(|&t| !cascade_matched[t]).collect();
 
         // IoU matching for tentative tracks and confirmed tracks missed only in the previous frame.
@@ -242,7 +260,7 @@ impl Tracker {
         matches.extend(a.matches.iter().map(|&(r, c)| (iou_tracks[r], unmatched[c])));
         unmatched_tracks.extend(a.unmatched_rows.iter().map(|&r| iou_tracks[r]));
         let unmatched_candidates = a.unmatched_cols.iter().map(|&c| unmatched[c]).collect();
-        (matches, unmatched_tracks, unmatched_candidates)
+        Association { matches, by_appearance, unmatched_tracks, unmatched_candidates }
     }
 
     /// Nearest-neighbour cosine distance to each track's gallery, with pairs outside the Kalman
