@@ -410,6 +410,31 @@ mod tests {
         }
     }
 
+    /// Two people walk towards each other along the same line, overlap for several frames (one
+    /// hides the other for two frames, as in an occlusion), and walk on. Each must keep its id.
+    #[test]
+    fn ids_survive_a_crossing_with_occlusion() {
+        let mut tracker = Tracker::new(TrackerParams::default());
+        let (red, blue) = ([1.0, 0.0, 0.1], [0.0, 1.0, 0.1]);
+        let mut seen: Vec<(u64, u64)> = Vec::new();
+        for frame in 0..40 {
+            let a_x = 100.0 + 8.0 * frame as f32; // walking right
+            let b_x = 420.0 - 8.0 * frame as f32; // walking left; they meet near frame 20
+            let mut frame_obs = vec![obs(a_x, 100.0, 40.0, 100.0, &red)];
+            if !(19..=20).contains(&frame) {
+                frame_obs.push(obs(b_x, 102.0, 40.0, 100.0, &blue));
+            }
+            let out = tracker.step(&frame_obs);
+            let id_of = |i: usize| out.iter().find(|o| o.observation == i).map(|o| o.track_id);
+            if let (Some(a), Some(b)) = (id_of(0), id_of(1)) {
+                seen.push((a, b));
+            }
+        }
+        assert!(seen.len() >= 30, "{} frames with both tracked", seen.len());
+        assert!(seen.iter().all(|&ids| ids == seen[0]), "ids changed: {seen:?}");
+        assert_ne!(seen[0].0, seen[0].1);
+    }
+
     #[test]
     fn degenerate_boxes_are_ignored() {
         let mut tracker = Tracker::new(TrackerParams::default());
