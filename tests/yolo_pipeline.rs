@@ -18,21 +18,8 @@ async fn yolo_v8_layout_model_matches_python_reference_over_grpc() {
     let mut config = test_config();
     config.model_dir = Some(fixture("models"));
     config.default_pipeline = "yolo".into();
-    config.pipelines = BTreeMap::from([(
-        "yolo".to_owned(),
-        PipelineConfig {
-            kind: PipelineKind::Detect,
-            model: "yolo-plumbing".into(),
-            detector: None,
-            tracker: Default::default(),
-            batching: Default::default(),
-            budget_ms: None,
-            score_threshold: None,
-            iou_threshold: None,
-            max_detections: None,
-            instances: 1,
-        },
-    )]);
+    config.pipelines =
+        BTreeMap::from([("yolo".to_owned(), PipelineConfig::new(PipelineKind::Detect, "yolo-plumbing"))]);
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
 

@@ -102,6 +102,24 @@ fn one() -> usize {
     1
 }
 
+impl PipelineConfig {
+    /// A pipeline of `kind` on `model` with every other setting at its default.
+    pub fn new(kind: PipelineKind, model: &str) -> Self {
+        Self {
+            kind,
+            model: model.to_owned(),
+            detector: None,
+            tracker: TrackerConfig::default(),
+            batching: BatchingConfig::default(),
+            budget_ms: None,
+            score_threshold: None,
+            iou_threshold: None,
+            max_detections: None,
+            instances: 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PipelineKind {
@@ -221,34 +239,12 @@ impl Default for EngineConfig {
 impl Default for Config {
     fn default() -> Self {
         let mut pipelines = BTreeMap::new();
-        pipelines.insert(
-            DEFAULT_PIPELINE.to_owned(),
-            PipelineConfig {
-                kind: PipelineKind::Detect,
-                model: DEFAULT_DETECT_MODEL.to_owned(),
-                detector: None,
-                tracker: TrackerConfig::default(),
-                batching: BatchingConfig::default(),
-                budget_ms: None,
-                score_threshold: None,
-                iou_threshold: None,
-                max_detections: None,
-                instances: 1,
-            },
-        );
+        pipelines.insert(DEFAULT_PIPELINE.to_owned(), PipelineConfig::new(PipelineKind::Detect, DEFAULT_DETECT_MODEL));
         pipelines.insert(
             "track".to_owned(),
             PipelineConfig {
-                kind: PipelineKind::Track,
-                model: DEFAULT_EMBED_MODEL.to_owned(),
                 detector: Some(DEFAULT_PIPELINE.to_owned()),
-                tracker: TrackerConfig::default(),
-                batching: BatchingConfig::default(),
-                budget_ms: None,
-                score_threshold: None,
-                iou_threshold: None,
-                max_detections: None,
-                instances: 1,
+                ..PipelineConfig::new(PipelineKind::Track, DEFAULT_EMBED_MODEL)
             },
         );
         Self {

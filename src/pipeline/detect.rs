@@ -8,7 +8,7 @@ use image::RgbImage;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::worker::{Job, start_workers};
+use super::worker::{Job, join_all, start_workers};
 use super::{
     FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext, StageTimings,
     Verdict,
@@ -168,13 +168,7 @@ impl DetectPipeline {
     }
 
     pub async fn join_workers(&self) {
-        let workers: Vec<_> = match self.workers.lock() {
-            Ok(mut w) => w.drain(..).collect(),
-            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
-        };
-        for w in workers {
-            let _ = tokio::task::spawn_blocking(move || w.join()).await;
-        }
+        join_all(&self.workers).await;
     }
 
     pub fn name(&self) -> &str {

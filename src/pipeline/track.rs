@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::detect::{DetectPipeline, Detected, FrameDeadline, annotate_jpeg};
-use super::worker::{Inferred, Job, start_workers};
+use super::worker::{Inferred, Job, join_all, start_workers};
 use super::{FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, Verdict};
 use crate::batching::{BatchPolicy, BatchQueue};
 use crate::config::{DecoderSpec, ModelManifest, PipelineConfig};
@@ -140,13 +140,7 @@ impl TrackPipeline {
     }
 
     pub async fn join_workers(&self) {
-        let workers: Vec<_> = match self.workers.lock() {
-            Ok(mut w) => w.drain(..).collect(),
-            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
-        };
-        for w in workers {
-            let _ = tokio::task::spawn_blocking(move || w.join()).await;
-        }
+        join_all(&self.workers).await;
     }
 
     /// Reserves the frame's place in its camera's order. Call in request order, before awaiting.

@@ -139,3 +139,14 @@ pub(super) fn start_workers(
     }
     Ok(workers)
 }
+
+/// Waits for every worker thread to end (they end once their queue is closed and drained).
+pub(super) async fn join_all(workers: &std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>) {
+    let workers: Vec<_> = match workers.lock() {
+        Ok(mut w) => w.drain(..).collect(),
+        Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+    };
+    for w in workers {
+        let _ = tokio::task::spawn_blocking(move || w.join()).await;
+    }
+}
