@@ -264,6 +264,7 @@ async fn infer(
                 "class_name": d.class_name,
                 "score": d.detection.score,
                 "box": [d.detection.bbox.x1, d.detection.bbox.y1, d.detection.bbox.x2, d.detection.bbox.y2],
+                "track_id": d.track_id,
             })).collect::<Vec<_>>(),
         }));
     }
