@@ -183,29 +183,12 @@ impl DetectPipeline {
         &self.classes
     }
 
-    pub fn context(&self) -> &Arc<StageContext> {
-        &self.context
-    }
-
     pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
         let annotate = request.annotate;
         let detected = self.detect(&request, deadline, annotate).await?;
         let Detected { detections, image, mut timings, batch_size, image_width, image_height } = detected;
-        let (detections, annotated_jpeg) = match image {
-            Some(mut img) => {
-                let started = std::time::Instant::now();
-                let (detections, jpeg) = self
-                    .on_cpu_pool(move || -> Result<_, InspectError> {
-                        let jpeg = annotate_jpeg(&mut img, &detections)?;
-                        Ok((detections, jpeg))
-                    })
-                    .await??;
-                timings.postprocess += started.elapsed();
-                (detections, Some(jpeg))
-            }
-            None => (detections, None),
-        };
+        let (detections, annotated_jpeg) = self.annotate(image, detections, &mut timings).await?;
         timings.total = request.received.elapsed();
         Ok(FrameResult {
             camera_id: request.camera_id,
@@ -221,6 +204,26 @@ impl DetectPipeline {
             image_height,
             tracking: None,
         })
+    }
+
+    /// Draws `detections` on `image` (when there is one) on the CPU pool; the time counts as
+    /// postprocessing.
+    pub(super) async fn annotate(
+        &self,
+        image: Option<RgbImage>,
+        detections: Vec<LabeledDetection>,
+        timings: &mut StageTimings,
+    ) -> Result<(Vec<LabeledDetection>, Option<Vec<u8>>), InspectError> {
+        let Some(mut image) = image else { return Ok((detections, None)) };
+        let started = std::time::Instant::now();
+        let (detections, jpeg) = self
+            .on_cpu_pool(move || -> Result<_, InspectError> {
+                let jpeg = annotate_jpeg(&mut image, &detections)?;
+                Ok((detections, jpeg))
+            })
+            .await??;
+        timings.postprocess += started.elapsed();
+        Ok((detections, Some(jpeg)))
     }
 
     /// Decode → letterbox → batch → infer → decode outputs + NMS, for one frame.
@@ -305,7 +308,7 @@ impl DetectPipeline {
     }
 }
 
-pub(super) fn annotate_jpeg(image: &mut RgbImage, detections: &[LabeledDetection]) -> Result<Vec<u8>, InspectError> {
+fn annotate_jpeg(image: &mut RgbImage, detections: &[LabeledDetection]) -> Result<Vec<u8>, InspectError> {
     draw_detections(image, detections);
     imaging::encode_jpeg(image, 85).map_err(|e| InspectError::Internal(format!("JPEG encoding failed: {e}")))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::detect::{DetectPipeline, Detected, FrameDeadline, annotate_jpeg};
+use super::detect::{DetectPipeline, Detected, FrameDeadline};
 use super::worker::{Inferred, Job, join_all, start_workers};
 use super::{FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, Verdict};
 use crate::batching::{BatchPolicy, BatchQueue};
@@ -130,10 +130,6 @@ impl TrackPipeline {
         self.registry.stats()
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
     pub fn close(&self) {
         self.evictor.abort();
         self.queue.close();
@@ -193,16 +189,8 @@ impl TrackPipeline {
             }
         };
 
-        let annotated_jpeg = if request.annotate {
-            let started = std::time::Instant::now();
-            let mut image = Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone());
-            let drawn = detections.clone();
-            let jpeg = self.detector.on_cpu_pool(move || annotate_jpeg(&mut image, &drawn)).await??;
-            timings.postprocess += started.elapsed();
-            Some(jpeg)
-        } else {
-            None
-        };
+        let image = request.annotate.then(|| Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone()));
+        let (detections, annotated_jpeg) = self.detector.annotate(image, detections, &mut timings).await?;
         timings.total = request.received.elapsed();
         Ok(FrameResult {
             camera_id: request.camera_id,

@@ -19,10 +19,6 @@ impl CostMatrix {
         Self { rows, cols, cost: vec![0.0; rows * cols] }
     }
 
-    pub fn get(&self, row: usize, col: usize) -> f64 {
-        self.cost[row * self.cols + col]
-    }
-
     pub fn set(&mut self, row: usize, col: usize, value: f64) {
         self.cost[row * self.cols + col] = value;
     }

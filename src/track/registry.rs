@@ -156,10 +156,6 @@ impl Registry {
         }
     }
 
-    pub fn params(&self) -> &TrackerParams {
-        &self.params
-    }
-
     /// Reserves `sequence` in `camera_id`'s order, or says why the frame cannot be tracked.
     pub fn admit(&self, camera_id: &str, sequence: u64, now: Instant) -> Admission {
         loop {
