@@ -49,7 +49,7 @@ fn postprocess(c: &mut Criterion) {
         runtime,
         "nanodet-g",
         &manifest.onnx_path(),
-        SessionOptions { intra_threads: 2, intra_op_spinning: false },
+        &SessionOptions { intra_threads: 2, intra_op_spinning: false, ..SessionOptions::default() },
     )
     .expect("session");
     let jpeg = std::fs::read(root().join("tests/fixtures/vtest/frame_0250.jpg")).expect("frame");

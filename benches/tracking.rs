@@ -76,7 +76,7 @@ fn embedder(c: &mut Criterion) {
         runtime,
         &manifest.name,
         &manifest.onnx_path(),
-        SessionOptions { intra_threads: 2, intra_op_spinning: false },
+        &SessionOptions { intra_threads: 2, intra_op_spinning: false, ..SessionOptions::default() },
     )
     .expect("session");
     let jpeg = std::fs::read(root.join("tests/fixtures/vtest/frame_0250.jpg")).expect("frame");

@@ -11,5 +11,6 @@ pub mod detect;
 pub mod engine;
 pub mod imaging;
 pub mod pipeline;
+pub mod segment;
 pub mod telemetry;
 pub mod track;

@@ -146,6 +146,9 @@ pub fn pipeline_info(info: PipelineInfo) -> proto::PipelineInfo {
         max_queue_size: info.max_queue_size as u32,
         description: info.description,
         detector: info.detector.unwrap_or_default(),
+        execution_provider: info.provider.name().to_owned(),
+        gpu_preprocess: info.gpu_preprocess,
+        device_memory_bytes: info.device_memory_bytes.unwrap_or(0),
     }
 }
 

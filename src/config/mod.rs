@@ -59,11 +59,64 @@ pub struct EngineConfig {
     pub ort_dylib_path: Option<PathBuf>,
     /// Threads ONNX Runtime uses inside one inference call (per model instance).
     pub intra_threads: usize,
-    /// `cpu` only for now.
-    pub provider: String,
+    /// `cpu`, `cuda` or `tensorrt`. The GPU providers need ONNX Runtime's GPU build (PyPI
+    /// `onnxruntime-gpu`, or JetPack's); one that cannot load stops start-up unless `allow_fallback`.
+    pub provider: crate::engine::Provider,
+    /// When the chosen provider cannot load, run on the next one (tensorrt → cuda → cpu) with a
+    /// warning instead of refusing to start.
+    pub allow_fallback: bool,
+    /// The GPU to run on (CUDA device ordinal).
+    pub device_id: u32,
+    /// Refuse to start when the models' device memory, measured as each loads, exceeds this many MiB.
+    pub gpu_memory_budget_mb: Option<u64>,
+    /// On a GPU provider in a `cuda` build: letterbox and crop on the GPU, straight into the
+    /// model's input buffer. Off: preprocess on the CPU and let ONNX Runtime upload.
+    pub gpu_preprocess: bool,
+    pub tensorrt: TensorRtConfig,
     /// Let ONNX Runtime's idle intra-op threads spin before sleeping. Off by default: with more than
     /// one model instance on a few cores, spinning pools steal each other's CPU.
     pub intra_op_spinning: bool,
+}
+
+/// TensorRT provider settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TensorRtConfig {
+    /// Let TensorRT pick FP16 kernels where they are faster.
+    pub fp16: bool,
+    /// Where built engines are cached (default `$LINESIGHT_HOME/tensorrt-cache`); the first start
+    /// on a GPU builds them, which takes minutes.
+    pub engine_cache_dir: Option<PathBuf>,
+    /// Scratch memory TensorRT may use while building and running, in MiB.
+    pub workspace_mb: u64,
+}
+
+impl Default for TensorRtConfig {
+    fn default() -> Self {
+        Self { fp16: true, engine_cache_dir: None, workspace_mb: 2048 }
+    }
+}
+
+impl EngineConfig {
+    /// The provider settings the engine applies to every session.
+    pub fn provider_choice(&self) -> crate::engine::ProviderChoice {
+        let engine_cache_dir = self.tensorrt.engine_cache_dir.clone().unwrap_or_else(|| {
+            crate::engine::default_library_dir()
+                .and_then(|d| d.parent().map(|p| p.join("tensorrt-cache")))
+                .unwrap_or_else(|| PathBuf::from("tensorrt-cache"))
+        });
+        crate::engine::ProviderChoice {
+            provider: self.provider,
+            allow_fallback: self.allow_fallback,
+            device_id: self.device_id,
+            tensorrt: crate::engine::TensorRtOptions {
+                fp16: self.tensorrt.fp16,
+                engine_cache_dir,
+                workspace_bytes: usize::try_from(self.tensorrt.workspace_mb.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,7 +283,12 @@ impl Default for EngineConfig {
         Self {
             ort_dylib_path: None,
             intra_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            provider: "cpu".to_owned(),
+            provider: crate::engine::Provider::Cpu,
+            allow_fallback: false,
+            device_id: 0,
+            gpu_memory_budget_mb: None,
+            gpu_preprocess: true,
+            tensorrt: TensorRtConfig::default(),
             intra_op_spinning: false,
         }
     }
@@ -324,8 +382,11 @@ impl Config {
         if self.engine.intra_threads == 0 {
             problem("engine.intra_threads".into(), "must be positive");
         }
-        if self.engine.provider != "cpu" {
-            problem("engine.provider".into(), "only `cpu` is supported by this build");
+        if self.engine.tensorrt.workspace_mb == 0 {
+            problem("engine.tensorrt.workspace_mb".into(), "must be positive");
+        }
+        if self.engine.gpu_memory_budget_mb == Some(0) {
+            problem("engine.gpu_memory_budget_mb".into(), "must be positive (leave it out for no budget)");
         }
         if self.pipelines.is_empty() {
             problem("pipelines".into(), "at least one pipeline is required");

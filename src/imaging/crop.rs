@@ -16,6 +16,14 @@ pub struct CropBox {
     pub y2: f32,
 }
 
+/// What one row of a model's input batch is made from: a whole frame letterboxed, or one box of
+/// it stretched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowSource {
+    Letterbox(super::Letterbox),
+    Crop(CropBox),
+}
+
 impl Preprocessor {
     /// Crops `region` (clipped to the image; whole pixels, truncated as the reference does) and
     /// stretches it into `out` ([3, h, w] f32, normalised per `spec`). A region with no pixels

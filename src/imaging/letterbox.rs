@@ -124,7 +124,7 @@ impl Preprocessor {
 }
 
 /// Per tensor channel: 256-entry table of normalised values.
-pub(super) fn normalization_tables(spec: &TensorSpec) -> [[f32; 256]; 3] {
+pub(crate) fn normalization_tables(spec: &TensorSpec) -> [[f32; 256]; 3] {
     let mut lut = [[0f32; 256]; 3];
     for (c, table) in lut.iter_mut().enumerate() {
         for (v, slot) in table.iter_mut().enumerate() {

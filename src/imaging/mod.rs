@@ -6,8 +6,11 @@ mod annotate;
 mod crop;
 mod decode;
 mod letterbox;
+#[cfg(feature = "cuda")]
+pub mod gpu;
+pub mod resample;
 
 pub use annotate::{Annotation, annotate, encode_jpeg, encode_png};
-pub use crop::CropBox;
+pub use crop::{CropBox, RowSource};
 pub use decode::{DecodeError, DecodeLimits, ImageEncoding, decode};
 pub use letterbox::{Letterbox, LetterboxError, Preprocessor, TensorSpec};

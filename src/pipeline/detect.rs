@@ -8,7 +8,7 @@ use image::RgbImage;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::worker::{Job, join_all, start_workers};
+use super::worker::{Job, JobInput, WorkerSetup, Workers, join_all, start_workers};
 use super::{
     FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext, StageTimings,
     Verdict,
@@ -16,14 +16,14 @@ use super::{
 use crate::batching::{BatchPolicy, BatchQueue};
 use crate::config::{ChannelOrder, InputSpec, ModelManifest, PipelineConfig};
 use crate::detect::{Decoder, NamedOutput, Thresholds};
-use crate::engine::{EngineError, OrtRuntime, Output, SessionOptions};
+use crate::engine::{EngineError, Output, Provider};
 use crate::imaging::{self, Annotation, Preprocessor, TensorSpec};
 
 /// A frame after detection, before anything a composing pipeline adds.
 pub(super) struct Detected {
     pub detections: Vec<LabeledDetection>,
     /// The decoded frame, when the caller asked to keep it.
-    pub image: Option<RgbImage>,
+    pub image: Option<Arc<RgbImage>>,
     /// decode, preprocess, queue_wait, inference and postprocess; the rest is the caller's.
     pub timings: StageTimings,
     pub batch_size: u32,
@@ -62,6 +62,10 @@ pub struct DetectPipeline {
     queue: Arc<BatchQueue<Job>>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     context: Arc<StageContext>,
+    provider: Provider,
+    /// Frames go to the workers as pixels; the GPU letterboxes them.
+    device_preprocess: bool,
+    device_memory: Option<u64>,
 }
 
 /// The batch's outputs as the decoders take them.
@@ -90,8 +94,7 @@ impl DetectPipeline {
         name: &str,
         config: &PipelineConfig,
         manifest: ModelManifest,
-        runtime: &OrtRuntime,
-        session_options: SessionOptions,
+        engine: &super::EngineSetup<'_>,
         context: Arc<StageContext>,
     ) -> Result<Self, EngineError> {
         let input = &manifest.input;
@@ -113,14 +116,17 @@ impl DetectPipeline {
             max_queue_size: config.batching.max_queue_size,
         };
         let queue = Arc::new(BatchQueue::new(policy));
-        let shape = [3, tensor_spec.height as usize, tensor_spec.width as usize];
-        let workers = start_workers(
-            runtime,
-            &manifest,
-            session_options,
-            config.instances,
-            shape,
-            &[1, policy.max_batch],
+        let Workers { handles, provider, device_preprocess, device_memory } = start_workers(
+            WorkerSetup {
+                runtime: engine.runtime,
+                manifest: &manifest,
+                options: engine.options,
+                gpu_preprocess: engine.gpu_preprocess,
+                device_memory: engine.device_memory,
+                instances: config.instances,
+                spec: tensor_spec,
+                warm_batches: &[1, policy.max_batch],
+            },
             &queue,
         )?;
         tracing::info!(
@@ -130,6 +136,8 @@ impl DetectPipeline {
             instances = config.instances,
             max_batch = policy.max_batch,
             max_queue_delay_us = config.batching.max_queue_delay_us,
+            provider = %provider,
+            gpu_preprocess = device_preprocess,
         );
         let budget = config.budget_ms.map_or(context.default_budget, |ms| Duration::from_millis(u64::from(ms)));
         Ok(Self {
@@ -141,8 +149,11 @@ impl DetectPipeline {
             thresholds,
             budget,
             queue,
-            workers: Mutex::new(workers),
+            workers: Mutex::new(handles),
             context,
+            provider,
+            device_preprocess,
+            device_memory,
         })
     }
 
@@ -160,6 +171,9 @@ impl DetectPipeline {
             max_queue_delay: policy.max_queue_delay,
             max_queue_size: policy.max_queue_size,
             detector: None,
+            provider: self.provider,
+            gpu_preprocess: self.device_preprocess,
+            device_memory_bytes: self.device_memory,
         }
     }
 
@@ -210,11 +224,12 @@ impl DetectPipeline {
     /// postprocessing.
     pub(super) async fn annotate(
         &self,
-        image: Option<RgbImage>,
+        image: Option<Arc<RgbImage>>,
         detections: Vec<LabeledDetection>,
         timings: &mut StageTimings,
     ) -> Result<(Vec<LabeledDetection>, Option<Vec<u8>>), InspectError> {
-        let Some(mut image) = image else { return Ok((detections, None)) };
+        let Some(image) = image else { return Ok((detections, None)) };
+        let mut image = Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone());
         let started = std::time::Instant::now();
         let (detections, jpeg) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
@@ -238,17 +253,25 @@ impl DetectPipeline {
         // Decode + letterbox on the bounded CPU pool.
         let spec = self.tensor_spec;
         let limits = self.context.decode_limits;
-        let (decoded, tensor, letterbox, decode_time, preprocess_time) = self
+        let on_device = self.device_preprocess;
+        let (decoded, input, letterbox, decode_time, preprocess_time) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
                 let t0 = std::time::Instant::now();
                 let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
                 let t1 = std::time::Instant::now();
+                if on_device {
+                    // The worker's GPU letterboxes; only the geometry is needed here.
+                    let letterbox = imaging::Letterbox::new(rgb.width(), rgb.height(), spec.width, spec.height);
+                    let rgb = Arc::new(rgb);
+                    let input = JobInput::Pixels { image: rgb.clone(), rows: vec![imaging::RowSource::Letterbox(letterbox)] };
+                    return Ok((rgb, input, letterbox, t1 - t0, t1.elapsed()));
+                }
                 let mut tensor = vec![0f32; spec.len()];
                 let letterbox = PREPROCESSOR
                     .with(|p| p.borrow_mut().letterbox_into(&rgb, &spec, &mut tensor))
                     .map_err(|e| InspectError::Internal(e.to_string()))?;
                 let t2 = std::time::Instant::now();
-                Ok((rgb, tensor, letterbox, t1 - t0, t2 - t1))
+                Ok((Arc::new(rgb), JobInput::Tensor(tensor), letterbox, t1 - t0, t2 - t1))
             })
             .await??;
         let (width, height) = decoded.dimensions();
@@ -257,7 +280,7 @@ impl DetectPipeline {
         // Batch + infer on a model worker.
         let (reply, answer) = oneshot::channel();
         self.queue
-            .submit(Job { tensor, rows: 1, limit: deadline.limit, reply }, deadline.at)
+            .submit(Job { input, rows: 1, limit: deadline.limit, reply }, deadline.at)
             .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
         let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
 
@@ -287,7 +310,7 @@ impl DetectPipeline {
             image: decoded,
             timings: StageTimings {
                 decode: decode_time,
-                preprocess: preprocess_time,
+                preprocess: preprocess_time + inferred.device_preprocess,
                 queue_wait: inferred.queue_wait,
                 inference: inferred.inference,
                 postprocess: postprocess_time,

@@ -94,4 +94,10 @@ pub struct PipelineInfo {
     pub max_queue_size: usize,
     /// `track` pipelines: the detect pipeline they track.
     pub detector: Option<String>,
+    /// Where the model runs (after any fallback).
+    pub provider: crate::engine::Provider,
+    /// Tensors are made on the GPU from the decoded frame.
+    pub gpu_preprocess: bool,
+    /// Device memory the model's sessions took at load, when measured (`cuda` builds).
+    pub device_memory_bytes: Option<u64>,
 }

@@ -20,7 +20,7 @@ pub use frame::{FrameRequest, FrameResult, ImageInput, LabeledDetection, Pipelin
 pub use track::TrackPipeline;
 
 use crate::config::{Config, ManifestError, ModelManifest, PipelineKind};
-use crate::engine::{EngineError, OrtRuntime, RuntimeError, SessionOptions};
+use crate::engine::{EngineError, OrtRuntime, Provider, RuntimeError, SessionOptions};
 use crate::imaging::DecodeLimits;
 use crate::track::RegistryStats;
 
@@ -48,6 +48,116 @@ pub struct StageContext {
     pub cpu_permits: Semaphore,
     pub decode_limits: DecodeLimits,
     pub default_budget: Duration,
+}
+
+/// What every pipeline's workers start from.
+pub struct EngineSetup<'a> {
+    pub runtime: &'a OrtRuntime,
+    pub options: &'a SessionOptions,
+    pub gpu_preprocess: bool,
+    pub device_memory: &'a DeviceMemory,
+}
+
+/// Device memory the models take, measured around each model's load, against the configured
+/// budget. The measure is the device's used memory before and after (any other process's
+/// allocations in between count too), so models are loaded one at a time.
+pub struct DeviceMemory {
+    budget: Option<u64>,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    device_id: u32,
+    #[cfg(feature = "cuda")]
+    device: std::sync::OnceLock<Result<crate::engine::GpuDevice, String>>,
+    taken: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+/// A measurement in progress: the device's used bytes before a model loaded.
+pub(crate) struct Measuring {
+    before: Option<u64>,
+}
+
+impl DeviceMemory {
+    pub fn new(budget_mb: Option<u64>, device_id: u32) -> Self {
+        Self {
+            budget: budget_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            device_id,
+            #[cfg(feature = "cuda")]
+            device: std::sync::OnceLock::new(),
+            taken: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every measured model and the bytes it took.
+    pub fn taken(&self) -> Vec<(String, u64)> {
+        self.taken.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    #[cfg(feature = "cuda")]
+    fn used_bytes(&self, model: &str) -> Result<u64, EngineError> {
+        let device = self.device.get_or_init(|| {
+            crate::engine::GpuDevice::open(self.device_id).map_err(|e| e.to_string())
+        });
+        let device_err = |message: String| EngineError::Model { model: model.to_owned(), message };
+        let device = device.as_ref().map_err(|e| device_err(format!("measuring device memory: {e}")))?;
+        device.used_bytes().map_err(|e| device_err(format!("measuring device memory: {e}")))
+    }
+
+    pub(crate) fn start_measuring(&self, model: &str, provider: Provider) -> Result<Measuring, EngineError> {
+        if !provider.on_gpu() {
+            return Ok(Measuring { before: None });
+        }
+        #[cfg(feature = "cuda")]
+        {
+            Ok(Measuring { before: Some(self.used_bytes(model)?) })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            if self.budget.is_some() {
+                return Err(EngineError::Model {
+                    model: model.to_owned(),
+                    message: "engine.gpu_memory_budget_mb needs a build with the `cuda` feature, which measures \
+                              device memory"
+                        .into(),
+                });
+            }
+            Ok(Measuring { before: None })
+        }
+    }
+
+    /// Records what the model took and refuses it if the models together exceed the budget.
+    pub(crate) fn finish_measuring(&self, model: &str, measuring: Measuring) -> Result<Option<u64>, EngineError> {
+        let Some(_before) = measuring.before else { return Ok(None) };
+        #[cfg(feature = "cuda")]
+        {
+            let took = self.used_bytes(model)?.saturating_sub(_before);
+            let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+            taken.push((model.to_owned(), took));
+            let total: u64 = taken.iter().map(|(_, b)| b).sum();
+            tracing::info!(
+                message = "Model loaded on the GPU.",
+                model,
+                device_memory_mib = took >> 20,
+                all_models_mib = total >> 20
+            );
+            if let Some(budget) = self.budget
+                && total > budget
+            {
+                let by_model =
+                    taken.iter().map(|(m, b)| format!("{m} {} MiB", b >> 20)).collect::<Vec<_>>().join(", ");
+                return Err(EngineError::DeviceMemory {
+                    model: model.to_owned(),
+                    total_mib: total >> 20,
+                    budget_mib: budget >> 20,
+                    by_model,
+                });
+            }
+            Ok(Some(took))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = model;
+            Ok(None)
+        }
+    }
 }
 
 /// One served pipeline.
@@ -95,6 +205,14 @@ impl Pipelines {
         let session_options = SessionOptions {
             intra_threads: config.engine.intra_threads,
             intra_op_spinning: config.engine.intra_op_spinning,
+            provider: config.engine.provider_choice(),
+        };
+        let device_memory = DeviceMemory::new(config.engine.gpu_memory_budget_mb, config.engine.device_id);
+        let engine = EngineSetup {
+            runtime,
+            options: &session_options,
+            gpu_preprocess: config.engine.gpu_preprocess,
+            device_memory: &device_memory,
         };
         let load = |name: &str, pipeline: &crate::config::PipelineConfig, task: &str, kind: &str| {
             let manifest = ModelManifest::load(&model_dir.join(&pipeline.model))
@@ -117,7 +235,7 @@ impl Pipelines {
         let mut detectors = BTreeMap::new();
         for (name, pipeline) in config.pipelines.iter().filter(|(_, p)| p.kind == PipelineKind::Detect) {
             let manifest = load(name, pipeline, "detect", "detect")?;
-            let started = DetectPipeline::start(name, pipeline, manifest, runtime, session_options, context.clone())
+            let started = DetectPipeline::start(name, pipeline, manifest, &engine, context.clone())
                 .map_err(engine_error(name))?;
             detectors.insert(name.clone(), Arc::new(started));
         }
@@ -131,7 +249,7 @@ impl Pipelines {
                 .and_then(|d| detectors.get(d))
                 .ok_or_else(|| StartError::NoDetector { pipeline: name.clone() })?
                 .clone();
-            let started = TrackPipeline::start(name, pipeline, manifest, detector, runtime, session_options)
+            let started = TrackPipeline::start(name, pipeline, manifest, detector, &engine)
                 .map_err(engine_error(name))?;
             by_name.insert(name.clone(), Pipeline::Track(Arc::new(started)));
         }

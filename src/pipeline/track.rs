@@ -8,12 +8,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::detect::{DetectPipeline, Detected, FrameDeadline};
-use super::worker::{Inferred, Job, join_all, start_workers};
+use super::worker::{Inferred, Job, JobInput, WorkerSetup, Workers, join_all, start_workers};
 use super::{FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, Verdict};
 use crate::batching::{BatchPolicy, BatchQueue};
 use crate::config::{DecoderSpec, ModelManifest, PipelineConfig};
 use crate::detect::Detection;
-use crate::engine::{EngineError, OrtRuntime, SessionOptions};
+use crate::engine::{EngineError, Provider};
 use crate::imaging::{CropBox, Preprocessor, TensorSpec};
 use crate::track::{Admission, FrameOrder, Observation, Registry, RegistryStats};
 
@@ -35,6 +35,10 @@ pub struct TrackPipeline {
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     registry: Arc<Registry>,
     evictor: tokio::task::JoinHandle<()>,
+    /// The embedder's provider, preprocessing and device memory.
+    provider: Provider,
+    device_preprocess: bool,
+    device_memory: Option<u64>,
 }
 
 impl TrackPipeline {
@@ -43,8 +47,7 @@ impl TrackPipeline {
         config: &PipelineConfig,
         embedder: ModelManifest,
         detector: Arc<DetectPipeline>,
-        runtime: &OrtRuntime,
-        session_options: SessionOptions,
+        engine: &super::EngineSetup<'_>,
     ) -> Result<Self, EngineError> {
         let model_error = |message: String| EngineError::Model { model: embedder.name.clone(), message };
         let DecoderSpec::Embedding { output, dim } = &embedder.decoder else {
@@ -74,8 +77,19 @@ impl TrackPipeline {
             max_queue_size: batching.max_queue_size,
         };
         let queue = Arc::new(BatchQueue::new(policy));
-        let shape = [3, crop_spec.height as usize, crop_spec.width as usize];
-        let workers = start_workers(runtime, &embedder, session_options, config.instances, shape, &[1, 16], &queue)?;
+        let Workers { handles, provider, device_preprocess, device_memory } = start_workers(
+            WorkerSetup {
+                runtime: engine.runtime,
+                manifest: &embedder,
+                options: engine.options,
+                gpu_preprocess: engine.gpu_preprocess,
+                device_memory: engine.device_memory,
+                instances: config.instances,
+                spec: crop_spec,
+                warm_batches: &[1, 16],
+            },
+            &queue,
+        )?;
         let registry = Arc::new(Registry::new(tracker.params(), tracker.camera_idle()));
         let evictor = tokio::spawn(evict_idle_cameras(registry.clone(), tracker.camera_idle()));
         tracing::info!(
@@ -87,6 +101,8 @@ impl TrackPipeline {
             crop_height = crop_spec.height,
             max_age = tracker.max_age,
             n_init = tracker.n_init,
+            provider = %provider,
+            gpu_preprocess = device_preprocess,
         );
         let budget = config.budget_ms.map_or(detector.budget(), |ms| Duration::from_millis(u64::from(ms)));
         Ok(Self {
@@ -99,9 +115,12 @@ impl TrackPipeline {
             tracked_classes,
             budget,
             queue,
-            workers: Mutex::new(workers),
+            workers: Mutex::new(handles),
             registry,
             evictor,
+            provider,
+            device_preprocess,
+            device_memory,
         })
     }
 
@@ -123,6 +142,9 @@ impl TrackPipeline {
         );
         info.classes = classes;
         info.budget = self.budget;
+        info.provider = self.provider;
+        info.gpu_preprocess = self.device_preprocess;
+        info.device_memory_bytes = self.device_memory;
         info
     }
 
@@ -148,7 +170,7 @@ impl TrackPipeline {
         let deadline = FrameDeadline::new(&request, self.budget);
         let detected = self.detector.detect(&request, deadline, true).await?;
         let Detected { detections, image, mut timings, batch_size, image_width, image_height } = detected;
-        let image = Arc::new(image.ok_or_else(|| InspectError::Internal("decoded frame was not kept".into()))?);
+        let image = image.ok_or_else(|| InspectError::Internal("decoded frame was not kept".into()))?;
         let kept: Vec<LabeledDetection> = detections
             .into_iter()
             .filter(|d| self.tracked_classes.as_ref().is_none_or(|ids| ids.contains(&d.detection.class_id)))
@@ -189,7 +211,7 @@ impl TrackPipeline {
             }
         };
 
-        let image = request.annotate.then(|| Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone()));
+        let image = request.annotate.then_some(image);
         let (detections, annotated_jpeg) = self.detector.annotate(image, detections, &mut timings).await?;
         timings.total = request.received.elapsed();
         Ok(FrameResult {
@@ -218,7 +240,6 @@ impl TrackPipeline {
         if detections.is_empty() {
             return Ok(Vec::new());
         }
-        let spec = self.crop_spec;
         let boxes: Vec<CropBox> = detections
             .iter()
             .map(|d| CropBox {
@@ -229,8 +250,26 @@ impl TrackPipeline {
             })
             .collect();
         let rows = boxes.len();
+        let input = if self.device_preprocess {
+            // The worker's GPU crops and stretches straight from the frame.
+            JobInput::Pixels { image: image.clone(), rows: boxes.iter().map(|b| crate::imaging::RowSource::Crop(*b)).collect() }
+        } else {
+            JobInput::Tensor(self.crop_on_cpu(image, boxes).await?)
+        };
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .submit(Job { input, rows, limit: deadline.limit, reply }, deadline.at)
+            .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
+        let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
+        self.embeddings(&inferred)
+    }
+
+    /// Every crop of the frame, stretched and normalised into one tensor on the CPU pool.
+    async fn crop_on_cpu(&self, image: &Arc<image::RgbImage>, boxes: Vec<CropBox>) -> Result<Vec<f32>, InspectError> {
+        let spec = self.crop_spec;
+        let rows = boxes.len();
         let frame = image.clone();
-        let tensor = self
+        self
             .detector
             .on_cpu_pool(move || -> Result<Vec<f32>, InspectError> {
                 let mut tensor = vec![0f32; rows * spec.len()];
@@ -245,13 +284,7 @@ impl TrackPipeline {
                 })?;
                 Ok(tensor)
             })
-            .await??;
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .submit(Job { tensor, rows, limit: deadline.limit, reply }, deadline.at)
-            .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
-        let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
-        self.embeddings(&inferred)
+            .await?
     }
 
     fn embeddings(&self, inferred: &Inferred) -> Result<Vec<Vec<f32>>, InspectError> {

@@ -1,21 +1,33 @@
 //! Model workers: each owns one ONNX Runtime session and pulls batches from its pipeline's queue
-//! until the queue is closed and drained.
+//! until the queue is closed and drained. On a GPU provider in a `cuda` build a worker also owns
+//! the GPU preprocessing: frames arrive decoded, and their tensors are made on the device, straight
+//! into the session's input buffer.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use image::RgbImage;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{InspectError, ShedLimit};
 use crate::batching::BatchQueue;
-use crate::engine::{EngineError, ModelSession, Output};
+use crate::engine::{EngineError, ModelSession, Output, Provider, SessionOptions};
+use crate::imaging::{RowSource, TensorSpec};
+
+/// What one frame hands the model: its rows, already tensors, or pixels for the GPU to preprocess.
+pub(super) enum JobInput {
+    /// [rows, c, h, w] f32, normalised per the model's input spec (CPU preprocessing).
+    Tensor(Vec<f32>),
+    /// The decoded frame and what each row is cut from (GPU preprocessing).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Pixels { image: Arc<RgbImage>, rows: Vec<RowSource> },
+}
 
 /// Work waiting for inference: `rows` inputs of one frame (one image for a detector, every crop of
 /// the frame for an embedder).
 pub(super) struct Job {
-    // tensor: [rows, c, h, w] f32, normalised per the model's input spec
-    pub tensor: Vec<f32>,
+    pub input: JobInput,
     pub rows: usize,
     /// The deadline this frame is held to, should it be shed.
     pub limit: ShedLimit,
@@ -31,31 +43,108 @@ pub(super) struct Inferred {
     /// Frames in the batch.
     pub batch_frames: usize,
     pub queue_wait: Duration,
+    /// Preprocessing done on the worker (GPU), for the whole batch; zero on the CPU path.
+    pub device_preprocess: Duration,
     pub inference: Duration,
 }
 
-/// One input's shape without the batch axis: [c, h, w].
-pub(super) type InputShape = [usize; 3];
+/// A model's workers, and how they run.
+pub(super) struct Workers {
+    pub handles: Vec<std::thread::JoinHandle<()>>,
+    /// The provider the sessions run on (after any fallback).
+    pub provider: Provider,
+    /// Frames must arrive as `JobInput::Pixels`.
+    pub device_preprocess: bool,
+    /// Device memory the model's sessions took at load, when measured.
+    pub device_memory: Option<u64>,
+}
 
-/// First runs allocate ONNX Runtime's buffers per shape: pay that before the first frame arrives.
-pub(super) fn warm_up(session: &mut ModelSession, shape: InputShape, batches: &[usize]) -> Result<(), EngineError> {
-    let [c, h, w] = shape;
-    for &n in batches {
-        let input = vec![0f32; n * c * h * w];
-        session.run([n, c, h, w], &input)?;
+/// How a worker turns a batch's jobs into the session's input.
+enum Preprocess {
+    Host { input: Vec<f32> },
+    #[cfg(feature = "cuda")]
+    Device(Box<crate::imaging::gpu::GpuPreprocessor>),
+}
+
+impl Preprocess {
+    fn on_device(&self) -> bool {
+        match self {
+            Preprocess::Host { .. } => false,
+            #[cfg(feature = "cuda")]
+            Preprocess::Device(_) => true,
+        }
     }
-    Ok(())
+}
+
+struct Worker {
+    session: ModelSession,
+    spec: TensorSpec,
+    preprocess: Preprocess,
+}
+
+impl Worker {
+    /// Runs one batch of jobs; returns the outputs and the time spent preprocessing on the device.
+    fn run(&mut self, jobs: &[&Job]) -> Result<(Vec<Output>, Duration), EngineError> {
+        let (c, h, w) = (3, self.spec.height as usize, self.spec.width as usize);
+        let n: usize = jobs.iter().map(|j| j.rows).sum();
+        let model = self.session.name().to_owned();
+        match &mut self.preprocess {
+            Preprocess::Host { input } => {
+                // A lone frame's tensor goes in as it is; a batch is stacked into one buffer.
+                let tensor: &[f32] = match jobs {
+                    [only] => match &only.input {
+                        JobInput::Tensor(t) => t,
+                        JobInput::Pixels { .. } => return Err(wrong_input(&model)),
+                    },
+                    _ => {
+                        input.clear();
+                        for job in jobs {
+                            match &job.input {
+                                JobInput::Tensor(t) => input.extend_from_slice(t),
+                                JobInput::Pixels { .. } => return Err(wrong_input(&model)),
+                            }
+                        }
+                        input
+                    }
+                };
+                Ok((self.session.run([n, c, h, w], tensor)?, Duration::ZERO))
+            }
+            #[cfg(feature = "cuda")]
+            Preprocess::Device(gpu) => {
+                use crate::imaging::gpu::{FrameRows, TensorElement};
+                let started = std::time::Instant::now();
+                let frames: Vec<FrameRows<'_>> = jobs
+                    .iter()
+                    .map(|j| match &j.input {
+                        JobInput::Pixels { image, rows } => Ok(FrameRows { image, rows }),
+                        JobInput::Tensor(_) => Err(wrong_input(&model)),
+                    })
+                    .collect::<Result<_, _>>()?;
+                let element = match self.session.input_element() {
+                    crate::engine::InputElement::F32 => TensorElement::F32,
+                    crate::engine::InputElement::F16 => TensorElement::F16,
+                };
+                let (ptr, made) = gpu
+                    .preprocess(&frames, &self.spec, element)
+                    .map_err(|e| EngineError::Run { model: model.clone(), message: e.to_string() })?;
+                debug_assert_eq!(made, n);
+                let preprocess = started.elapsed();
+                let device = gpu.device().ordinal();
+                // SAFETY: `ptr` is the preprocessor's output buffer, n rows of the session's input
+                // element type, synchronised, and untouched until the next batch.
+                let outputs = unsafe { self.session.run_on_device([n, c, h, w], ptr, device) }?;
+                Ok((outputs, preprocess))
+            }
+        }
+    }
+}
+
+fn wrong_input(model: &str) -> EngineError {
+    EngineError::Run { model: model.to_owned(), message: "a job's input does not match the worker's preprocessing".into() }
 }
 
 /// Owns one session; pulls batches until the queue is closed and drained.
-pub(super) fn model_worker(
-    mut session: ModelSession,
-    shape: InputShape,
-    queue: Arc<BatchQueue<Job>>,
-    handle: tokio::runtime::Handle,
-) {
-    let [c, h, w] = shape;
-    let mut input: Vec<f32> = Vec::new();
+fn model_worker(mut worker: Worker, queue: Arc<BatchQueue<Job>>, handle: tokio::runtime::Handle) {
     while let Some(batch) = handle.block_on(queue.next_batch()) {
         let now = Instant::now();
         for shed in batch.shed {
@@ -67,27 +156,18 @@ pub(super) fn model_worker(
         }
         let frames = batch.items.len();
         let n: usize = batch.items.iter().map(|q| q.item.rows).sum();
-        // A lone frame's tensor goes in as it is; a batch is stacked into one buffer.
-        let tensor: &[f32] = match batch.items.as_slice() {
-            [only] => &only.item.tensor,
-            items => {
-                input.clear();
-                for q in items {
-                    input.extend_from_slice(&q.item.tensor);
-                }
-                &input
-            }
-        };
         let started = Instant::now();
+        let jobs: Vec<&Job> = batch.items.iter().map(|q| &q.item).collect();
         // A panic inside one batch must not take the worker (and every later frame) with it.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.run([n, c, h, w], tensor)))
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(&jobs)))
             .unwrap_or_else(|_| {
-                Err(EngineError::Run { model: session.name().to_owned(), message: "inference panicked".into() })
+                Err(EngineError::Run { model: worker.session.name().to_owned(), message: "inference panicked".into() })
             });
-        let inference = started.elapsed();
-        queue.record_service_time(inference);
+        drop(jobs);
+        let elapsed = started.elapsed();
+        queue.record_service_time(elapsed);
         match result {
-            Ok(outputs) => {
+            Ok((outputs, device_preprocess)) => {
                 let outputs = Arc::new(outputs);
                 let mut first_row = 0;
                 for q in batch.items {
@@ -98,13 +178,14 @@ pub(super) fn model_worker(
                         rows,
                         batch_frames: frames,
                         queue_wait: started - q.enqueued,
-                        inference,
+                        device_preprocess,
+                        inference: elapsed.saturating_sub(device_preprocess),
                     }));
                     first_row += rows;
                 }
             }
             Err(error) => {
-                tracing::error!(message = "Inference failed.", model = session.name(), %error, batch = n);
+                tracing::error!(message = "Inference failed.", model = worker.session.name(), %error, batch = n);
                 for q in batch.items {
                     let _ = q.item.reply.send(Err(InspectError::Engine(error.to_string())));
                 }
@@ -113,31 +194,106 @@ pub(super) fn model_worker(
     }
 }
 
+#[cfg(feature = "cuda")]
+/// A grey frame the size of the model input, letterboxed as itself: warm-up input for the GPU path.
+fn warm_up_job(spec: &TensorSpec, rows: usize) -> Job {
+    let image = Arc::new(RgbImage::from_pixel(spec.width, spec.height, image::Rgb([spec.pad_value; 3])));
+    let letterbox = crate::imaging::Letterbox::new(spec.width, spec.height, spec.width, spec.height);
+    let (reply, _) = oneshot::channel();
+    Job {
+        input: JobInput::Pixels { image, rows: vec![RowSource::Letterbox(letterbox); rows] },
+        rows,
+        limit: ShedLimit::Budget(Duration::ZERO),
+        reply,
+    }
+}
+
+/// First runs allocate ONNX Runtime's (and the GPU path's) buffers per shape: pay that before the
+/// first frame arrives.
+fn warm_up(worker: &mut Worker, batches: &[usize]) -> Result<(), EngineError> {
+    for &n in batches {
+        let job = match worker.preprocess {
+            Preprocess::Host { .. } => {
+                let (reply, _) = oneshot::channel();
+                Job {
+                    input: JobInput::Tensor(vec![0f32; n * worker.spec.len()]),
+                    rows: n,
+                    limit: ShedLimit::Budget(Duration::ZERO),
+                    reply,
+                }
+            }
+            #[cfg(feature = "cuda")]
+            Preprocess::Device(_) => warm_up_job(&worker.spec, n),
+        };
+        worker.run(&[&job])?;
+    }
+    Ok(())
+}
+
+/// Everything a pipeline's workers need at start-up.
+pub(super) struct WorkerSetup<'a> {
+    pub runtime: &'a crate::engine::OrtRuntime,
+    pub manifest: &'a crate::config::ModelManifest,
+    pub options: &'a SessionOptions,
+    /// Preprocess on the GPU when the sessions run there (`cuda` builds only).
+    pub gpu_preprocess: bool,
+    pub device_memory: &'a super::DeviceMemory,
+    pub instances: usize,
+    /// The model input every row is made into.
+    pub spec: TensorSpec,
+    pub warm_batches: &'a [usize],
+}
+
 /// Loads `instances` sessions of one model, warms each up and starts its worker thread.
-pub(super) fn start_workers(
-    runtime: &crate::engine::OrtRuntime,
-    manifest: &crate::config::ModelManifest,
-    options: crate::engine::SessionOptions,
-    instances: usize,
-    shape: InputShape,
-    warm_batches: &[usize],
-    queue: &Arc<BatchQueue<Job>>,
-) -> Result<Vec<std::thread::JoinHandle<()>>, EngineError> {
-    let (model, onnx) = (manifest.name.as_str(), manifest.onnx_path());
+pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>) -> Result<Workers, EngineError> {
+    let (model, onnx) = (setup.manifest.name.as_str(), setup.manifest.onnx_path());
     let handle = tokio::runtime::Handle::current();
-    let mut workers = Vec::with_capacity(instances);
-    for instance in 0..instances {
-        let mut session = ModelSession::load(runtime, model, &onnx, options)?;
-        warm_up(&mut session, shape, warm_batches)?;
+    let measure = setup.device_memory.start_measuring(model, setup.options.provider.provider)?;
+    let mut handles = Vec::with_capacity(setup.instances);
+    let mut provider = setup.options.provider.provider;
+    let mut device_preprocess = false;
+    for instance in 0..setup.instances {
+        let session = ModelSession::load(setup.runtime, model, &onnx, setup.options)?;
+        provider = session.provider();
+        let preprocess = preprocess_for(&session, setup.gpu_preprocess, setup.options.provider.device_id)?;
+        device_preprocess = preprocess.on_device();
+        let mut worker = Worker { session, spec: setup.spec, preprocess };
+        warm_up(&mut worker, setup.warm_batches)?;
         let queue = queue.clone();
         let handle = handle.clone();
         let thread = std::thread::Builder::new()
             .name(format!("model-{model}-{instance}"))
-            .spawn(move || model_worker(session, shape, queue, handle))
+            .spawn(move || model_worker(worker, queue, handle))
             .map_err(|e| EngineError::Model { model: model.to_owned(), message: e.to_string() })?;
-        workers.push(thread);
+        handles.push(thread);
     }
-    Ok(workers)
+    let device_memory = setup.device_memory.finish_measuring(model, measure)?;
+    Ok(Workers { handles, provider, device_preprocess, device_memory })
+}
+
+#[cfg(feature = "cuda")]
+fn preprocess_for(session: &ModelSession, gpu_preprocess: bool, device_id: u32) -> Result<Preprocess, EngineError> {
+    if !(gpu_preprocess && session.provider().on_gpu()) {
+        return Ok(Preprocess::Host { input: Vec::new() });
+    }
+    let device_err = |e: crate::engine::DeviceError| EngineError::Model {
+        model: session.name().to_owned(),
+        message: format!("GPU preprocessing: {e} (set engine.gpu_preprocess = false to preprocess on the CPU)"),
+    };
+    let device = crate::engine::GpuDevice::open(device_id).map_err(device_err)?;
+    let gpu = crate::imaging::gpu::GpuPreprocessor::new(&device).map_err(device_err)?;
+    Ok(Preprocess::Device(Box::new(gpu)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn preprocess_for(session: &ModelSession, gpu_preprocess: bool, _device_id: u32) -> Result<Preprocess, EngineError> {
+    if gpu_preprocess && session.provider().on_gpu() {
+        tracing::info!(
+            message = "Preprocessing on the CPU: GPU preprocessing needs a build with the `cuda` feature.",
+            model = session.name()
+        );
+    }
+    Ok(Preprocess::Host { input: Vec::new() })
 }
 
 /// Waits for every worker thread to end (they end once their queue is closed and drained).

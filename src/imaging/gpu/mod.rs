@@ -1,0 +1,397 @@
+//! `cuda` feature: batched preprocessing on the GPU (letterbox or crop-and-stretch, normalise,
+//! HWC→CHW, f32 or f16) straight into a model's device input buffer, and batched mask paste.
+//! Kernels are compiled by NVRTC when a worker starts; their arithmetic is the CPU path's
+//! (`imaging::resample`, `segment::paste_mask`), so outputs match it exactly.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use image::RgbImage;
+
+use super::letterbox::normalization_tables;
+use super::resample::{AxisTaps, resize_taps};
+use super::{RowSource, TensorSpec};
+use crate::engine::{DeviceError, GpuDevice};
+
+const SOURCE: &str = include_str!("kernels.cu");
+const BLOCK: u32 = 256;
+
+/// Element type the preprocessing writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorElement {
+    F32,
+    F16,
+}
+
+impl TensorElement {
+    pub fn size(self) -> usize {
+        match self {
+            TensorElement::F32 => 4,
+            TensorElement::F16 => 2,
+        }
+    }
+}
+
+/// One frame and the rows it contributes to a batch.
+pub struct FrameRows<'a> {
+    pub image: &'a RgbImage,
+    pub rows: &'a [RowSource],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct Region {
+    src_offset: u64,
+    src_width: i32,
+    dst_left: i32,
+    dst_top: i32,
+    dst_width: i32,
+    dst_height: i32,
+    taps_x: i32,
+    taps_y: i32,
+    weights_x: i32,
+    weights_y: i32,
+    window_x: i32,
+    window_y: i32,
+    precision_x: i32,
+    precision_y: i32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout (`struct Region` in kernels.cu); all-zero is valid.
+unsafe impl DeviceRepr for Region {}
+unsafe impl cudarc::driver::ValidAsZeroBits for Region {}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct Paste {
+    mask_offset: i32,
+    x1: f32,
+    y1: f32,
+    x2: f32,
+    y2: f32,
+    left: i32,
+    top: i32,
+    width: i32,
+    height: i32,
+    out_offset: i32,
+}
+
+// SAFETY: plain-old-data with the kernel's layout (`struct Paste` in kernels.cu).
+unsafe impl DeviceRepr for Paste {}
+
+/// Host-side tables for one batch: every row's region and the taps of both axes.
+#[derive(Default)]
+struct Tables {
+    regions: Vec<Region>,
+    starts: Vec<i32>,
+    counts: Vec<i32>,
+    weights: Vec<i16>,
+}
+
+impl Tables {
+    fn push_axis(&mut self, taps: &AxisTaps) -> (i32, i32) {
+        let at = (self.starts.len() as i32, self.weights.len() as i32);
+        self.starts.extend_from_slice(&taps.starts);
+        self.counts.extend_from_slice(&taps.counts);
+        self.weights.extend_from_slice(&taps.weights);
+        at
+    }
+
+    fn push_row(&mut self, src_offset: u64, image: &RgbImage, row: RowSource, spec: &TensorSpec) {
+        let (iw, ih) = image.dimensions();
+        // (crop rectangle in the source, resized size, placement in the output)
+        let placed = match row {
+            RowSource::Letterbox(lb) => Some((
+                [0.0, 0.0, f64::from(iw), f64::from(ih)],
+                (lb.resized_width, lb.resized_height),
+                (lb.pad_left, lb.pad_top),
+            )),
+            RowSource::Crop(b) => {
+                // As `Preprocessor::crop_into`: whole pixels, truncated, clipped to the image.
+                let (fw, fh) = (iw as f32, ih as f32);
+                let x1 = b.x1.trunc().clamp(0.0, fw);
+                let y1 = b.y1.trunc().clamp(0.0, fh);
+                let x2 = b.x2.trunc().clamp(0.0, fw);
+                let y2 = b.y2.trunc().clamp(0.0, fh);
+                (x2 - x1 >= 1.0 && y2 - y1 >= 1.0 && x1.is_finite() && y1.is_finite()).then(|| {
+                    let crop = [f64::from(x1), f64::from(y1), f64::from(x2 - x1), f64::from(y2 - y1)];
+                    (crop, (spec.width, spec.height), (0, 0))
+                })
+            }
+        };
+        let mut region = Region { src_offset, src_width: iw as i32, ..Region::default() };
+        if let Some((crop, (w, h), (left, top))) = placed {
+            let (x, y) = resize_taps(iw, ih, crop, w, h);
+            let (taps_x, weights_x) = self.push_axis(&x);
+            let (taps_y, weights_y) = self.push_axis(&y);
+            region = Region {
+                dst_left: left as i32,
+                dst_top: top as i32,
+                dst_width: w as i32,
+                dst_height: h as i32,
+                taps_x,
+                taps_y,
+                weights_x,
+                weights_y,
+                window_x: x.window as i32,
+                window_y: y.window as i32,
+                precision_x: i32::from(x.precision),
+                precision_y: i32::from(y.precision),
+                ..region
+            };
+        }
+        self.regions.push(region);
+    }
+}
+
+/// A device buffer that only grows.
+struct Growing<T: DeviceRepr> {
+    buffer: Option<CudaSlice<T>>,
+}
+
+impl<T: DeviceRepr + cudarc::driver::ValidAsZeroBits> Growing<T> {
+    fn new() -> Self {
+        Self { buffer: None }
+    }
+
+    fn at_least(&mut self, stream: &Arc<CudaStream>, len: usize) -> Result<&mut CudaSlice<T>, DeviceError> {
+        let len = len.max(1);
+        if self.buffer.as_ref().is_none_or(|b| b.len() < len) {
+            self.buffer = Some(stream.alloc_zeros::<T>(len.next_power_of_two()).map_err(DeviceError::cuda("alloc"))?);
+        }
+        self.buffer.as_mut().ok_or(DeviceError::Cuda { operation: "alloc", message: "no buffer".into() })
+    }
+}
+
+/// A worker's GPU preprocessing: kernels, a stream, pinned staging and device buffers reused
+/// across batches.
+pub struct GpuPreprocessor {
+    device: GpuDevice,
+    stream: Arc<CudaStream>,
+    preprocess_f32: CudaFunction,
+    preprocess_f16: CudaFunction,
+    paste: CudaFunction,
+    staging: Option<PinnedHostSlice<u8>>,
+    pixels: Growing<u8>,
+    regions: Growing<Region>,
+    starts: Growing<i32>,
+    counts: Growing<i32>,
+    weights: Growing<i16>,
+    lut: Growing<f32>,
+    output: Growing<u8>,
+}
+
+impl GpuPreprocessor {
+    pub fn new(device: &GpuDevice) -> Result<Self, DeviceError> {
+        // SAFETY: only probes whether the library loads (cudarc panics on a missing one).
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(DeviceError::NoNvrtc);
+        }
+        let (major, minor) = device.context().compute_capability().map_err(DeviceError::cuda("compute capability"))?;
+        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+        let options = cudarc::nvrtc::CompileOptions {
+            // Bit-exact with the CPU: no fused multiply-add, IEEE division.
+            fmad: Some(false),
+            prec_div: Some(true),
+            arch: Some(arch),
+            options: vec!["--std=c++17".into()],
+            ..Default::default()
+        };
+        let ptx =
+            cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options).map_err(|e| DeviceError::Compile(e.to_string()))?;
+        let module = device.context().load_module(ptx).map_err(DeviceError::cuda("module load"))?;
+        let function = |name: &str| module.load_function(name).map_err(DeviceError::cuda("kernel lookup"));
+        Ok(Self {
+            stream: device.new_stream()?,
+            preprocess_f32: function("preprocess_f32")?,
+            preprocess_f16: function("preprocess_f16")?,
+            paste: function("paste_masks")?,
+            device: device.clone(),
+            staging: None,
+            pixels: Growing::new(),
+            regions: Growing::new(),
+            starts: Growing::new(),
+            counts: Growing::new(),
+            weights: Growing::new(),
+            lut: Growing::new(),
+            output: Growing::new(),
+        })
+    }
+
+    pub fn device(&self) -> &GpuDevice {
+        &self.device
+    }
+
+    /// Uploads `frames` (each image once, through pinned memory), preprocesses every row into the
+    /// device input buffer and waits for it. Returns the buffer's device address and its rows; it
+    /// stays valid until the next call.
+    pub fn preprocess(
+        &mut self,
+        frames: &[FrameRows<'_>],
+        spec: &TensorSpec,
+        element: TensorElement,
+    ) -> Result<(u64, usize), DeviceError> {
+        let mut tables = Tables::default();
+        let total: usize = frames.iter().map(|f| f.image.as_raw().len()).sum();
+        let staging = self.staging_at_least(total)?;
+        let mut offset = 0usize;
+        for frame in frames {
+            let raw = frame.image.as_raw();
+            staging[offset..offset + raw.len()].copy_from_slice(raw);
+            for &row in frame.rows {
+                tables.push_row(offset as u64, frame.image, row, spec);
+            }
+            offset += raw.len();
+        }
+        let rows = tables.regions.len();
+        let lut: Vec<f32> = normalization_tables(spec).iter().flatten().copied().collect();
+        let plane = spec.width as usize * spec.height as usize;
+        let out_len = rows * 3 * plane * element.size();
+        let stream = self.stream.clone();
+        if let Some(staging) = self.staging.as_ref() {
+            let host = staging.as_slice().map_err(DeviceError::cuda("pinned"))?;
+            let pixels = self.pixels.at_least(&stream, total)?;
+            let mut view = pixels.slice_mut(..total);
+            stream.memcpy_htod(&host[..total], &mut view).map_err(DeviceError::cuda("upload"))?;
+        }
+        upload(&stream, &mut self.regions, &tables.regions)?;
+        upload(&stream, &mut self.starts, &tables.starts)?;
+        upload(&stream, &mut self.counts, &tables.counts)?;
+        upload(&stream, &mut self.weights, &tables.weights)?;
+        upload(&stream, &mut self.lut, &lut)?;
+        self.output.at_least(&stream, out_len)?;
+        if rows == 0 {
+            return Err(DeviceError::Cuda { operation: "preprocess", message: "a batch with no rows".into() });
+        }
+        let config = LaunchConfig {
+            grid_dim: ((plane as u32).div_ceil(BLOCK), rows as u32, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (pad, w, h, swap) = (i32::from(spec.pad_value), spec.width as i32, spec.height as i32, i32::from(spec.bgr));
+        let function = match element {
+            TensorElement::F32 => &self.preprocess_f32,
+            TensorElement::F16 => &self.preprocess_f16,
+        };
+        let (Some(pixels), Some(regions), Some(starts), Some(counts), Some(weights), Some(lut), Some(output)) = (
+            self.pixels.buffer.as_ref(),
+            self.regions.buffer.as_ref(),
+            self.starts.buffer.as_ref(),
+            self.counts.buffer.as_ref(),
+            self.weights.buffer.as_ref(),
+            self.lut.buffer.as_ref(),
+            self.output.buffer.as_mut(),
+        ) else {
+            return Err(DeviceError::Cuda { operation: "preprocess", message: "buffers missing".into() });
+        };
+        let mut launch = stream.launch_builder(function);
+        launch.arg(pixels).arg(regions).arg(starts).arg(counts).arg(weights).arg(lut);
+        launch.arg(&pad).arg(&w).arg(&h).arg(&swap).arg(&mut *output);
+        // SAFETY: argument types and order are the kernel's; every buffer holds what it indexes.
+        unsafe { launch.launch(config) }.map_err(DeviceError::cuda("preprocess launch"))?;
+        stream.synchronize().map_err(DeviceError::cuda("preprocess"))?;
+        let (ptr, _sync) = output.device_ptr(&stream);
+        Ok((ptr, rows))
+    }
+
+    /// Copies the last `preprocess` output back (tests and the GPU check compare it with the CPU).
+    pub fn download_output(&self, bytes: usize) -> Result<Vec<u8>, DeviceError> {
+        let output = self
+            .output
+            .buffer
+            .as_ref()
+            .ok_or(DeviceError::Cuda { operation: "download", message: "nothing preprocessed yet".into() })?;
+        let all = self.stream.clone_dtoh(output).map_err(DeviceError::cuda("download"))?;
+        Ok(all[..bytes.min(all.len())].to_vec())
+    }
+
+    /// Pastes each `side`×`side` mask of `masks` into its box on an image `width`×`height`:
+    /// the GPU twin of `segment::paste_mask`, batched over instances.
+    pub fn paste_masks(
+        &mut self,
+        masks: &[f32],
+        side: usize,
+        boxes: &[[f32; 4]],
+        width: u32,
+        height: u32,
+        threshold: f32,
+    ) -> Result<Vec<crate::segment::PastedMask>, DeviceError> {
+        let mut pastes = Vec::with_capacity(boxes.len());
+        let mut out_len = 0usize;
+        for (i, b) in boxes.iter().enumerate() {
+            let (left, top, w, h) = crate::segment::paste_region(*b, width, height);
+            pastes.push(Paste {
+                mask_offset: (i * side * side) as i32,
+                x1: b[0],
+                y1: b[1],
+                x2: b[2],
+                y2: b[3],
+                left: left as i32,
+                top: top as i32,
+                width: w as i32,
+                height: h as i32,
+                out_offset: out_len as i32,
+            });
+            out_len += w as usize * h as usize;
+        }
+        let stream = self.stream.clone();
+        let masks_d = stream.clone_htod(masks).map_err(DeviceError::cuda("upload"))?;
+        let pastes_d = stream.clone_htod(&pastes).map_err(DeviceError::cuda("upload"))?;
+        let mut out_d = stream.alloc_zeros::<u8>(out_len.max(1)).map_err(DeviceError::cuda("alloc"))?;
+        let largest = pastes.iter().map(|p| (p.width * p.height) as u32).max().unwrap_or(0);
+        if largest > 0 {
+            let config = LaunchConfig {
+                grid_dim: (largest.div_ceil(BLOCK), pastes.len() as u32, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let side_arg = side as i32;
+            let mut launch = stream.launch_builder(&self.paste);
+            launch.arg(&masks_d).arg(&pastes_d).arg(&side_arg).arg(&threshold).arg(&mut out_d);
+            // SAFETY: argument types and order are the kernel's; offsets lie inside the buffers.
+            unsafe { launch.launch(config) }.map_err(DeviceError::cuda("paste launch"))?;
+        }
+        let out = stream.clone_dtoh(&out_d).map_err(DeviceError::cuda("download"))?;
+        Ok(pastes
+            .iter()
+            .map(|p| {
+                let start = p.out_offset as usize;
+                let len = (p.width * p.height) as usize;
+                crate::segment::PastedMask {
+                    left: p.left as u32,
+                    top: p.top as u32,
+                    width: p.width as u32,
+                    height: p.height as u32,
+                    pixels: out[start..start + len].to_vec(),
+                }
+            })
+            .collect())
+    }
+
+    fn staging_at_least(&mut self, len: usize) -> Result<&mut [u8], DeviceError> {
+        let len = len.max(1);
+        if self.staging.as_ref().is_none_or(|s| s.len() < len) {
+            // SAFETY: the buffer is written before it is read (only `len` bytes are uploaded).
+            let pinned = unsafe { self.device.context().alloc_pinned::<u8>(len.next_power_of_two()) }
+                .map_err(DeviceError::cuda("pinned alloc"))?;
+            self.staging = Some(pinned);
+        }
+        match self.staging.as_mut() {
+            Some(s) => s.as_mut_slice().map_err(DeviceError::cuda("pinned")),
+            None => Err(DeviceError::Cuda { operation: "pinned alloc", message: "no buffer".into() }),
+        }
+    }
+}
+
+fn upload<T: DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy>(
+    stream: &Arc<CudaStream>,
+    buffer: &mut Growing<T>,
+    data: &[T],
+) -> Result<(), DeviceError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let dst = buffer.at_least(stream, data.len())?;
+    let mut view = dst.slice_mut(..data.len());
+    stream.memcpy_htod(data, &mut view).map_err(DeviceError::cuda("upload"))
+}
