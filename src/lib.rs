@@ -9,6 +9,8 @@ pub mod batching;
 pub mod config;
 pub mod detect;
 pub mod engine;
+#[cfg(feature = "cuda")]
+pub mod gpu_check;
 pub mod imaging;
 pub mod pipeline;
 pub mod segment;

@@ -63,6 +63,22 @@ enum Command {
     },
     /// Track MOTChallenge detections offline with the service's DeepSORT tracker.
     Mot(MotArgs),
+    /// On an NVIDIA GPU: check the kernels against the CPU path, then time the service end to end
+    /// on each provider next to the CPU baseline (`scripts/gpu-check.sh` runs this).
+    #[cfg(feature = "cuda")]
+    GpuCheck {
+        #[command(flatten)]
+        common: Common,
+        /// Folders of JPEG frames to send (default: the test fixtures' vtest frames).
+        #[arg(long)]
+        frames: Vec<PathBuf>,
+        /// Frames timed per batch size and provider.
+        #[arg(long, default_value_t = 400)]
+        iterations: usize,
+        /// Write the full report here as JSON.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Input rows: `frame,-1,x,y,w,h,conf,-1,-1,-1[,e1..eK]`; output rows: `frame,id,x,y,w,h,conf,-1,-1,-1`.
@@ -133,8 +149,27 @@ fn main() -> Result<()> {
                 infer(common, &pipeline, out_dir.as_deref(), !no_annotate, &images).await
             }
             Command::Mot(_) => Ok(()),
+            #[cfg(feature = "cuda")]
+            Command::GpuCheck { common, frames, iterations, out } => gpu_check(common, frames, iterations, out).await,
         }
     })
+}
+
+#[cfg(feature = "cuda")]
+async fn gpu_check(common: Common, frames: Vec<PathBuf>, iterations: usize, out: Option<PathBuf>) -> Result<()> {
+    let mut config = load_config(&common)?;
+    // Nothing may be shed while timing: the budget is the caller's concern here, not the check's.
+    config.server.default_budget_ms = 60_000;
+    let frame_dirs = if frames.is_empty() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        vec![root.join("tests/fixtures/vtest"), root.join("tests/fixtures/vtest-clip")]
+    } else {
+        frames
+    };
+    let options = linesight::gpu_check::GpuCheckOptions { config, frame_dirs, iterations, out };
+    let report = linesight::gpu_check::run(options).await.map_err(|e| anyhow::anyhow!(e))?;
+    print!("{}", linesight::gpu_check::table(&report));
+    if report.passed() { Ok(()) } else { anyhow::bail!("gpu-check failed") }
 }
 
 fn mot(args: &MotArgs) -> Result<()> {

@@ -67,6 +67,9 @@ pub struct EngineConfig {
     pub allow_fallback: bool,
     /// The GPU to run on (CUDA device ordinal).
     pub device_id: u32,
+    /// CUDA provider: how cuDNN picks convolution algorithms, `heuristic` (default), `exhaustive`
+    /// (benchmarks at every new batch size) or `default`.
+    pub cuda_conv_search: crate::engine::ConvSearch,
     /// Refuse to start when the models' device memory, measured as each loads, exceeds this many MiB.
     pub gpu_memory_budget_mb: Option<u64>,
     /// On a GPU provider in a `cuda` build: letterbox and crop on the GPU, straight into the
@@ -109,6 +112,7 @@ impl EngineConfig {
             provider: self.provider,
             allow_fallback: self.allow_fallback,
             device_id: self.device_id,
+            conv_search: self.cuda_conv_search,
             tensorrt: crate::engine::TensorRtOptions {
                 fp16: self.tensorrt.fp16,
                 engine_cache_dir,
@@ -286,6 +290,7 @@ impl Default for EngineConfig {
             provider: crate::engine::Provider::Cpu,
             allow_fallback: false,
             device_id: 0,
+            cuda_conv_search: crate::engine::ConvSearch::default(),
             gpu_memory_budget_mb: None,
             gpu_preprocess: true,
             tensorrt: TensorRtConfig::default(),

@@ -9,7 +9,7 @@ mod session;
 
 #[cfg(feature = "cuda")]
 pub use device::{DeviceError, GpuDevice};
-pub use provider::{Provider, ProviderChoice, TensorRtOptions, provider_compiled_in};
+pub use provider::{ConvSearch, Provider, ProviderChoice, TensorRtOptions, provider_compiled_in};
 pub use runtime::{OrtRuntime, RuntimeError, default_library_dir, library_candidates};
 pub use session::{InputElement, ModelSession, SessionOptions};
 

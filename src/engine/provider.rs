@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use ort::ep::{self, ExecutionProvider, ExecutionProviderDispatch};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     #[default]
@@ -56,6 +56,21 @@ impl std::fmt::Display for Provider {
     }
 }
 
+/// How cuDNN picks each convolution's algorithm on the CUDA provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvSearch {
+    /// cuDNN's heuristics: no benchmarking. The default here, because batches come in every size
+    /// from 1 to `max_batch` and exhaustive search benchmarks anew at each new shape, stalling
+    /// the frames in that batch.
+    #[default]
+    Heuristic,
+    /// Benchmark every algorithm at each new input shape (ONNX Runtime's default).
+    Exhaustive,
+    /// cuDNN's default algorithm.
+    Default,
+}
+
 /// TensorRT build settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorRtOptions {
@@ -72,6 +87,7 @@ pub struct ProviderChoice {
     /// Try the next provider (TensorRT → CUDA → CPU) when one cannot load, with a warning.
     pub allow_fallback: bool,
     pub device_id: u32,
+    pub conv_search: ConvSearch,
     pub tensorrt: TensorRtOptions,
 }
 
@@ -81,6 +97,7 @@ impl Default for ProviderChoice {
             provider: Provider::Cpu,
             allow_fallback: false,
             device_id: 0,
+            conv_search: ConvSearch::default(),
             tensorrt: TensorRtOptions {
                 fp16: true,
                 engine_cache_dir: PathBuf::from("tensorrt-cache"),
@@ -105,7 +122,13 @@ impl ProviderChoice {
     /// The `ort` registrations for `provider`, each an error if it fails (never silently the CPU).
     pub(super) fn dispatches(&self, provider: Provider) -> Vec<ExecutionProviderDispatch> {
         let device = self.device_id as i32;
-        let cuda = || ep::CUDA::default().with_device_id(device).build().error_on_failure();
+        let search = match self.conv_search {
+            ConvSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+            ConvSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+            ConvSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
+        };
+        let cuda =
+            || ep::CUDA::default().with_device_id(device).with_conv_algorithm_search(search).build().error_on_failure();
         match provider {
             Provider::Cpu => Vec::new(),
             Provider::Cuda => vec![cuda()],

@@ -32,8 +32,6 @@ pub struct ModelSession {
     input_name: String,
     input_element: InputElement,
     provider: Provider,
-    #[cfg(feature = "cuda")]
-    binding: Option<ort::session::IoBinding>,
 }
 
 impl ModelSession {
@@ -129,15 +127,7 @@ impl ModelSession {
             }
         };
         tracing::info!(message = "Model loaded.", model = name, provider = %provider);
-        Ok(Self {
-            name: name.to_owned(),
-            session,
-            input_name,
-            input_element,
-            provider,
-            #[cfg(feature = "cuda")]
-            binding: None,
-        })
+        Ok(Self { name: name.to_owned(), session, input_name, input_element, provider })
     }
 
     pub fn name(&self) -> &str {
@@ -183,39 +173,44 @@ impl ModelSession {
         device_id: u32,
     ) -> Result<Vec<Output>, EngineError> {
         use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let info =
+            MemoryInfo::new(AllocationDevice::CUDA, device_id as i32, AllocatorType::Device, MemoryType::Default)
+                .map_err(|e| EngineError::Run { model: self.name.clone(), message: e.to_string() })?;
+        // SAFETY: as the caller guarantees.
+        unsafe { self.run_bound(shape, device_ptr as usize as *mut std::ffi::c_void, info) }
+    }
+
+    /// Runs one batch whose input is the memory at `data`, described by `memory` (device or host),
+    /// passed to ONNX Runtime as it lies: a CUDA-resident input feeds a CUDA session with no copy.
+    /// Outputs come back in host memory. (`ort`'s `IoBinding::bind_input` would copy a borrowed
+    /// tensor first, so it is not used.)
+    ///
+    /// # Safety
+    /// `data` must point to `shape`'s product of elements of the model's input type in the memory
+    /// `memory` describes, ready before the call and valid during it.
+    #[cfg(feature = "cuda")]
+    pub unsafe fn run_bound(
+        &mut self,
+        shape: [usize; 4],
+        data: *mut std::ffi::c_void,
+        memory: ort::memory::MemoryInfo,
+    ) -> Result<Vec<Output>, EngineError> {
         use ort::value::{Shape, TensorRefMut};
 
         let name = self.name.clone();
         let run_err = move |e: ort::Error| EngineError::Run { model: name.clone(), message: e.to_string() };
-        let device_info = MemoryInfo::new(AllocationDevice::CUDA, device_id as i32, AllocatorType::Device, MemoryType::Default)
-            .map_err(&run_err)?;
         let dims = Shape::new(shape.map(|d| d as i64));
-        let data = device_ptr as usize as *mut std::ffi::c_void;
-        if self.binding.is_none() {
-            let mut binding = self.session.create_binding().map_err(&run_err)?;
-            let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
-                .map_err(&run_err)?;
-            for output in self.session.outputs() {
-                binding.bind_output_to_device(output.name(), &host).map_err(&run_err)?;
-            }
-            self.binding = Some(binding);
-        }
-        let Some(binding) = self.binding.as_mut() else {
-            return Err(EngineError::Run { model: self.name.clone(), message: "no I/O binding".into() });
-        };
         // SAFETY: the caller guarantees the pointer, its size and element type, and its lifetime.
-        match self.input_element {
+        let outputs = match self.input_element {
             InputElement::F32 => {
-                let tensor = unsafe { TensorRefMut::<f32>::from_raw(device_info, data, dims) }.map_err(&run_err)?;
-                binding.bind_input(self.input_name.as_str(), &tensor).map_err(&run_err)?;
+                let tensor = unsafe { TensorRefMut::<f32>::from_raw(memory, data, dims) }.map_err(&run_err)?;
+                self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(&run_err)?
             }
             InputElement::F16 => {
-                let tensor =
-                    unsafe { TensorRefMut::<half::f16>::from_raw(device_info, data, dims) }.map_err(&run_err)?;
-                binding.bind_input(self.input_name.as_str(), &tensor).map_err(&run_err)?;
+                let tensor = unsafe { TensorRefMut::<half::f16>::from_raw(memory, data, dims) }.map_err(&run_err)?;
+                self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(&run_err)?
             }
-        }
-        let outputs = self.session.run_binding(binding).map_err(&run_err)?;
+        };
         let result = outputs.into_iter().map(|(name, value)| Output { name: name.to_owned(), value }).collect();
         Ok(result)
     }

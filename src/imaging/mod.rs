@@ -5,9 +5,9 @@
 mod annotate;
 mod crop;
 mod decode;
-mod letterbox;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+mod letterbox;
 pub mod resample;
 
 pub use annotate::{Annotation, annotate, encode_jpeg, encode_png};

@@ -157,9 +157,7 @@ pub fn resample_rgb(src: &[u8], src_width: u32, x: &AxisTaps, y: &AxisTaps) -> V
     for oy in 0..y.len() {
         for ox in 0..x.len() {
             for c in 0..3 {
-                let value = x.apply(ox, |sx| {
-                    i32::from(y.apply(oy, |sy| i32::from(src[sy * stride + sx * 3 + c])))
-                });
+                let value = x.apply(ox, |sx| i32::from(y.apply(oy, |sy| i32::from(src[sy * stride + sx * 3 + c]))));
                 out.push(value);
             }
         }

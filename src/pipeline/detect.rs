@@ -263,7 +263,8 @@ impl DetectPipeline {
                     // The worker's GPU letterboxes; only the geometry is needed here.
                     let letterbox = imaging::Letterbox::new(rgb.width(), rgb.height(), spec.width, spec.height);
                     let rgb = Arc::new(rgb);
-                    let input = JobInput::Pixels { image: rgb.clone(), rows: vec![imaging::RowSource::Letterbox(letterbox)] };
+                    let input =
+                        JobInput::Pixels { image: rgb.clone(), rows: vec![imaging::RowSource::Letterbox(letterbox)] };
                     return Ok((rgb, input, letterbox, t1 - t0, t1.elapsed()));
                 }
                 let mut tensor = vec![0f32; spec.len()];

@@ -93,21 +93,22 @@ impl DeviceMemory {
 
     #[cfg(feature = "cuda")]
     fn used_bytes(&self, model: &str) -> Result<u64, EngineError> {
-        let device = self.device.get_or_init(|| {
-            crate::engine::GpuDevice::open(self.device_id).map_err(|e| e.to_string())
-        });
+        let device =
+            self.device.get_or_init(|| crate::engine::GpuDevice::open(self.device_id).map_err(|e| e.to_string()));
         let device_err = |message: String| EngineError::Model { model: model.to_owned(), message };
         let device = device.as_ref().map_err(|e| device_err(format!("measuring device memory: {e}")))?;
         device.used_bytes().map_err(|e| device_err(format!("measuring device memory: {e}")))
     }
 
+    /// Takes the device's used memory before a model loads on `provider` (the configured one).
     pub(crate) fn start_measuring(&self, model: &str, provider: Provider) -> Result<Measuring, EngineError> {
         if !provider.on_gpu() {
             return Ok(Measuring { before: None });
         }
         #[cfg(feature = "cuda")]
         {
-            Ok(Measuring { before: Some(self.used_bytes(model)?) })
+            // No device (the provider may yet fall back to the CPU): nothing to measure.
+            Ok(Measuring { before: self.used_bytes(model).ok() })
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -123,9 +124,28 @@ impl DeviceMemory {
         }
     }
 
-    /// Records what the model took and refuses it if the models together exceed the budget.
-    pub(crate) fn finish_measuring(&self, model: &str, measuring: Measuring) -> Result<Option<u64>, EngineError> {
-        let Some(_before) = measuring.before else { return Ok(None) };
+    /// Records what the model took on `running_on` (the provider its sessions ended up on) and
+    /// refuses it if the models together exceed the budget.
+    pub(crate) fn finish_measuring(
+        &self,
+        model: &str,
+        measuring: Measuring,
+        running_on: Provider,
+    ) -> Result<Option<u64>, EngineError> {
+        if !running_on.on_gpu() {
+            return Ok(None);
+        }
+        let Some(_before) = measuring.before else {
+            if self.budget.is_some() {
+                return Err(EngineError::Model {
+                    model: model.to_owned(),
+                    message: "runs on the GPU but its device memory cannot be measured, so \
+                              engine.gpu_memory_budget_mb cannot be enforced"
+                        .into(),
+                });
+            }
+            return Ok(None);
+        };
         #[cfg(feature = "cuda")]
         {
             let took = self.used_bytes(model)?.saturating_sub(_before);
@@ -141,8 +161,7 @@ impl DeviceMemory {
             if let Some(budget) = self.budget
                 && total > budget
             {
-                let by_model =
-                    taken.iter().map(|(m, b)| format!("{m} {} MiB", b >> 20)).collect::<Vec<_>>().join(", ");
+                let by_model = taken.iter().map(|(m, b)| format!("{m} {} MiB", b >> 20)).collect::<Vec<_>>().join(", ");
                 return Err(EngineError::DeviceMemory {
                     model: model.to_owned(),
                     total_mib: total >> 20,
@@ -154,7 +173,6 @@ impl DeviceMemory {
         }
         #[cfg(not(feature = "cuda"))]
         {
-            let _ = model;
             Ok(None)
         }
     }
@@ -249,8 +267,8 @@ impl Pipelines {
                 .and_then(|d| detectors.get(d))
                 .ok_or_else(|| StartError::NoDetector { pipeline: name.clone() })?
                 .clone();
-            let started = TrackPipeline::start(name, pipeline, manifest, detector, &engine)
-                .map_err(engine_error(name))?;
+            let started =
+                TrackPipeline::start(name, pipeline, manifest, detector, &engine).map_err(engine_error(name))?;
             by_name.insert(name.clone(), Pipeline::Track(Arc::new(started)));
         }
         Ok(Self { by_name, default: config.default_pipeline.clone() })

@@ -252,7 +252,10 @@ impl TrackPipeline {
         let rows = boxes.len();
         let input = if self.device_preprocess {
             // The worker's GPU crops and stretches straight from the frame.
-            JobInput::Pixels { image: image.clone(), rows: boxes.iter().map(|b| crate::imaging::RowSource::Crop(*b)).collect() }
+            JobInput::Pixels {
+                image: image.clone(),
+                rows: boxes.iter().map(|b| crate::imaging::RowSource::Crop(*b)).collect(),
+            }
         } else {
             JobInput::Tensor(self.crop_on_cpu(image, boxes).await?)
         };
@@ -269,8 +272,7 @@ impl TrackPipeline {
         let spec = self.crop_spec;
         let rows = boxes.len();
         let frame = image.clone();
-        self
-            .detector
+        self.detector
             .on_cpu_pool(move || -> Result<Vec<f32>, InspectError> {
                 let mut tensor = vec![0f32; rows * spec.len()];
                 CROPPER.with(|c| {

@@ -61,7 +61,9 @@ pub(super) struct Workers {
 
 /// How a worker turns a batch's jobs into the session's input.
 enum Preprocess {
-    Host { input: Vec<f32> },
+    Host {
+        input: Vec<f32>,
+    },
     #[cfg(feature = "cuda")]
     Device(Box<crate::imaging::gpu::GpuPreprocessor>),
 }
@@ -140,7 +142,10 @@ impl Worker {
 }
 
 fn wrong_input(model: &str) -> EngineError {
-    EngineError::Run { model: model.to_owned(), message: "a job's input does not match the worker's preprocessing".into() }
+    EngineError::Run {
+        model: model.to_owned(),
+        message: "a job's input does not match the worker's preprocessing".into(),
+    }
 }
 
 /// Owns one session; pulls batches until the queue is closed and drained.
@@ -159,8 +164,8 @@ fn model_worker(mut worker: Worker, queue: Arc<BatchQueue<Job>>, handle: tokio::
         let started = Instant::now();
         let jobs: Vec<&Job> = batch.items.iter().map(|q| &q.item).collect();
         // A panic inside one batch must not take the worker (and every later frame) with it.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(&jobs)))
-            .unwrap_or_else(|_| {
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(&jobs))).unwrap_or_else(|_| {
                 Err(EngineError::Run { model: worker.session.name().to_owned(), message: "inference panicked".into() })
             });
         drop(jobs);
@@ -258,7 +263,10 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
         let preprocess = preprocess_for(&session, setup.gpu_preprocess, setup.options.provider.device_id)?;
         device_preprocess = preprocess.on_device();
         let mut worker = Worker { session, spec: setup.spec, preprocess };
-        warm_up(&mut worker, setup.warm_batches)?;
+        // On a GPU every new batch shape costs a first-run allocation: pay for every size up front.
+        let largest = setup.warm_batches.iter().copied().max().unwrap_or(1);
+        let batches: Vec<usize> = if provider.on_gpu() { (1..=largest).collect() } else { setup.warm_batches.to_vec() };
+        warm_up(&mut worker, &batches)?;
         let queue = queue.clone();
         let handle = handle.clone();
         let thread = std::thread::Builder::new()
@@ -267,7 +275,7 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
             .map_err(|e| EngineError::Model { model: model.to_owned(), message: e.to_string() })?;
         handles.push(thread);
     }
-    let device_memory = setup.device_memory.finish_measuring(model, measure)?;
+    let device_memory = setup.device_memory.finish_measuring(model, measure, provider)?;
     Ok(Workers { handles, provider, device_preprocess, device_memory })
 }
 

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
 use image::RgbImage;
 
 use super::letterbox::normalization_tables;
@@ -181,24 +183,27 @@ pub struct GpuPreprocessor {
     output: Growing<u8>,
 }
 
+/// Compiles the kernels for GPU architecture `arch` (e.g. `sm_90`, `sm_87` on Jetson Orin). Needs
+/// NVRTC only, no GPU.
+pub fn compile_kernels(arch: &str) -> Result<cudarc::nvrtc::Ptx, DeviceError> {
+    // SAFETY: only probes whether the library loads (cudarc panics on a missing one).
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(DeviceError::NoNvrtc);
+    }
+    let options = cudarc::nvrtc::CompileOptions {
+        // Bit-exact with the CPU: no fused multiply-add, IEEE division.
+        fmad: Some(false),
+        prec_div: Some(true),
+        options: vec!["--std=c++17".into(), format!("--gpu-architecture={arch}")],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options).map_err(|e| DeviceError::Compile(e.to_string()))
+}
+
 impl GpuPreprocessor {
     pub fn new(device: &GpuDevice) -> Result<Self, DeviceError> {
-        // SAFETY: only probes whether the library loads (cudarc panics on a missing one).
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(DeviceError::NoNvrtc);
-        }
         let (major, minor) = device.context().compute_capability().map_err(DeviceError::cuda("compute capability"))?;
-        let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
-        let options = cudarc::nvrtc::CompileOptions {
-            // Bit-exact with the CPU: no fused multiply-add, IEEE division.
-            fmad: Some(false),
-            prec_div: Some(true),
-            arch: Some(arch),
-            options: vec!["--std=c++17".into()],
-            ..Default::default()
-        };
-        let ptx =
-            cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options).map_err(|e| DeviceError::Compile(e.to_string()))?;
+        let ptx = compile_kernels(&format!("sm_{major}{minor}"))?;
         let module = device.context().load_module(ptx).map_err(DeviceError::cuda("module load"))?;
         let function = |name: &str| module.load_function(name).map_err(DeviceError::cuda("kernel lookup"));
         Ok(Self {
@@ -292,6 +297,16 @@ impl GpuPreprocessor {
         stream.synchronize().map_err(DeviceError::cuda("preprocess"))?;
         let (ptr, _sync) = output.device_ptr(&stream);
         Ok((ptr, rows))
+    }
+
+    /// Fills the output buffer (at least `bytes`) with 0xFF, a NaN in f32 and f16, so a check can
+    /// see any element a kernel failed to write.
+    pub fn poison_output(&mut self, bytes: usize) -> Result<(), DeviceError> {
+        let stream = self.stream.clone();
+        let output = self.output.at_least(&stream, bytes)?;
+        let poison = vec![0xFFu8; output.len()];
+        stream.memcpy_htod(&poison, output).map_err(DeviceError::cuda("poison"))?;
+        stream.synchronize().map_err(DeviceError::cuda("poison"))
     }
 
     /// Copies the last `preprocess` output back (tests and the GPU check compare it with the CPU).
@@ -394,4 +409,28 @@ fn upload<T: DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy>(
     let dst = buffer.at_least(stream, data.len())?;
     let mut view = dst.slice_mut(..data.len());
     stream.memcpy_htod(data, &mut view).map_err(DeviceError::cuda("upload"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where NVRTC is installed (CUDA toolkit, or PyPI `nvidia-cuda-nvrtc` on LD_LIBRARY_PATH as
+    /// libnvrtc.so), the kernels must compile for the data-centre and Jetson architectures.
+    #[test]
+    fn kernels_compile_where_nvrtc_is_installed() {
+        // SAFETY: only probes whether the library loads.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("NVRTC not installed: kernel compilation not checked");
+            return;
+        }
+        for arch in ["sm_87", "sm_90"] {
+            let ptx = compile_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+            let text = ptx.to_src();
+            for kernel in ["preprocess_f32", "preprocess_f16", "paste_masks"] {
+                assert!(text.contains(kernel), "{arch}: {kernel} missing from the PTX");
+            }
+            assert!(!text.contains("fma.rn.f32"), "{arch}: fused multiply-add would break exactness");
+        }
+    }
 }
