@@ -41,7 +41,10 @@ done
 export LD_LIBRARY_PATH="$shim$libdirs:$ORT_GPU_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ORT_DYLIB_PATH="$ort"
 for lib in libcudart.so.13 libcublas.so.13 libcudnn.so.9 libnvrtc.so libnvinfer.so.10; do
-  found=$(for d in ${LD_LIBRARY_PATH//:/ }; do ls "$d/$lib" 2>/dev/null; done | head -n 1)
+  found=""
+  for d in ${LD_LIBRARY_PATH//:/ }; do
+    if [ -e "$d/$lib" ]; then found="$d/$lib"; break; fi
+  done
   echo "gpu-check: $lib: ${found:-not found}"
 done
 

@@ -38,6 +38,8 @@ pub struct GpuReport {
     pub device_memory_total_mib: f64,
     pub onnxruntime: String,
     pub kernels: Vec<KernelCheck>,
+    /// The kernel checks could not run (compile or launch failed): why.
+    pub kernel_error: Option<String>,
     pub variants: Vec<VariantResult>,
     pub agreement_with_cpu: Vec<Agreement>,
 }
@@ -45,7 +47,9 @@ pub struct GpuReport {
 impl GpuReport {
     /// Kernels exact, and every GPU variant that started finds what the CPU finds.
     pub fn passed(&self) -> bool {
-        self.kernels.iter().all(KernelCheck::passed)
+        self.kernel_error.is_none()
+            && !self.kernels.is_empty()
+            && self.kernels.iter().all(KernelCheck::passed)
             && self.agreement_with_cpu.iter().all(|a| a.detections == 0 || a.matched * 100 >= a.detections * 98)
     }
 }
@@ -59,7 +63,13 @@ pub async fn run(options: GpuCheckOptions) -> Result<GpuReport, String> {
     eprintln!("gpu-check: {} · ONNX Runtime {onnxruntime}", device.name());
 
     eprintln!("gpu-check: kernels against the CPU …");
-    let kernels = tokio::task::block_in_place(|| check_kernels(&device))?;
+    let (kernels, kernel_error) = match tokio::task::block_in_place(|| check_kernels(&device)) {
+        Ok(k) => (k, None),
+        Err(e) => {
+            eprintln!("gpu-check: kernel checks failed to run: {e}");
+            (Vec::new(), Some(e))
+        }
+    };
 
     let dirs: Vec<&std::path::Path> = options.frame_dirs.iter().map(PathBuf::as_path).collect();
     let frames = Frames::load(&dirs)?;
@@ -90,6 +100,7 @@ pub async fn run(options: GpuCheckOptions) -> Result<GpuReport, String> {
         device_memory_total_mib: total as f64 / f64::from(1u32 << 20),
         onnxruntime,
         kernels,
+        kernel_error,
         variants: results,
         agreement_with_cpu,
     };
@@ -114,6 +125,9 @@ pub fn table(report: &GpuReport) -> String {
         "\n{:<32} {:>5} {:>10} {:>11} {:>10}",
         "kernel vs CPU", "rows", "elements", "max|diff|", "mismatch"
     );
+    if let Some(e) = &report.kernel_error {
+        let _ = writeln!(s, "kernel checks did not run: {e}");
+    }
     for k in &report.kernels {
         let _ = writeln!(
             s,

@@ -183,8 +183,9 @@ pub struct GpuPreprocessor {
     output: Growing<u8>,
 }
 
-/// Compiles the kernels for GPU architecture `arch` (e.g. `sm_90`, `sm_87` on Jetson Orin). Needs
-/// NVRTC only, no GPU.
+/// Compiles the kernels to PTX for virtual architecture `arch` (e.g. `compute_90`, `compute_87`
+/// on Jetson Orin); the driver turns the PTX into the GPU's code when the module loads. Needs NVRTC
+/// only, no GPU.
 pub fn compile_kernels(arch: &str) -> Result<cudarc::nvrtc::Ptx, DeviceError> {
     // SAFETY: only probes whether the library loads (cudarc panics on a missing one).
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -203,7 +204,7 @@ pub fn compile_kernels(arch: &str) -> Result<cudarc::nvrtc::Ptx, DeviceError> {
 impl GpuPreprocessor {
     pub fn new(device: &GpuDevice) -> Result<Self, DeviceError> {
         let (major, minor) = device.context().compute_capability().map_err(DeviceError::cuda("compute capability"))?;
-        let ptx = compile_kernels(&format!("sm_{major}{minor}"))?;
+        let ptx = compile_kernels(&format!("compute_{major}{minor}"))?;
         let module = device.context().load_module(ptx).map_err(DeviceError::cuda("module load"))?;
         let function = |name: &str| module.load_function(name).map_err(DeviceError::cuda("kernel lookup"));
         Ok(Self {
@@ -424,7 +425,7 @@ mod tests {
             eprintln!("NVRTC not installed: kernel compilation not checked");
             return;
         }
-        for arch in ["sm_87", "sm_90"] {
+        for arch in ["compute_87", "compute_90"] {
             let ptx = compile_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
             let text = ptx.to_src();
             for kernel in ["preprocess_f32", "preprocess_f16", "paste_masks"] {
