@@ -72,6 +72,10 @@ pub struct EngineConfig {
     pub cuda_conv_search: crate::engine::ConvSearch,
     /// Refuse to start when the models' device memory, measured as each loads, exceeds this many MiB.
     pub gpu_memory_budget_mb: Option<u64>,
+    /// On a GPU provider: run every batch at the model's largest warmed-up batch size (the
+    /// pipeline's `max_batch` for a detector, 16 crops for an embedder), padding the rows a
+    /// batch lacks, so the input shape never changes.
+    pub pad_batches: bool,
     /// On a GPU provider in a `cuda` build: letterbox and crop on the GPU, straight into the
     /// model's input buffer. Off: preprocess on the CPU and let ONNX Runtime upload.
     pub gpu_preprocess: bool,
@@ -293,6 +297,7 @@ impl Default for EngineConfig {
             cuda_conv_search: crate::engine::ConvSearch::default(),
             gpu_memory_budget_mb: None,
             gpu_preprocess: true,
+            pad_batches: false,
             tensorrt: TensorRtConfig::default(),
             intra_op_spinning: false,
         }

@@ -89,7 +89,7 @@ fn letterbox_batch(
     let frames: Vec<FrameRows<'_>> = images.iter().zip(&rows).map(|(image, rows)| FrameRows { image, rows }).collect();
     let bytes = images.len() * spec.len() * element.size();
     gpu.poison_output(bytes).map_err(|e| e.to_string())?;
-    gpu.preprocess(&frames, spec, element).map_err(|e| e.to_string())?;
+    gpu.preprocess(&frames, spec, element, 0).map_err(|e| e.to_string())?;
     let out = gpu.download_output(bytes).map_err(|e| e.to_string())?;
     let gpu_values = match element {
         TensorElement::F32 => as_f32(&out),
@@ -144,7 +144,7 @@ pub fn check_kernels(device: &GpuDevice) -> Result<Vec<KernelCheck>, String> {
     boxes.push(RowSource::Crop(CropBox { x1: 0.0, y1: 0.0, x2: 768.0, y2: 576.0 }));
     let bytes = boxes.len() * crop_spec.len() * 4;
     gpu.poison_output(bytes).map_err(|e| e.to_string())?;
-    gpu.preprocess(&[FrameRows { image: &image, rows: &boxes }], &crop_spec, TensorElement::F32)
+    gpu.preprocess(&[FrameRows { image: &image, rows: &boxes }], &crop_spec, TensorElement::F32, 0)
         .map_err(|e| e.to_string())?;
     let g = as_f32(&gpu.download_output(bytes).map_err(|e| e.to_string())?);
     let mut c = vec![0f32; boxes.len() * crop_spec.len()];

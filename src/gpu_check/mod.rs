@@ -2,6 +2,7 @@
 //! path, runs the service end to end through each provider next to the CPU baseline in the same
 //! run, and prints one table (the same figures go to a JSON file).
 
+mod bare;
 mod kernels;
 mod pipeline;
 
@@ -9,11 +10,12 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+pub use bare::{BareRun, time_bare_runs};
 pub use kernels::{KernelCheck, check_kernels};
 pub use pipeline::{Frames, LoadResult, Variant, VariantResult, agreement, run_variant};
 
 use crate::config::Config;
-use crate::engine::{GpuDevice, Provider};
+use crate::engine::{ConvSearch, GpuDevice, Provider};
 
 pub struct GpuCheckOptions {
     pub config: Config,
@@ -40,6 +42,8 @@ pub struct GpuReport {
     pub kernels: Vec<KernelCheck>,
     /// The kernel checks could not run (compile or launch failed): why.
     pub kernel_error: Option<String>,
+    /// The detector alone (`Session::run`, host input), per provider setting and batch size.
+    pub bare: Vec<BareRun>,
     pub variants: Vec<VariantResult>,
     pub agreement_with_cpu: Vec<Agreement>,
 }
@@ -71,13 +75,26 @@ pub async fn run(options: GpuCheckOptions) -> Result<GpuReport, String> {
         }
     };
 
+    eprintln!("gpu-check: the model alone …");
+    let bare = tokio::task::block_in_place(|| time_bare_runs(&options.config, runtime));
+
     let dirs: Vec<&std::path::Path> = options.frame_dirs.iter().map(PathBuf::as_path).collect();
     let frames = Frames::load(&dirs)?;
+    let variant = |label, provider, gpu_preprocess, conv_search, pad_batches| Variant {
+        label,
+        provider,
+        gpu_preprocess,
+        conv_search,
+        pad_batches,
+    };
     let variants = [
-        Variant { label: "cpu", provider: Provider::Cpu, gpu_preprocess: false },
-        Variant { label: "cuda", provider: Provider::Cuda, gpu_preprocess: true },
-        Variant { label: "cuda, CPU preprocess", provider: Provider::Cuda, gpu_preprocess: false },
-        Variant { label: "tensorrt", provider: Provider::Tensorrt, gpu_preprocess: true },
+        variant("cpu", Provider::Cpu, false, ConvSearch::Heuristic, false),
+        variant("cuda", Provider::Cuda, true, ConvSearch::Heuristic, false),
+        variant("cuda, CPU preprocess", Provider::Cuda, false, ConvSearch::Heuristic, false),
+        variant("cuda, exhaustive", Provider::Cuda, true, ConvSearch::Exhaustive, false),
+        variant("cuda, padded to 8", Provider::Cuda, true, ConvSearch::Heuristic, true),
+        variant("cuda, exhaustive, padded", Provider::Cuda, true, ConvSearch::Exhaustive, true),
+        variant("tensorrt", Provider::Tensorrt, true, ConvSearch::Heuristic, false),
     ];
     let mut results = Vec::new();
     for variant in variants {
@@ -101,6 +118,7 @@ pub async fn run(options: GpuCheckOptions) -> Result<GpuReport, String> {
         onnxruntime,
         kernels,
         kernel_error,
+        bare,
         variants: results,
         agreement_with_cpu,
     };
@@ -137,7 +155,24 @@ pub fn table(report: &GpuReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<22} {:>5} {:>7} {:>15} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}",
+        "\n{:<22} Session::run at batch 1 / 2 / 4 / 5 / 8 / cycling 1-8 / cycling 1,2,4,8",
+        "model alone (ms, p50)"
+    );
+    for b in &report.bare {
+        match &b.error {
+            Some(e) => {
+                let short: String = e.chars().take(120).collect();
+                let _ = writeln!(s, "{:<22} did not load: {short}", b.label);
+            }
+            None => {
+                let cells: Vec<String> = b.medians_ms.iter().map(|(_, m)| format!("{m:.2}")).collect();
+                let _ = writeln!(s, "{:<22} {}", b.label, cells.join(" / "));
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<26} {:>5} {:>7} {:>15} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>6}",
         "variant (ms, p50/p99)",
         "batch",
         "formed",
@@ -153,14 +188,14 @@ pub fn table(report: &GpuReport) -> String {
     for v in &report.variants {
         if let Some(error) = &v.error {
             let short: String = error.chars().take(160).collect();
-            let _ = writeln!(s, "{:<22} did not start: {short}", v.variant.label);
+            let _ = writeln!(s, "{:<26} did not start: {short}", v.variant.label);
             continue;
         }
         let mib: f64 = v.device_memory_mib.iter().map(|(_, m)| m).sum();
         for l in &v.loads {
             let _ = writeln!(
                 s,
-                "{:<22} {:>5} {:>7.2} {:>7.2}/{:<7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>6.0}",
+                "{:<26} {:>5} {:>7.2} {:>7.2}/{:<7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>6.0}",
                 v.variant.label,
                 l.batch,
                 l.mean_batch_formed,

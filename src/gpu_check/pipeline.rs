@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::api::proto::inspection_client::InspectionClient;
 use crate::api::proto::{self, Image, InspectRequest, InspectResponse};
 use crate::config::Config;
-use crate::engine::Provider;
+use crate::engine::{ConvSearch, Provider};
 use crate::pipeline::Pipelines;
 
 /// One way of running the service.
@@ -20,6 +20,8 @@ pub struct Variant {
     pub label: &'static str,
     pub provider: Provider,
     pub gpu_preprocess: bool,
+    pub conv_search: ConvSearch,
+    pub pad_batches: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -113,6 +115,8 @@ fn ms(us: u64) -> f64 {
 pub async fn run_variant(variant: Variant, mut config: Config, frames: &Frames, iterations: usize) -> VariantResult {
     config.engine.provider = variant.provider;
     config.engine.gpu_preprocess = variant.gpu_preprocess;
+    config.engine.cuda_conv_search = variant.conv_search;
+    config.engine.pad_batches = variant.pad_batches;
     config.engine.allow_fallback = false;
     let mut result = VariantResult {
         variant,

@@ -122,6 +122,7 @@ impl DetectPipeline {
                 manifest: &manifest,
                 options: engine.options,
                 gpu_preprocess: engine.gpu_preprocess,
+                pad_batches: engine.pad_batches,
                 device_memory: engine.device_memory,
                 instances: config.instances,
                 spec: tensor_spec,

@@ -55,6 +55,7 @@ pub struct EngineSetup<'a> {
     pub runtime: &'a OrtRuntime,
     pub options: &'a SessionOptions,
     pub gpu_preprocess: bool,
+    pub pad_batches: bool,
     pub device_memory: &'a DeviceMemory,
 }
 
@@ -230,6 +231,7 @@ impl Pipelines {
             runtime,
             options: &session_options,
             gpu_preprocess: config.engine.gpu_preprocess,
+            pad_batches: config.engine.pad_batches,
             device_memory: &device_memory,
         };
         let load = |name: &str, pipeline: &crate::config::PipelineConfig, task: &str, kind: &str| {

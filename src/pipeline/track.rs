@@ -83,6 +83,7 @@ impl TrackPipeline {
                 manifest: &embedder,
                 options: engine.options,
                 gpu_preprocess: engine.gpu_preprocess,
+                pad_batches: engine.pad_batches,
                 device_memory: engine.device_memory,
                 instances: config.instances,
                 spec: crop_spec,

@@ -82,6 +82,8 @@ struct Worker {
     session: ModelSession,
     spec: TensorSpec,
     preprocess: Preprocess,
+    /// Run every batch at least this many rows (padding), so the input shape stays the same.
+    pad_rows: usize,
 }
 
 impl Worker {
@@ -89,12 +91,13 @@ impl Worker {
     fn run(&mut self, jobs: &[&Job]) -> Result<(Vec<Output>, Duration), EngineError> {
         let (c, h, w) = (3, self.spec.height as usize, self.spec.width as usize);
         let n: usize = jobs.iter().map(|j| j.rows).sum();
+        let run_rows = n.max(self.pad_rows);
         let model = self.session.name().to_owned();
         match &mut self.preprocess {
             Preprocess::Host { input } => {
                 // A lone frame's tensor goes in as it is; a batch is stacked into one buffer.
                 let tensor: &[f32] = match jobs {
-                    [only] => match &only.input {
+                    [only] if run_rows == n => match &only.input {
                         JobInput::Tensor(t) => t,
                         JobInput::Pixels { .. } => return Err(wrong_input(&model)),
                     },
@@ -106,10 +109,11 @@ impl Worker {
                                 JobInput::Pixels { .. } => return Err(wrong_input(&model)),
                             }
                         }
+                        input.resize(run_rows * c * h * w, 0.0);
                         input
                     }
                 };
-                Ok((self.session.run([n, c, h, w], tensor)?, Duration::ZERO))
+                Ok((self.session.run([run_rows, c, h, w], tensor)?, Duration::ZERO))
             }
             #[cfg(feature = "cuda")]
             Preprocess::Device(gpu) => {
@@ -127,14 +131,14 @@ impl Worker {
                     crate::engine::InputElement::F16 => TensorElement::F16,
                 };
                 let (ptr, made) = gpu
-                    .preprocess(&frames, &self.spec, element)
+                    .preprocess(&frames, &self.spec, element, run_rows)
                     .map_err(|e| EngineError::Run { model: model.clone(), message: e.to_string() })?;
-                debug_assert_eq!(made, n);
+                debug_assert_eq!(made, run_rows);
                 let preprocess = started.elapsed();
                 let device = gpu.device().ordinal();
                 // SAFETY: `ptr` is the preprocessor's output buffer, n rows of the session's input
                 // element type, synchronised, and untouched until the next batch.
-                let outputs = unsafe { self.session.run_on_device([n, c, h, w], ptr, device) }?;
+                let outputs = unsafe { self.session.run_on_device([run_rows, c, h, w], ptr, device) }?;
                 Ok((outputs, preprocess))
             }
         }
@@ -242,6 +246,8 @@ pub(super) struct WorkerSetup<'a> {
     pub options: &'a SessionOptions,
     /// Preprocess on the GPU when the sessions run there (`cuda` builds only).
     pub gpu_preprocess: bool,
+    /// On a GPU, run every batch at the largest warm-up size.
+    pub pad_batches: bool,
     pub device_memory: &'a super::DeviceMemory,
     pub instances: usize,
     /// The model input every row is made into.
@@ -262,9 +268,10 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
         provider = session.provider();
         let preprocess = preprocess_for(&session, setup.gpu_preprocess, setup.options.provider.device_id)?;
         device_preprocess = preprocess.on_device();
-        let mut worker = Worker { session, spec: setup.spec, preprocess };
-        // On a GPU every new batch shape costs a first-run allocation: pay for every size up front.
         let largest = setup.warm_batches.iter().copied().max().unwrap_or(1);
+        let pad_rows = if setup.pad_batches && provider.on_gpu() { largest } else { 0 };
+        let mut worker = Worker { session, spec: setup.spec, preprocess, pad_rows };
+        // On a GPU every new batch shape costs a first-run allocation: pay for every size up front.
         let batches: Vec<usize> = if provider.on_gpu() { (1..=largest).collect() } else { setup.warm_batches.to_vec() };
         warm_up(&mut worker, &batches)?;
         let queue = queue.clone();

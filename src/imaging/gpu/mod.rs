@@ -229,13 +229,14 @@ impl GpuPreprocessor {
     }
 
     /// Uploads `frames` (each image once, through pinned memory), preprocesses every row into the
-    /// device input buffer and waits for it. Returns the buffer's device address and its rows; it
-    /// stays valid until the next call.
+    /// device input buffer and waits for it; rows past the frames' up to `pad_to` are zeros.
+    /// Returns the buffer's device address and its rows; it stays valid until the next call.
     pub fn preprocess(
         &mut self,
         frames: &[FrameRows<'_>],
         spec: &TensorSpec,
         element: TensorElement,
+        pad_to: usize,
     ) -> Result<(u64, usize), DeviceError> {
         let mut tables = Tables::default();
         let total: usize = frames.iter().map(|f| f.image.as_raw().len()).sum();
@@ -252,7 +253,8 @@ impl GpuPreprocessor {
         let rows = tables.regions.len();
         let lut: Vec<f32> = normalization_tables(spec).iter().flatten().copied().collect();
         let plane = spec.width as usize * spec.height as usize;
-        let out_len = rows * 3 * plane * element.size();
+        let out_len = rows.max(pad_to) * 3 * plane * element.size();
+        let row_bytes = 3 * plane * element.size();
         let stream = self.stream.clone();
         if let Some(staging) = self.staging.as_ref() {
             let host = staging.as_slice().map_err(DeviceError::cuda("pinned"))?;
@@ -295,9 +297,13 @@ impl GpuPreprocessor {
         launch.arg(&pad).arg(&w).arg(&h).arg(&swap).arg(&mut *output);
         // SAFETY: argument types and order are the kernel's; every buffer holds what it indexes.
         unsafe { launch.launch(config) }.map_err(DeviceError::cuda("preprocess launch"))?;
+        if pad_to > rows {
+            let mut padding = output.slice_mut(rows * row_bytes..pad_to * row_bytes);
+            stream.memset_zeros(&mut padding).map_err(DeviceError::cuda("padding"))?;
+        }
         stream.synchronize().map_err(DeviceError::cuda("preprocess"))?;
         let (ptr, _sync) = output.device_ptr(&stream);
-        Ok((ptr, rows))
+        Ok((ptr, rows.max(pad_to)))
     }
 
     /// Fills the output buffer (at least `bytes`) with 0xFF, a NaN in f32 and f16, so a check can
