@@ -67,15 +67,18 @@ pub struct EngineConfig {
     pub allow_fallback: bool,
     /// The GPU to run on (CUDA device ordinal).
     pub device_id: u32,
-    /// CUDA provider: how cuDNN picks convolution algorithms, `heuristic` (default), `exhaustive`
-    /// (benchmarks at every new batch size) or `default`.
+    /// CUDA provider: how cuDNN picks convolution algorithms: `exhaustive` (default; benchmarks
+    /// once per session shape), `heuristic` (no benchmarking; for dynamic batch shapes) or
+    /// `default`.
     pub cuda_conv_search: crate::engine::ConvSearch,
     /// Refuse to start when the models' device memory, measured as each loads, exceeds this many MiB.
     pub gpu_memory_budget_mb: Option<u64>,
-    /// On a GPU provider: run every batch at the model's largest warmed-up batch size (the
-    /// pipeline's `max_batch` for a detector, 16 crops for an embedder), padding the rows a
-    /// batch lacks, so the input shape never changes.
-    pub pad_batches: bool,
+    /// On a GPU provider: `fixed` (default) keeps one session per batch size bucket (a detector:
+    /// 1 and `max_batch` frames; an embedder: 16 and 16 × `max_batch` crops), each always run at
+    /// its size, padding a batch up to the smallest bucket that holds it; `dynamic` runs one
+    /// session at whatever size each batch has. ONNX Runtime's CUDA provider re-plans every
+    /// convolution when the input shape changes, which costs more than the padding.
+    pub gpu_batch_shapes: BatchShapes,
     /// On a GPU provider in a `cuda` build: letterbox and crop on the GPU, straight into the
     /// model's input buffer. Off: preprocess on the CPU and let ONNX Runtime upload.
     pub gpu_preprocess: bool,
@@ -83,6 +86,14 @@ pub struct EngineConfig {
     /// Let ONNX Runtime's idle intra-op threads spin before sleeping. Off by default: with more than
     /// one model instance on a few cores, spinning pools steal each other's CPU.
     pub intra_op_spinning: bool,
+}
+
+/// How GPU sessions meet batches of varying size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchShapes {
+    Fixed,
+    Dynamic,
 }
 
 /// TensorRT provider settings.
@@ -297,7 +308,7 @@ impl Default for EngineConfig {
             cuda_conv_search: crate::engine::ConvSearch::default(),
             gpu_memory_budget_mb: None,
             gpu_preprocess: true,
-            pad_batches: false,
+            gpu_batch_shapes: BatchShapes::Fixed,
             tensorrt: TensorRtConfig::default(),
             intra_op_spinning: false,
         }

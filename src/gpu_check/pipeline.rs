@@ -21,7 +21,7 @@ pub struct Variant {
     pub provider: Provider,
     pub gpu_preprocess: bool,
     pub conv_search: ConvSearch,
-    pub pad_batches: bool,
+    pub fixed_shapes: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -67,6 +67,9 @@ pub struct VariantResult {
     /// Each frame's detections (class, score, box), for comparison across variants.
     #[serde(skip)]
     pub detections: Vec<Vec<(u32, f32, [f32; 4])>>,
+    /// Each frame's tracked objects through the `track` pipeline (track id as the class).
+    #[serde(skip)]
+    pub tracks: Vec<Vec<(u32, f32, [f32; 4])>>,
 }
 
 pub struct Frames {
@@ -92,10 +95,14 @@ impl Frames {
 }
 
 fn request(camera: &str, sequence: u64, jpeg: &[u8]) -> InspectRequest {
+    pipeline_request("detect", camera, sequence, jpeg)
+}
+
+fn pipeline_request(pipeline: &str, camera: &str, sequence: u64, jpeg: &[u8]) -> InspectRequest {
     InspectRequest {
         camera_id: camera.into(),
         sequence,
-        pipeline: "detect".into(),
+        pipeline: pipeline.into(),
         image: Some(Image {
             data: jpeg.to_vec().into(),
             encoding: proto::image::Encoding::Jpeg as i32,
@@ -116,7 +123,8 @@ pub async fn run_variant(variant: Variant, mut config: Config, frames: &Frames, 
     config.engine.provider = variant.provider;
     config.engine.gpu_preprocess = variant.gpu_preprocess;
     config.engine.cuda_conv_search = variant.conv_search;
-    config.engine.pad_batches = variant.pad_batches;
+    config.engine.gpu_batch_shapes =
+        if variant.fixed_shapes { crate::config::BatchShapes::Fixed } else { crate::config::BatchShapes::Dynamic };
     config.engine.allow_fallback = false;
     let mut result = VariantResult {
         variant,
@@ -125,6 +133,7 @@ pub async fn run_variant(variant: Variant, mut config: Config, frames: &Frames, 
         device_memory_mib: Vec::new(),
         loads: Vec::new(),
         detections: Vec::new(),
+        tracks: Vec::new(),
     };
     let pipelines = match tokio::task::block_in_place(|| Pipelines::start(&config)) {
         Ok(p) => Arc::new(p),
@@ -186,6 +195,25 @@ async fn serve_and_measure(
                 .map(|d| {
                     let b = d.r#box.unwrap_or_default();
                     (d.class_id, d.score, [b.x1, b.y1, b.x2, b.y2])
+                })
+                .collect(),
+        );
+    }
+    // The frames in order through `track` (GPU crops and embeddings where the variant has them).
+    for (i, jpeg) in frames.jpegs.iter().enumerate() {
+        let req = pipeline_request("track", "track-check", i as u64 + 1, jpeg);
+        let response = client.clone().inspect(req).await.map_err(|e| e.to_string())?.into_inner();
+        if let Some(error) = response.error {
+            return Err(format!("track frame {i}: {}", error.message));
+        }
+        result.tracks.push(
+            response
+                .detections
+                .iter()
+                .filter(|d| d.track_id > 0)
+                .map(|d| {
+                    let b = d.r#box.unwrap_or_default();
+                    (d.track_id as u32, d.score, [b.x1, b.y1, b.x2, b.y2])
                 })
                 .collect(),
         );

@@ -55,7 +55,8 @@ pub struct EngineSetup<'a> {
     pub runtime: &'a OrtRuntime,
     pub options: &'a SessionOptions,
     pub gpu_preprocess: bool,
-    pub pad_batches: bool,
+    /// GPU sessions keep fixed batch shapes.
+    pub fixed_shapes: bool,
     pub device_memory: &'a DeviceMemory,
 }
 
@@ -231,7 +232,7 @@ impl Pipelines {
             runtime,
             options: &session_options,
             gpu_preprocess: config.engine.gpu_preprocess,
-            pad_batches: config.engine.pad_batches,
+            fixed_shapes: config.engine.gpu_batch_shapes == crate::config::BatchShapes::Fixed,
             device_memory: &device_memory,
         };
         let load = |name: &str, pipeline: &crate::config::PipelineConfig, task: &str, kind: &str| {

@@ -41,6 +41,9 @@ pub struct TrackPipeline {
     device_memory: Option<u64>,
 }
 
+/// Crops per frame a GPU embedder session is shaped for.
+const EMBED_ROWS: usize = 16;
+
 impl TrackPipeline {
     pub fn start(
         name: &str,
@@ -83,11 +86,13 @@ impl TrackPipeline {
                 manifest: &embedder,
                 options: engine.options,
                 gpu_preprocess: engine.gpu_preprocess,
-                pad_batches: engine.pad_batches,
+                fixed_shapes: engine.fixed_shapes,
+                // One frame's crops, and a full batch of frames' (rows past that run unpadded).
+                row_buckets: vec![EMBED_ROWS, EMBED_ROWS * policy.max_batch],
                 device_memory: engine.device_memory,
                 instances: config.instances,
                 spec: crop_spec,
-                warm_batches: &[1, 16],
+                warm_batches: &[1, EMBED_ROWS],
             },
             &queue,
         )?;

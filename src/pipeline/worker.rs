@@ -79,11 +79,30 @@ impl Preprocess {
 }
 
 struct Worker {
-    session: ModelSession,
+    /// Each session with the batch rows it always runs at, fewest first; `0` = whatever rows a
+    /// batch has. ONNX Runtime's CUDA provider re-plans every convolution when a session's input
+    /// shape changes (65 ms for nanodet on an H200), so on a GPU each session keeps one shape and
+    /// a batch is padded up to the smallest that holds it.
+    sessions: Vec<(usize, ModelSession)>,
     spec: TensorSpec,
     preprocess: Preprocess,
-    /// Run every batch at least this many rows (padding), so the input shape stays the same.
-    pad_rows: usize,
+}
+
+impl Worker {
+    fn name(&self) -> &str {
+        self.sessions.first().map_or("", |(_, s)| s.name())
+    }
+}
+
+/// The session for `n` rows and the rows it runs at.
+fn pick<S>(sessions: &mut [(usize, S)], n: usize) -> Result<(usize, &mut S), EngineError> {
+    let index =
+        sessions.iter().position(|(rows, _)| *rows == 0 || *rows >= n).unwrap_or(sessions.len().saturating_sub(1));
+    match sessions.get_mut(index) {
+        // More rows than the largest bucket: that session runs this batch at its own size.
+        Some((rows, session)) => Ok(((*rows).max(n), session)),
+        None => Err(EngineError::Model { model: String::new(), message: "a worker with no session".into() }),
+    }
 }
 
 impl Worker {
@@ -91,8 +110,8 @@ impl Worker {
     fn run(&mut self, jobs: &[&Job]) -> Result<(Vec<Output>, Duration), EngineError> {
         let (c, h, w) = (3, self.spec.height as usize, self.spec.width as usize);
         let n: usize = jobs.iter().map(|j| j.rows).sum();
-        let run_rows = n.max(self.pad_rows);
-        let model = self.session.name().to_owned();
+        let model = self.name().to_owned();
+        let (run_rows, session) = pick(&mut self.sessions, n)?;
         match &mut self.preprocess {
             Preprocess::Host { input } => {
                 // A lone frame's tensor goes in as it is; a batch is stacked into one buffer.
@@ -113,7 +132,7 @@ impl Worker {
                         input
                     }
                 };
-                Ok((self.session.run([run_rows, c, h, w], tensor)?, Duration::ZERO))
+                Ok((session.run([run_rows, c, h, w], tensor)?, Duration::ZERO))
             }
             #[cfg(feature = "cuda")]
             Preprocess::Device(gpu) => {
@@ -126,7 +145,7 @@ impl Worker {
                         JobInput::Tensor(_) => Err(wrong_input(&model)),
                     })
                     .collect::<Result<_, _>>()?;
-                let element = match self.session.input_element() {
+                let element = match session.input_element() {
                     crate::engine::InputElement::F32 => TensorElement::F32,
                     crate::engine::InputElement::F16 => TensorElement::F16,
                 };
@@ -138,7 +157,7 @@ impl Worker {
                 let device = gpu.device().ordinal();
                 // SAFETY: `ptr` is the preprocessor's output buffer, n rows of the session's input
                 // element type, synchronised, and untouched until the next batch.
-                let outputs = unsafe { self.session.run_on_device([run_rows, c, h, w], ptr, device) }?;
+                let outputs = unsafe { session.run_on_device([run_rows, c, h, w], ptr, device) }?;
                 Ok((outputs, preprocess))
             }
         }
@@ -170,7 +189,7 @@ fn model_worker(mut worker: Worker, queue: Arc<BatchQueue<Job>>, handle: tokio::
         // A panic inside one batch must not take the worker (and every later frame) with it.
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(&jobs))).unwrap_or_else(|_| {
-                Err(EngineError::Run { model: worker.session.name().to_owned(), message: "inference panicked".into() })
+                Err(EngineError::Run { model: worker.name().to_owned(), message: "inference panicked".into() })
             });
         drop(jobs);
         let elapsed = started.elapsed();
@@ -194,7 +213,7 @@ fn model_worker(mut worker: Worker, queue: Arc<BatchQueue<Job>>, handle: tokio::
                 }
             }
             Err(error) => {
-                tracing::error!(message = "Inference failed.", model = worker.session.name(), %error, batch = n);
+                tracing::error!(message = "Inference failed.", model = worker.name(), %error, batch = n);
                 for q in batch.items {
                     let _ = q.item.reply.send(Err(InspectError::Engine(error.to_string())));
                 }
@@ -246,8 +265,10 @@ pub(super) struct WorkerSetup<'a> {
     pub options: &'a SessionOptions,
     /// Preprocess on the GPU when the sessions run there (`cuda` builds only).
     pub gpu_preprocess: bool,
-    /// On a GPU, run every batch at the largest warm-up size.
-    pub pad_batches: bool,
+    /// On a GPU: one session per size in `row_buckets`, each always run at that size.
+    pub fixed_shapes: bool,
+    /// Batch sizes (in rows) a GPU worker keeps a session for, fewest first.
+    pub row_buckets: Vec<usize>,
     pub device_memory: &'a super::DeviceMemory,
     pub instances: usize,
     /// The model input every row is made into.
@@ -264,15 +285,26 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
     let mut provider = setup.options.provider.provider;
     let mut device_preprocess = false;
     for instance in 0..setup.instances {
-        let session = ModelSession::load(setup.runtime, model, &onnx, setup.options)?;
-        provider = session.provider();
-        let preprocess = preprocess_for(&session, setup.gpu_preprocess, setup.options.provider.device_id)?;
+        let first = ModelSession::load(setup.runtime, model, &onnx, setup.options)?;
+        provider = first.provider();
+        let preprocess = preprocess_for(&first, setup.gpu_preprocess, setup.options.provider.device_id)?;
         device_preprocess = preprocess.on_device();
+        let buckets = if provider.on_gpu() && setup.fixed_shapes { setup.row_buckets.clone() } else { Vec::new() };
+        let mut sessions = vec![(buckets.first().copied().unwrap_or(0), first)];
+        for &rows in buckets.iter().skip(1) {
+            sessions.push((rows, ModelSession::load(setup.runtime, model, &onnx, setup.options)?));
+        }
+        let mut worker = Worker { sessions, spec: setup.spec, preprocess };
+        // First runs allocate per shape: pay before the first frame. A GPU session with dynamic
+        // shapes is warmed at every size up to the largest.
         let largest = setup.warm_batches.iter().copied().max().unwrap_or(1);
-        let pad_rows = if setup.pad_batches && provider.on_gpu() { largest } else { 0 };
-        let mut worker = Worker { session, spec: setup.spec, preprocess, pad_rows };
-        // On a GPU every new batch shape costs a first-run allocation: pay for every size up front.
-        let batches: Vec<usize> = if provider.on_gpu() { (1..=largest).collect() } else { setup.warm_batches.to_vec() };
+        let batches: Vec<usize> = if !buckets.is_empty() {
+            buckets
+        } else if provider.on_gpu() {
+            (1..=largest).collect()
+        } else {
+            setup.warm_batches.to_vec()
+        };
         warm_up(&mut worker, &batches)?;
         let queue = queue.clone();
         let handle = handle.clone();
@@ -319,5 +351,24 @@ pub(super) async fn join_all(workers: &std::sync::Mutex<Vec<std::thread::JoinHan
     };
     for w in workers {
         let _ = tokio::task::spawn_blocking(move || w.join()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    #[test]
+    fn a_batch_runs_on_the_smallest_bucket_that_holds_it() {
+        let mut buckets = [(1, "one"), (8, "eight")];
+        assert_eq!(pick(&mut buckets, 1).map(|(r, s)| (r, *s)).ok(), Some((1, "one")));
+        assert_eq!(pick(&mut buckets, 2).map(|(r, s)| (r, *s)).ok(), Some((8, "eight")));
+        assert_eq!(pick(&mut buckets, 8).map(|(r, s)| (r, *s)).ok(), Some((8, "eight")));
+        // Past the largest bucket: the largest session, unpadded.
+        assert_eq!(pick(&mut buckets, 11).map(|(r, s)| (r, *s)).ok(), Some((11, "eight")));
+        // No buckets (CPU, or dynamic shapes): every batch at its own size.
+        let mut dynamic = [(0, "any")];
+        assert_eq!(pick(&mut dynamic, 5).map(|(r, s)| (r, *s)).ok(), Some((5, "any")));
+        assert!(pick::<&str>(&mut [], 1).is_err());
     }
 }
