@@ -207,7 +207,7 @@ pub fn table(report: &GpuReport) -> String {
             let _ = writeln!(s, "{:<26} did not start: {short}", v.variant.label);
             continue;
         }
-        let mib: f64 = v.device_memory_mib.iter().map(|(_, m)| m).sum();
+        let mib: f64 = v.device_memory_mib.iter().map(|(_, m)| m).sum::<f64>().abs();
         for l in &v.loads {
             let _ = writeln!(
                 s,

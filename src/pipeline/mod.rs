@@ -151,32 +151,58 @@ impl DeviceMemory {
         #[cfg(feature = "cuda")]
         {
             let took = self.used_bytes(model)?.saturating_sub(_before);
-            let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-            taken.push((model.to_owned(), took));
-            let total: u64 = taken.iter().map(|(_, b)| b).sum();
-            tracing::info!(
-                message = "Model loaded on the GPU.",
-                model,
-                device_memory_mib = took >> 20,
-                all_models_mib = total >> 20
-            );
-            if let Some(budget) = self.budget
-                && total > budget
-            {
-                let by_model = taken.iter().map(|(m, b)| format!("{m} {} MiB", b >> 20)).collect::<Vec<_>>().join(", ");
-                return Err(EngineError::DeviceMemory {
-                    model: model.to_owned(),
-                    total_mib: total >> 20,
-                    budget_mib: budget >> 20,
-                    by_model,
-                });
-            }
-            Ok(Some(took))
+            self.record(model, took).map(Some)
         }
         #[cfg(not(feature = "cuda"))]
         {
             Ok(None)
         }
+    }
+
+    /// Adds what `model` took to the ledger; an error when the models together exceed the budget.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn record(&self, model: &str, took: u64) -> Result<u64, EngineError> {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        taken.push((model.to_owned(), took));
+        let total: u64 = taken.iter().map(|(_, b)| b).sum();
+        tracing::info!(
+            message = "Model loaded on the GPU.",
+            model,
+            device_memory_mib = took >> 20,
+            all_models_mib = total >> 20
+        );
+        match self.budget {
+            Some(budget) if total > budget => {
+                let by_model = taken.iter().map(|(m, b)| format!("{m} {} MiB", b >> 20)).collect::<Vec<_>>().join(", ");
+                Err(EngineError::DeviceMemory {
+                    model: model.to_owned(),
+                    total_mib: total >> 20,
+                    budget_mib: budget >> 20,
+                    by_model,
+                })
+            }
+            _ => Ok(took),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_past_the_memory_budget_are_refused_with_every_models_share() {
+        let ledger = DeviceMemory::new(Some(1000), 0);
+        assert_eq!(ledger.record("nanodet-g", 432 << 20).ok(), Some(432 << 20));
+        let err = ledger.record("mobilenetv2-reid", 1906 << 20).expect_err("over budget");
+        let text = err.to_string();
+        assert!(text.contains("would exceed the GPU memory budget"), "{text}");
+        assert!(text.contains("2338 MiB") && text.contains("nanodet-g 432 MiB"), "{text}");
+        assert!(text.contains("mobilenetv2-reid 1906 MiB") && text.contains("is 1000"), "{text}");
+        // No budget: recorded, never refused.
+        let unbounded = DeviceMemory::new(None, 0);
+        assert!(unbounded.record("big", 1 << 40).is_ok());
+        assert_eq!(unbounded.taken(), vec![("big".to_owned(), 1u64 << 40)]);
     }
 }
 
