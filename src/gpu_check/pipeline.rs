@@ -181,49 +181,45 @@ async fn serve_and_measure(
         .map_err(|e| e.to_string())?;
     let client = InspectionClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
 
-    // Detections of every frame once, then warm-up.
-    for (i, jpeg) in frames.jpegs.iter().enumerate() {
-        let response = client.clone().inspect(request("check", i as u64, jpeg)).await.map_err(|e| e.to_string())?;
-        let response = response.into_inner();
-        if let Some(error) = response.error {
-            return Err(format!("frame {i}: {}", error.message));
-        }
-        result.detections.push(
-            response
-                .detections
-                .iter()
-                .map(|d| {
-                    let b = d.r#box.unwrap_or_default();
-                    (d.class_id, d.score, [b.x1, b.y1, b.x2, b.y2])
-                })
-                .collect(),
-        );
-    }
-    // The frames in order through `track` (GPU crops and embeddings where the variant has them).
-    for (i, jpeg) in frames.jpegs.iter().enumerate() {
-        let req = pipeline_request("track", "track-check", i as u64 + 1, jpeg);
-        let response = client.clone().inspect(req).await.map_err(|e| e.to_string())?.into_inner();
-        if let Some(error) = response.error {
-            return Err(format!("track frame {i}: {}", error.message));
-        }
-        result.tracks.push(
-            response
-                .detections
-                .iter()
-                .filter(|d| d.track_id > 0)
-                .map(|d| {
-                    let b = d.r#box.unwrap_or_default();
-                    (d.track_id as u32, d.score, [b.x1, b.y1, b.x2, b.y2])
-                })
-                .collect(),
-        );
-    }
+    // Every frame once through `detect`, then in order through `track` (GPU crops and embeddings
+    // where the variant has them); this also warms the service up.
+    result.detections = labelled_boxes(&client, frames, "detect", |d| Some(d.class_id)).await?;
+    result.tracks = labelled_boxes(&client, frames, "track", |d| (d.track_id > 0).then_some(d.track_id as u32)).await?;
     for batch in [1usize, 8] {
         result.loads.push(measure(&client, frames, batch, iterations).await?);
     }
     let _ = stop.send(());
     let _ = server.await;
     Ok(())
+}
+
+/// Each frame's boxes (label, score, box) from `pipeline`, frames sent one after another on one
+/// camera; `label` names a box (its class, its track id) or leaves it out.
+async fn labelled_boxes(
+    client: &InspectionClient<tonic::transport::Channel>,
+    frames: &Frames,
+    pipeline: &str,
+    label: impl Fn(&proto::Detection) -> Option<u32>,
+) -> Result<Vec<Vec<(u32, f32, [f32; 4])>>, String> {
+    let mut out = Vec::with_capacity(frames.jpegs.len());
+    for (i, jpeg) in frames.jpegs.iter().enumerate() {
+        let req = pipeline_request(pipeline, &format!("{pipeline}-check"), i as u64 + 1, jpeg);
+        let response = client.clone().inspect(req).await.map_err(|e| e.to_string())?.into_inner();
+        if let Some(error) = response.error {
+            return Err(format!("{pipeline}, frame {i}: {}", error.message));
+        }
+        out.push(
+            response
+                .detections
+                .iter()
+                .filter_map(|d| {
+                    let b = d.r#box.unwrap_or_default();
+                    label(d).map(|l| (l, d.score, [b.x1, b.y1, b.x2, b.y2]))
+                })
+                .collect(),
+        );
+    }
+    Ok(out)
 }
 
 /// `iterations` frames in rounds of `batch` concurrent requests.
