@@ -275,6 +275,15 @@ impl BatchingConfig {
     pub fn max_queue_delay(&self) -> Duration {
         Duration::from_micros(self.max_queue_delay_us)
     }
+
+    /// The batcher's policy these settings describe.
+    pub fn policy(&self) -> crate::batching::BatchPolicy {
+        crate::batching::BatchPolicy {
+            max_batch: self.max_batch,
+            max_queue_delay: self.max_queue_delay(),
+            max_queue_size: self.max_queue_size,
+        }
+    }
 }
 
 impl Default for BatchingConfig {

@@ -13,7 +13,7 @@ use super::{
     FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext, StageTimings,
     Verdict,
 };
-use crate::batching::{BatchPolicy, BatchQueue};
+use crate::batching::BatchQueue;
 use crate::config::{ChannelOrder, InputSpec, ModelManifest, PipelineConfig};
 use crate::detect::{Decoder, NamedOutput, Thresholds};
 use crate::engine::{EngineError, Output, Provider};
@@ -110,21 +110,13 @@ impl DetectPipeline {
             iou: config.iou_threshold.unwrap_or(post.iou_threshold),
             max_detections: config.max_detections.unwrap_or(post.max_detections),
         };
-        let policy = BatchPolicy {
-            max_batch: config.batching.max_batch,
-            max_queue_delay: config.batching.max_queue_delay(),
-            max_queue_size: config.batching.max_queue_size,
-        };
+        let policy = config.batching.policy();
         let queue = Arc::new(BatchQueue::new(policy));
         let Workers { handles, provider, device_preprocess, device_memory } = start_workers(
             WorkerSetup {
-                runtime: engine.runtime,
+                engine,
                 manifest: &manifest,
-                options: engine.options,
-                gpu_preprocess: engine.gpu_preprocess,
-                fixed_shapes: engine.fixed_shapes,
                 row_buckets: vec![1, policy.max_batch],
-                device_memory: engine.device_memory,
                 instances: config.instances,
                 spec: tensor_spec,
                 warm_batches: &[1, policy.max_batch],
@@ -212,7 +204,7 @@ impl DetectPipeline {
             pipeline: self.name.clone(),
             model: self.manifest.name.clone(),
             detections,
-            verdict: if timings.total <= deadline.budget { Verdict::WithinBudget } else { Verdict::OverBudget },
+            verdict: Verdict::judge(timings.total, deadline.budget),
             timings,
             annotated_jpeg,
             batch_size,

@@ -61,6 +61,13 @@ pub enum Verdict {
     Shed,
 }
 
+impl Verdict {
+    /// A served frame's verdict: within its budget, or over it.
+    pub fn judge(total: std::time::Duration, budget: std::time::Duration) -> Self {
+        if total <= budget { Verdict::WithinBudget } else { Verdict::OverBudget }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FrameResult {
     pub camera_id: String,

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::detect::{DetectPipeline, Detected, FrameDeadline};
 use super::worker::{Inferred, Job, JobInput, WorkerSetup, Workers, join_all, start_workers};
 use super::{FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, Verdict};
-use crate::batching::{BatchPolicy, BatchQueue};
+use crate::batching::BatchQueue;
 use crate::config::{DecoderSpec, ModelManifest, PipelineConfig};
 use crate::detect::Detection;
 use crate::engine::{EngineError, Provider};
@@ -73,23 +73,14 @@ impl TrackPipeline {
             }
             Some(ids)
         };
-        let batching = tracker.embedder_batching;
-        let policy = BatchPolicy {
-            max_batch: batching.max_batch,
-            max_queue_delay: batching.max_queue_delay(),
-            max_queue_size: batching.max_queue_size,
-        };
+        let policy = tracker.embedder_batching.policy();
         let queue = Arc::new(BatchQueue::new(policy));
         let Workers { handles, provider, device_preprocess, device_memory } = start_workers(
             WorkerSetup {
-                runtime: engine.runtime,
+                engine,
                 manifest: &embedder,
-                options: engine.options,
-                gpu_preprocess: engine.gpu_preprocess,
-                fixed_shapes: engine.fixed_shapes,
                 // One frame's crops, and a full batch of frames' (rows past that run unpadded).
                 row_buckets: vec![EMBED_ROWS, EMBED_ROWS * policy.max_batch],
-                device_memory: engine.device_memory,
                 instances: config.instances,
                 spec: crop_spec,
                 warm_batches: &[1, EMBED_ROWS],
@@ -226,7 +217,7 @@ impl TrackPipeline {
             pipeline: self.name.clone(),
             model: self.embedder.name.clone(),
             detections,
-            verdict: if timings.total <= deadline.budget { Verdict::WithinBudget } else { Verdict::OverBudget },
+            verdict: Verdict::judge(timings.total, deadline.budget),
             timings,
             annotated_jpeg,
             batch_size,

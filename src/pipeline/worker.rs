@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{InspectError, ShedLimit};
 use crate::batching::BatchQueue;
-use crate::engine::{EngineError, ModelSession, Output, Provider, SessionOptions};
+use crate::engine::{EngineError, ModelSession, Output, Provider};
 use crate::imaging::{RowSource, TensorSpec};
 
 /// What one frame hands the model: its rows, already tensors, or pixels for the GPU to preprocess.
@@ -110,7 +110,6 @@ impl Worker {
     fn run(&mut self, jobs: &[&Job]) -> Result<(Vec<Output>, Duration), EngineError> {
         let (c, h, w) = (3, self.spec.height as usize, self.spec.width as usize);
         let n: usize = jobs.iter().map(|j| j.rows).sum();
-        let model = self.name().to_owned();
         let (run_rows, session) = pick(&mut self.sessions, n)?;
         match &mut self.preprocess {
             Preprocess::Host { input } => {
@@ -118,14 +117,14 @@ impl Worker {
                 let tensor: &[f32] = match jobs {
                     [only] if run_rows == n => match &only.input {
                         JobInput::Tensor(t) => t,
-                        JobInput::Pixels { .. } => return Err(wrong_input(&model)),
+                        JobInput::Pixels { .. } => return Err(wrong_input(session.name())),
                     },
                     _ => {
                         input.clear();
                         for job in jobs {
                             match &job.input {
                                 JobInput::Tensor(t) => input.extend_from_slice(t),
-                                JobInput::Pixels { .. } => return Err(wrong_input(&model)),
+                                JobInput::Pixels { .. } => return Err(wrong_input(session.name())),
                             }
                         }
                         input.resize(run_rows * c * h * w, 0.0);
@@ -142,7 +141,7 @@ impl Worker {
                     .iter()
                     .map(|j| match &j.input {
                         JobInput::Pixels { image, rows } => Ok(FrameRows { image, rows }),
-                        JobInput::Tensor(_) => Err(wrong_input(&model)),
+                        JobInput::Tensor(_) => Err(wrong_input(session.name())),
                     })
                     .collect::<Result<_, _>>()?;
                 let element = match session.input_element() {
@@ -151,7 +150,7 @@ impl Worker {
                 };
                 let (ptr, made) = gpu
                     .preprocess(&frames, &self.spec, element, run_rows)
-                    .map_err(|e| EngineError::Run { model: model.clone(), message: e.to_string() })?;
+                    .map_err(|e| EngineError::Run { model: session.name().to_owned(), message: e.to_string() })?;
                 debug_assert_eq!(made, run_rows);
                 let preprocess = started.elapsed();
                 let device = gpu.device().ordinal();
@@ -260,16 +259,11 @@ fn warm_up(worker: &mut Worker, batches: &[usize]) -> Result<(), EngineError> {
 
 /// Everything a pipeline's workers need at start-up.
 pub(super) struct WorkerSetup<'a> {
-    pub runtime: &'a crate::engine::OrtRuntime,
+    /// Runtime, session options, GPU settings and the device-memory ledger, shared by every model.
+    pub engine: &'a super::EngineSetup<'a>,
     pub manifest: &'a crate::config::ModelManifest,
-    pub options: &'a SessionOptions,
-    /// Preprocess on the GPU when the sessions run there (`cuda` builds only).
-    pub gpu_preprocess: bool,
-    /// On a GPU: one session per size in `row_buckets`, each always run at that size.
-    pub fixed_shapes: bool,
-    /// Batch sizes (in rows) a GPU worker keeps a session for, fewest first.
+    /// Batch sizes (in rows) a GPU worker with fixed shapes keeps a session for, fewest first.
     pub row_buckets: Vec<usize>,
-    pub device_memory: &'a super::DeviceMemory,
     pub instances: usize,
     /// The model input every row is made into.
     pub spec: TensorSpec,
@@ -278,21 +272,22 @@ pub(super) struct WorkerSetup<'a> {
 
 /// Loads `instances` sessions of one model, warms each up and starts its worker thread.
 pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>) -> Result<Workers, EngineError> {
+    let engine = setup.engine;
     let (model, onnx) = (setup.manifest.name.as_str(), setup.manifest.onnx_path());
     let handle = tokio::runtime::Handle::current();
-    let measure = setup.device_memory.start_measuring(model, setup.options.provider.provider)?;
+    let measure = engine.device_memory.start_measuring(model, engine.options.provider.provider)?;
     let mut handles = Vec::with_capacity(setup.instances);
-    let mut provider = setup.options.provider.provider;
+    let mut provider = engine.options.provider.provider;
     let mut device_preprocess = false;
     for instance in 0..setup.instances {
-        let first = ModelSession::load(setup.runtime, model, &onnx, setup.options)?;
+        let first = ModelSession::load(engine.runtime, model, &onnx, engine.options)?;
         provider = first.provider();
-        let preprocess = preprocess_for(&first, setup.gpu_preprocess, setup.options.provider.device_id)?;
+        let preprocess = preprocess_for(&first, engine.gpu_preprocess, engine.options.provider.device_id)?;
         device_preprocess = preprocess.on_device();
-        let buckets = if provider.on_gpu() && setup.fixed_shapes { setup.row_buckets.clone() } else { Vec::new() };
+        let buckets = if provider.on_gpu() && engine.fixed_shapes { setup.row_buckets.clone() } else { Vec::new() };
         let mut sessions = vec![(buckets.first().copied().unwrap_or(0), first)];
         for &rows in buckets.iter().skip(1) {
-            sessions.push((rows, ModelSession::load(setup.runtime, model, &onnx, setup.options)?));
+            sessions.push((rows, ModelSession::load(engine.runtime, model, &onnx, engine.options)?));
         }
         let mut worker = Worker { sessions, spec: setup.spec, preprocess };
         // First runs allocate per shape: pay before the first frame. A GPU session with dynamic
@@ -314,7 +309,7 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
             .map_err(|e| EngineError::Model { model: model.to_owned(), message: e.to_string() })?;
         handles.push(thread);
     }
-    let device_memory = setup.device_memory.finish_measuring(model, measure, provider)?;
+    let device_memory = engine.device_memory.finish_measuring(model, measure, provider)?;
     Ok(Workers { handles, provider, device_preprocess, device_memory })
 }
 
