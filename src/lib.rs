@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod batching;
+pub mod bench;
 pub mod config;
 pub mod detect;
 pub mod engine;

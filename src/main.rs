@@ -61,6 +61,9 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Load harness: N cameras streaming real frames at F fps; latency against the budget, capacity
+    /// search, batching on vs off, overhead over the bare model. Writes JSON and an SVG plot.
+    Bench(BenchArgs),
     /// Track MOTChallenge detections offline with the service's DeepSORT tracker.
     Mot(MotArgs),
     /// On an NVIDIA GPU: check the kernels against the CPU path, then time the service end to end
@@ -79,6 +82,65 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// A running server to load, e.g. http://10.0.0.5:50051. Without it, the bench starts one itself
+    /// on 127.0.0.1 from --config (in this process, sharing its CPUs).
+    #[arg(long)]
+    server: Option<String>,
+    /// Pipeline the cameras ask for (empty: the server's default).
+    #[arg(long, default_value = "")]
+    pipeline: String,
+    /// Simulated cameras, each on its own connection.
+    #[arg(long, default_value_t = 4)]
+    cameras: usize,
+    /// Frames per second each camera sends (on a fixed schedule, whatever the answers).
+    #[arg(long, default_value_t = 10.0)]
+    fps: f64,
+    /// Measured seconds of load.
+    #[arg(long, default_value_t = 20.0)]
+    duration_s: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_s: f64,
+    /// `stream`: one InspectStream per camera; `unary`: one Inspect call per frame.
+    #[arg(long, value_enum, default_value = "stream")]
+    mode: linesight::bench::Mode,
+    /// Budget sent with each frame; 0 = the server's default for the pipeline.
+    #[arg(long, default_value_t = 0)]
+    budget_ms: u32,
+    /// Folders of JPEG frames, played in file-name order (default: the test fixtures' vtest clip;
+    /// scripts/bench-frames.sh extracts all 795 frames of vtest.avi).
+    #[arg(long)]
+    frames: Vec<PathBuf>,
+    /// Search the most cameras at --fps whose frames are 99 % within budget (ignores --cameras).
+    #[arg(long)]
+    capacity: bool,
+    /// Upper bound of the capacity search.
+    #[arg(long, default_value_t = 64)]
+    max_cameras: usize,
+    /// Measured seconds per capacity probe.
+    #[arg(long, default_value_t = 10.0)]
+    probe_s: f64,
+    /// Also run the same load with batching off (max_batch = 1), on a server of the bench's own.
+    #[arg(long)]
+    compare_batching: bool,
+    /// Bare `Session::run` calls timed for the overhead ratio (own server only; 0 = skip).
+    #[arg(long, default_value_t = 100)]
+    bare_runs: usize,
+    /// Write the full report (every figure, per run) as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the latency plots (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// Input rows: `frame,-1,x,y,w,h,conf,-1,-1,-1[,e1..eK]`; output rows: `frame,id,x,y,w,h,conf,-1,-1,-1`.
@@ -149,6 +211,7 @@ fn main() -> Result<()> {
                 infer(common, &pipeline, out_dir.as_deref(), !no_annotate, &images).await
             }
             Command::Mot(_) => Ok(()),
+            Command::Bench(args) => bench(args).await,
             #[cfg(feature = "cuda")]
             Command::GpuCheck { common, frames, iterations, out } => gpu_check(common, frames, iterations, out).await,
         }
@@ -170,6 +233,101 @@ async fn gpu_check(common: Common, frames: Vec<PathBuf>, iterations: usize, out:
     let report = linesight::gpu_check::run(options).await.map_err(|e| anyhow::anyhow!(e))?;
     print!("{}", linesight::gpu_check::table(&report));
     if report.passed() { Ok(()) } else { anyhow::bail!("gpu-check failed") }
+}
+
+async fn bench(args: BenchArgs) -> Result<()> {
+    use linesight::bench::{BenchOptions, CapacitySearch, Frames, LoadSpec, Target};
+    anyhow::ensure!(args.fps > 0.0 && args.fps.is_finite(), "--fps must be positive");
+    anyhow::ensure!(args.duration_s > 0.0 && args.probe_s > 0.0, "--duration-s and --probe-s must be positive");
+    anyhow::ensure!(args.cameras > 0 || args.capacity, "--cameras must be positive");
+    let frame_dirs = if args.frames.is_empty() {
+        vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vtest-clip")]
+    } else {
+        args.frames.clone()
+    };
+    let frames = Arc::new(Frames::load(&frame_dirs)?);
+    let target = match &args.server {
+        Some(url) => Target::Remote(url.clone()),
+        None => Target::OwnServer(Box::new(load_config(&args.common)?)),
+    };
+    let options = BenchOptions {
+        target,
+        frames,
+        load: LoadSpec {
+            pipeline: args.pipeline.clone(),
+            cameras: args.cameras,
+            fps: args.fps,
+            duration: std::time::Duration::from_secs_f64(args.duration_s),
+            warmup: std::time::Duration::from_secs_f64(args.warmup_s.max(0.0)),
+            mode: args.mode,
+            budget_ms: args.budget_ms,
+        },
+        capacity: args.capacity.then(|| CapacitySearch {
+            max_cameras: args.max_cameras,
+            probe: std::time::Duration::from_secs_f64(args.probe_s),
+        }),
+        compare_batching: args.compare_batching,
+        bare_runs: args.bare_runs,
+        progress: !args.quiet,
+    };
+    let outcome = linesight::bench::run(options).await?;
+    let report = &outcome.report;
+    println!(
+        "machine: {} CPUs ({}), {} {}, model on {}; target: {}",
+        report.machine.cpus,
+        report.machine.cpu_model.as_deref().unwrap_or("unknown CPU"),
+        report.machine.os,
+        report.machine.arch,
+        report.machine.execution_provider,
+        report.target
+    );
+    for run in &report.runs {
+        print!("{}", run.summary());
+    }
+    if let Some(capacity) = &report.capacity {
+        println!(
+            "capacity: {}{} cameras at {} fps within {:.0} ms (99 % of frames), pipeline {}",
+            capacity.cameras,
+            if capacity.hit_ceiling { "+ (search ceiling)" } else { "" },
+            capacity.fps,
+            capacity.budget_ms,
+            capacity.pipeline
+        );
+    }
+    if let [on, off] = report.runs.as_slice()
+        && args.compare_batching
+    {
+        println!(
+            "batching on vs off: throughput {:.1} vs {:.1} fps, p50 {:.1} vs {:.1} ms, p99 {:.1} vs {:.1} ms, within budget {:.1} vs {:.1} %",
+            on.throughput_fps,
+            off.throughput_fps,
+            on.latency_ms.p50,
+            off.latency_ms.p50,
+            on.latency_ms.p99,
+            off.latency_ms.p99,
+            on.within_budget_fraction * 100.0,
+            off.within_budget_fraction * 100.0
+        );
+    }
+    for bare in &report.bare {
+        println!(
+            "bare Session::run {} batch {}: median {:.2} ms ({} runs)",
+            bare.model, bare.batch, bare.median_ms, bare.runs
+        );
+    }
+    if let Some(ratio) = report.overhead_ratio {
+        println!("overhead ratio (end-to-end p50 of the first run / bare batch 1): {ratio:.3}");
+    }
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("report: {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, outcome.svg()?).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("plot: {}", path.display());
+    }
+    Ok(())
 }
 
 fn mot(args: &MotArgs) -> Result<()> {

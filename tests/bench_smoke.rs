@@ -1,0 +1,138 @@
+//! A short run of the load harness (`linesight bench`) end to end, so it cannot rot: the real binary
+//! starts its own server with the real model, cameras stream real vtest frames, and the JSON report
+//! and SVG plot come out with the figures the README quotes. Budgets are generous: these runs check
+//! the harness, not the machine's speed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bench(args: &[&str]) -> (std::process::Output, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let output = Command::new(env!("CARGO_BIN_EXE_linesight"))
+        .arg("bench")
+        .args(["--threads", "2", "--quiet"])
+        .args(["--out", dir.join("report.json").to_str().expect("path")])
+        .args(["--plot", dir.join("plot.svg").to_str().expect("path")])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run linesight bench");
+    (output, dir)
+}
+
+fn report(dir: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).expect("report.json");
+    serde_json::from_str(&text).expect("report is JSON")
+}
+
+#[test]
+fn a_streamed_load_with_batching_compared_reports_every_frame_and_plots_it() {
+    let (output, dir) = bench(&[
+        "--cameras",
+        "2",
+        "--fps",
+        "5",
+        "--duration-s",
+        "2",
+        "--warmup-s",
+        "0",
+        "--budget-ms",
+        "20000",
+        "--compare-batching",
+        "--bare-runs",
+        "3",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report = report(&dir);
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "batching on and off");
+    assert_eq!(runs[0]["label"], "batching on");
+    assert_eq!(runs[1]["label"], "batching off");
+    for run in runs {
+        // 2 cameras x 5 fps x 2 s, no warm-up: every frame measured and served within budget.
+        assert_eq!(run["frames"], 20, "{run}");
+        assert_eq!(run["within_budget"], 20, "{run}");
+        assert_eq!(run["spec"]["mode"], "stream");
+        let latency = &run["latency_ms"];
+        let (p50, p99, max) = (
+            latency["p50"].as_f64().expect("p50"),
+            latency["p99"].as_f64().expect("p99"),
+            latency["max"].as_f64().expect("max"),
+        );
+        assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{latency}");
+        // The server's own stage times came back with the answers.
+        assert!(run["stages_ms"]["inference"]["p50"].as_f64().expect("inference") > 0.0);
+        assert!(run["stages_ms"]["decode"]["p50"].as_f64().expect("decode") > 0.0);
+        assert!(run["fairness"]["worst_camera_p99_ms"].as_f64().expect("fairness") >= p50);
+        let batched: u64 =
+            run["batch_sizes"].as_array().expect("batch sizes").iter().map(|b| b[1].as_u64().expect("count")).sum();
+        assert_eq!(batched, 20);
+    }
+    // Batching off means batches of one, whatever the load.
+    assert_eq!(runs[1]["batch_sizes"], serde_json::json!([[1, 20]]));
+    let bare = report["bare"].as_array().expect("bare");
+    assert_eq!(bare[0]["model"], "nanodet-g");
+    assert_eq!(bare[0]["batch"], 1);
+    let bare_ms = bare[0]["median_ms"].as_f64().expect("bare median");
+    let ratio = report["overhead_ratio"].as_f64().expect("overhead ratio");
+    assert!((ratio - runs[0]["latency_ms"]["p50"].as_f64().expect("p50") / bare_ms).abs() < 1e-9);
+    assert!(stdout.contains("batching on vs off"), "{stdout}");
+
+    let svg = std::fs::read_to_string(dir.join("plot.svg")).expect("plot.svg");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("budget 20000 ms").count(), 2, "one budget legend per run's distribution");
+    // One point per frame in each run's timeline.
+    assert!(svg.matches("<circle").count() >= 40);
+}
+
+#[test]
+fn unary_capacity_search_stops_at_its_ceiling_when_everything_fits() {
+    let (output, dir) = bench(&[
+        "--capacity",
+        "--max-cameras",
+        "2",
+        "--fps",
+        "4",
+        "--probe-s",
+        "1",
+        "--warmup-s",
+        "0",
+        "--budget-ms",
+        "20000",
+        "--mode",
+        "unary",
+        "--bare-runs",
+        "0",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report = report(&dir);
+    let capacity = &report["capacity"];
+    assert_eq!(capacity["cameras"], 2);
+    assert_eq!(capacity["hit_ceiling"], true);
+    let probed: Vec<u64> = capacity["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .map(|p| p["cameras"].as_u64().expect("cameras"))
+        .collect();
+    assert_eq!(probed, vec![1, 2]);
+    assert_eq!(report["runs"][1]["frames"], 8);
+    assert_eq!(report["runs"][1]["spec"]["mode"], "unary");
+    assert!(report["bare"].as_array().expect("bare").is_empty());
+    assert!(stdout.contains("capacity: 2+ (search ceiling) cameras at 4 fps"), "{stdout}");
+}
+
+#[test]
+fn wrong_pipeline_and_batching_comparison_on_a_remote_server_are_clear_errors() {
+    let (output, _) = bench(&["--pipeline", "nope", "--cameras", "1", "--duration-s", "1", "--bare-runs", "0"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the server has no pipeline \"nope\" (it serves: detect, track)"), "{stderr}");
+
+    let (output, _) = bench(&["--server", "http://127.0.0.1:9", "--compare-batching", "--duration-s", "1"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--compare-batching needs a server the bench starts itself"), "{stderr}");
+}
