@@ -1,6 +1,9 @@
 //! Generic dynamic batcher with Triton's semantics: a bounded queue per model; a batch ships when it
 //! holds `max_batch` items or when its oldest item has waited `max_queue_delay`; an item that can no
 //! longer meet its deadline is shed before it reaches the model; a full queue refuses at once.
+//! Beyond Triton: service time is estimated per batch size, and a batch is cut short when its
+//! oldest items would miss their deadline at its full size but make it at a smaller one (on a CPU a
+//! batch of two costs about two single runs, so a full batch can sink frames a smaller one saves).
 //!
 //! Model workers pull: a worker asks for the next batch only when it is free, so under load batches
 //! grow by themselves while the worker is busy. Time comes from tokio's clock, which tests pause and
@@ -50,9 +53,9 @@ pub struct BatchQueue<T> {
     policy: BatchPolicy,
     state: Mutex<State<T>>,
     notify: Notify,
-    /// Smoothed time a batch spends in the model, µs: an item that would finish after its deadline
-    /// even if it ran next is shed.
-    service_estimate_us: AtomicU64,
+    /// Smoothed time a batch spends in the model, µs, per batch size (index = items; 0 = not yet
+    /// measured): an item that would finish after its deadline even if it ran next, alone, is shed.
+    service_us: Vec<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -67,7 +70,7 @@ impl<T> BatchQueue<T> {
             policy,
             state: Mutex::new(State { items: VecDeque::new(), closed: false }),
             notify: Notify::new(),
-            service_estimate_us: AtomicU64::new(0),
+            service_us: (0..=policy.max_batch.max(1)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -107,16 +110,29 @@ impl<T> BatchQueue<T> {
         self.notify.notify_waiters();
     }
 
-    /// Feeds the shedding estimate with a measured batch service time (exponential average, α = 1/4).
-    pub fn record_service_time(&self, took: Duration) {
-        let sample = took.as_micros().min(u128::from(u64::MAX)) as u64;
-        let old = self.service_estimate_us.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { (old * 3 + sample) / 4 };
-        self.service_estimate_us.store(new, Ordering::Relaxed);
+    /// Feeds the shedding estimate with the measured service time of a batch of `items`
+    /// (exponential average per batch size, α = 1/4).
+    pub fn record_service_time(&self, items: usize, took: Duration) {
+        let Some(slot) = self.service_us.get(items.clamp(1, self.service_us.len() - 1)) else { return };
+        let sample = took.as_micros().min(u128::from(u64::MAX / 4)) as u64;
+        let old = slot.load(Ordering::Relaxed);
+        let new = if old == 0 { sample.max(1) } else { (old * 3 + sample) / 4 };
+        slot.store(new, Ordering::Relaxed);
     }
 
-    pub fn service_estimate(&self) -> Duration {
-        Duration::from_micros(self.service_estimate_us.load(Ordering::Relaxed))
+    /// Expected service time of a batch of `items`: its own average once measured, else the nearest
+    /// smaller measured size scaled linearly, else the nearest larger one, else zero.
+    pub fn service_estimate(&self, items: usize) -> Duration {
+        let n = items.clamp(1, self.service_us.len() - 1);
+        let measured = |k: usize| self.service_us[k].load(Ordering::Relaxed);
+        if measured(n) > 0 {
+            return Duration::from_micros(measured(n));
+        }
+        if let Some(k) = (1..n).rev().find(|&k| measured(k) > 0) {
+            return Duration::from_micros(measured(k).saturating_mul(n as u64) / k as u64);
+        }
+        let larger = (n + 1..self.service_us.len()).find(|&k| measured(k) > 0);
+        Duration::from_micros(larger.map_or(0, measured))
     }
 
     /// Waits for the next batch. Returns `None` once the queue is closed and empty.
@@ -128,11 +144,11 @@ impl<T> BatchQueue<T> {
             let wake_at = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                let finish = now + self.service_estimate();
+                let finish_alone = now + self.service_estimate(1);
                 let mut shed = Vec::new();
                 let mut i = 0;
                 while i < state.items.len() {
-                    if state.items[i].deadline < finish {
+                    if state.items[i].deadline < finish_alone {
                         if let Some(q) = state.items.remove(i) {
                             shed.push(q);
                         }
@@ -149,7 +165,14 @@ impl<T> BatchQueue<T> {
                     Some(oldest) => {
                         let due = oldest.enqueued + self.policy.max_queue_delay;
                         if state.items.len() >= self.policy.max_batch || now >= due || state.closed {
-                            let n = state.items.len().min(self.policy.max_batch);
+                            let mut n = state.items.len().min(self.policy.max_batch);
+                            while n > 1 {
+                                let finish = now + self.service_estimate(n);
+                                if state.items.iter().take(n).all(|q| q.deadline >= finish) {
+                                    break;
+                                }
+                                n -= 1;
+                            }
                             let items = state.items.drain(..n).collect();
                             return Some(Batch { items, shed });
                         }
@@ -238,7 +261,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn item_that_cannot_meet_its_deadline_is_shed() {
         let q = BatchQueue::new(policy(4, 0, 16));
-        q.record_service_time(Duration::from_millis(40));
+        q.record_service_time(1, Duration::from_millis(40));
         let now = Instant::now();
         q.submit("late", now + Duration::from_millis(10)).expect("room");
         q.submit("fine", now + Duration::from_millis(100)).expect("room");
@@ -272,10 +295,58 @@ mod tests {
     }
 
     #[test]
+    fn estimates_come_from_the_nearest_measured_batch_size() {
+        let q: BatchQueue<()> = BatchQueue::new(policy(8, 0, 8));
+        assert_eq!(q.service_estimate(3), Duration::ZERO, "nothing measured yet");
+        q.record_service_time(4, Duration::from_millis(80));
+        // Only larger sizes known: the nearest larger one, as is.
+        assert_eq!(q.service_estimate(1), Duration::from_millis(80));
+        q.record_service_time(2, Duration::from_millis(44));
+        assert_eq!(q.service_estimate(2), Duration::from_millis(44));
+        // Unknown sizes scale the nearest smaller measured size linearly.
+        assert_eq!(q.service_estimate(3), Duration::from_millis(66));
+        assert_eq!(q.service_estimate(8), Duration::from_millis(160));
+        // Sizes past max_batch are max_batch.
+        assert_eq!(q.service_estimate(20), Duration::from_millis(160));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_cut_short_so_its_oldest_items_still_make_their_deadline() {
+        let q = BatchQueue::new(policy(4, 0, 16));
+        q.record_service_time(1, Duration::from_millis(20));
+        q.record_service_time(2, Duration::from_millis(40));
+        q.record_service_time(4, Duration::from_millis(80));
+        let now = Instant::now();
+        // The oldest can wait 45 ms: a batch of two (40 ms) makes it, one of three (60 ms) does not.
+        q.submit("a", now + Duration::from_millis(45)).expect("room");
+        q.submit("b", now + Duration::from_millis(200)).expect("room");
+        q.submit("c", now + Duration::from_millis(200)).expect("room");
+        let batch = q.next_batch().await.expect("batch");
+        assert!(batch.shed.is_empty());
+        assert_eq!(batch.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["a", "b"]);
+        // The rest ship next, at their own size.
+        let batch = q.next_batch().await.expect("batch");
+        assert_eq!(batch.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_ships_whole_when_every_item_makes_it() {
+        let q = BatchQueue::new(policy(4, 0, 16));
+        q.record_service_time(1, Duration::from_millis(20));
+        let now = Instant::now();
+        for item in 0..4 {
+            q.submit(item, now + Duration::from_millis(81)).expect("room");
+        }
+        // Four items at 20 ms each (scaled from batch 1) finish at 80 ms: all make it.
+        let batch = q.next_batch().await.expect("batch");
+        assert_eq!(batch.items.len(), 4);
+    }
+
+    #[test]
     fn service_estimate_is_smoothed() {
         let q: BatchQueue<()> = BatchQueue::new(policy(1, 0, 1));
-        q.record_service_time(Duration::from_millis(40));
-        q.record_service_time(Duration::from_millis(80));
-        assert_eq!(q.service_estimate(), Duration::from_millis(50));
+        q.record_service_time(1, Duration::from_millis(40));
+        q.record_service_time(1, Duration::from_millis(80));
+        assert_eq!(q.service_estimate(1), Duration::from_millis(50));
     }
 }

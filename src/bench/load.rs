@@ -1,6 +1,7 @@
 //! Simulated cameras: each sends real frames on a fixed schedule (open loop: a slow answer does not
 //! delay the next frame, as on a real line) over its own connection, and times every answer from the
-//! moment its frame was due, so time a frame spends waiting in the client counts too.
+//! moment its frame was sent. How late each send was against the camera's schedule is kept apart
+//! (`send_lag_ms`): a client that cannot keep up shows there rather than inflating the server's figures.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,8 +112,10 @@ pub struct Sample {
     pub sequence: u64,
     /// When the frame was due, in seconds after the measured window opened.
     pub due_s: f64,
-    /// From when the frame was due to its answer.
+    /// From when the frame was sent to its answer.
     pub latency_ms: f64,
+    /// How long after its due time the frame was sent (the client's own lateness).
+    pub send_lag_ms: f64,
     pub outcome: Outcome,
     pub timings: ServerTimings,
     pub batch_size: u32,
@@ -222,10 +225,12 @@ impl CameraRun {
         }
     }
 
-    /// The sample for frame `sequence` answered at `answered`, or `None` for a warm-up frame.
+    /// The sample for frame `sequence` sent at `sent` and answered at `answered`, or `None` for a
+    /// warm-up frame.
     fn sample(
         &self,
         sequence: u64,
+        sent: Instant,
         answered: Instant,
         answer: Result<&InspectResponse, &tonic::Status>,
     ) -> Option<Sample> {
@@ -263,7 +268,8 @@ impl CameraRun {
             camera: self.camera,
             sequence,
             due_s: due.saturating_duration_since(self.measured_from).as_secs_f64(),
-            latency_ms: answered.saturating_duration_since(due).as_secs_f64() * 1e3,
+            latency_ms: answered.saturating_duration_since(sent).as_secs_f64() * 1e3,
+            send_lag_ms: sent.saturating_duration_since(due).as_secs_f64() * 1e3,
             outcome,
             timings,
             batch_size,
@@ -280,9 +286,9 @@ impl CameraRun {
             loop {
                 tokio::select! {
                     biased;
-                    Some((seq, answered, answer)) = in_flight.next(), if !in_flight.is_empty() => {
+                    Some((seq, sent, answered, answer)) = in_flight.next(), if !in_flight.is_empty() => {
                         let answer: Result<tonic::Response<InspectResponse>, tonic::Status> = answer;
-                        samples.extend(self.sample(seq, answered, answer.as_ref().map(tonic::Response::get_ref)));
+                        samples.extend(self.sample(seq, sent, answered, answer.as_ref().map(tonic::Response::get_ref)));
                     }
                     () = tokio::time::sleep_until(due) => break,
                 }
@@ -290,12 +296,13 @@ impl CameraRun {
             let mut client = client.clone();
             let request = self.request(sequence);
             in_flight.push(async move {
+                let sent = Instant::now();
                 let answer = client.inspect(request).await;
-                (sequence, Instant::now(), answer)
+                (sequence, sent, Instant::now(), answer)
             });
         }
-        while let Some((seq, answered, answer)) = in_flight.next().await {
-            samples.extend(self.sample(seq, answered, answer.as_ref().map(tonic::Response::get_ref)));
+        while let Some((seq, sent, answered, answer)) = in_flight.next().await {
+            samples.extend(self.sample(seq, sent, answered, answer.as_ref().map(tonic::Response::get_ref)));
         }
         samples
     }
@@ -305,10 +312,13 @@ impl CameraRun {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<InspectRequest>();
         let requests: Vec<InspectRequest> = (0..total).map(|s| self.request(s)).collect();
         let schedule: Vec<Instant> = (0..total).map(|s| self.due(s)).collect();
+        // Send instants, in frame order: answers come back in that order too.
+        let (sent_at, mut sent_instants) = tokio::sync::mpsc::unbounded_channel::<Instant>();
         let sending = tokio::spawn(async move {
             for (request, due) in requests.into_iter().zip(schedule) {
                 tokio::time::sleep_until(due).await;
-                if sender.send(request).is_err() {
+                let sent = Instant::now();
+                if sender.send(request).is_err() || sent_at.send(sent).is_err() {
                     break;
                 }
             }
@@ -322,8 +332,9 @@ impl CameraRun {
                 loop {
                     match inbound.next().await {
                         Some(Ok(response)) => {
-                            let sequence = response.sequence;
-                            samples.extend(self.sample(sequence, Instant::now(), Ok(&response)));
+                            let now = Instant::now();
+                            let sent = sent_instants.recv().await.unwrap_or(now);
+                            samples.extend(self.sample(response.sequence, sent, now, Ok(&response)));
                             answered += 1;
                         }
                         Some(Err(status)) => break Some(status),
@@ -341,7 +352,8 @@ impl CameraRun {
                 ended.unwrap_or_else(|| tonic::Status::cancelled("the stream ended before every frame was answered"));
             let now = Instant::now();
             for sequence in answered..total {
-                samples.extend(self.sample(sequence, now, Err(&status)));
+                let sent = sent_instants.try_recv().unwrap_or(now);
+                samples.extend(self.sample(sequence, sent, now, Err(&status)));
             }
         }
         samples

@@ -68,8 +68,11 @@ pub struct LoadReport {
     pub within_budget_fraction: f64,
     pub over_budget_fraction: f64,
     pub shed_fraction: f64,
-    /// End to end, as the cameras saw it, from each frame's due time: served frames only.
+    /// End to end, as the cameras saw it, from sending each frame to its answer: served frames only.
     pub latency_ms: Percentiles,
+    /// How late the cameras sent their frames against their schedule: the client's health. Large
+    /// values mean the bench machine could not keep up and the load was lighter than asked.
+    pub send_lag_ms: Percentiles,
     /// The p99 over every measured frame, a shed or failed frame counting as infinitely late:
     /// `None` when more than 1 % of frames were not served.
     pub p99_all_frames_ms: Option<f64>,
@@ -104,6 +107,8 @@ impl LoadReport {
         let fraction = |n: usize| if frames == 0 { 0.0 } else { n as f64 / frames as f64 };
         let mut latencies: Vec<f64> = served.iter().map(|s| s.latency_ms).collect();
         let latency_ms = Percentiles::of(&mut latencies);
+        let mut lags: Vec<f64> = samples.iter().map(|s| s.send_lag_ms).collect();
+        let send_lag_ms = Percentiles::of(&mut lags);
         let p99_all_frames_ms = {
             let mut all: Vec<f64> =
                 samples.iter().map(|s| if served_sample(s) { s.latency_ms } else { f64::INFINITY }).collect();
@@ -150,6 +155,7 @@ impl LoadReport {
             over_budget_fraction: fraction(over_budget),
             shed_fraction: fraction(shed),
             latency_ms,
+            send_lag_ms,
             p99_all_frames_ms,
             stages_ms,
             fairness: fairness(samples, spec.cameras),
@@ -165,6 +171,7 @@ impl LoadReport {
         let mut out = format!(
             "{label}: {cams} cameras x {fps} fps ({mode:?}, {pipeline}), budget {budget:.0} ms, {frames} frames measured\n\
              \x20 end to end ms   p50 {p50:.1}  p95 {p95:.1}  p99 {p99:.1}  max {max:.1}\n\
+             \x20 client send lag ms p50 {lag50:.2}  p99 {lag99:.2}\n\
              \x20 within budget {wb:.1} %  over budget {ob:.1} %  shed {sh:.1} %  failed {fl}\n\
              \x20 throughput {tp:.1} fps (offered {of:.1}), mean batch {mb:.2}\n\
              \x20 server p50 ms   decode {d:.2}  preprocess {pr:.2}  queue {q:.2}  inference {i:.2}  postprocess {po:.2}",
@@ -179,6 +186,8 @@ impl LoadReport {
             p95 = l.p95,
             p99 = l.p99,
             max = l.max,
+            lag50 = self.send_lag_ms.p50,
+            lag99 = self.send_lag_ms.p99,
             wb = self.within_budget_fraction * 100.0,
             ob = self.over_budget_fraction * 100.0,
             sh = self.shed_fraction * 100.0,
@@ -267,6 +276,7 @@ mod tests {
             sequence: 0,
             due_s: 0.0,
             latency_ms,
+            send_lag_ms: 0.5,
             outcome,
             timings: ServerTimings { inference: 20_000, total: 25_000, ..ServerTimings::default() },
             batch_size,

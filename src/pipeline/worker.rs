@@ -192,7 +192,7 @@ fn model_worker(mut worker: Worker, queue: Arc<BatchQueue<Job>>, handle: tokio::
             });
         drop(jobs);
         let elapsed = started.elapsed();
-        queue.record_service_time(elapsed);
+        queue.record_service_time(frames, elapsed);
         match result {
             Ok((outputs, device_preprocess)) => {
                 let outputs = Arc::new(outputs);
