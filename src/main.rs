@@ -316,7 +316,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
         );
     }
     if let Some(ratio) = report.overhead_ratio {
-        println!("overhead ratio (end-to-end p50 of the first run / bare batch 1): {ratio:.3}");
+        println!("overhead ratio (end-to-end p50 of the first run / bare batch 1, last line above): {ratio:.3}");
     }
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_string_pretty(report)?)

@@ -16,17 +16,22 @@ pub struct BareTiming {
     pub model: String,
     pub batch: usize,
     pub runs: usize,
+    /// Runs started this far apart (the load's frame interval), or back to back when `None`. An
+    /// idle gap matters: on the 2-core development VM a run after 75 ms idle takes ~30 % longer than
+    /// back to back, in Python onnxruntime as well, so the overhead ratio compares like with like.
+    pub paced_ms: Option<f64>,
     pub median_ms: f64,
 }
 
 /// Median of `runs` calls of `model`'s `Session::run` at `batch`, each batch made of `jpeg`
-/// letterboxed as the service does it.
+/// letterboxed as the service does it; with `pace`, each call starts `pace` after the previous one.
 pub fn time_model(
     config: &Config,
     model: &str,
     jpeg: &[u8],
     batch: usize,
     runs: usize,
+    pace: Option<std::time::Duration>,
 ) -> Result<BareTiming, BenchError> {
     let bare_error = |message: String| BenchError::Bare { model: model.to_owned(), message };
     let runtime = OrtRuntime::init(config.engine.ort_dylib_path.as_deref()).map_err(|e| bare_error(e.to_string()))?;
@@ -51,11 +56,22 @@ pub fn time_model(
         session.run(shape, &input).map_err(|e| bare_error(e.to_string()))?;
     }
     let mut times = Vec::with_capacity(runs);
+    let mut next = Instant::now();
     for _ in 0..runs.max(1) {
+        if let Some(pace) = pace {
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            next += pace;
+        }
         let started = Instant::now();
         session.run(shape, &input).map_err(|e| bare_error(e.to_string()))?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    Ok(BareTiming { model: model.to_owned(), batch, runs: times.len(), median_ms: times[times.len() / 2] })
+    Ok(BareTiming {
+        model: model.to_owned(),
+        batch,
+        runs: times.len(),
+        paced_ms: pace.map(|p| p.as_secs_f64() * 1e3),
+        median_ms: times[times.len() / 2],
+    })
 }
