@@ -102,8 +102,11 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10.0)]
     fps: f64,
     /// Measured seconds of load.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, conflicts_with = "count")]
     duration_s: f64,
+    /// Measured frames per camera instead of a duration (sent after the warm-up's frames).
+    #[arg(long)]
+    count: Option<u64>,
     /// Seconds of load before measuring starts.
     #[arg(long, default_value_t = 2.0)]
     warmup_s: f64,
@@ -239,6 +242,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
     use linesight::bench::{BenchOptions, CapacitySearch, Frames, LoadSpec, Target};
     anyhow::ensure!(args.fps > 0.0 && args.fps.is_finite(), "--fps must be positive");
     anyhow::ensure!(args.duration_s > 0.0 && args.probe_s > 0.0, "--duration-s and --probe-s must be positive");
+    anyhow::ensure!(args.count != Some(0), "--count must be positive");
     anyhow::ensure!(args.cameras > 0 || args.capacity, "--cameras must be positive");
     let frame_dirs = if args.frames.is_empty() {
         vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vtest-clip")]
@@ -257,7 +261,9 @@ async fn bench(args: BenchArgs) -> Result<()> {
             pipeline: args.pipeline.clone(),
             cameras: args.cameras,
             fps: args.fps,
-            duration: std::time::Duration::from_secs_f64(args.duration_s),
+            duration: std::time::Duration::from_secs_f64(
+                args.count.map_or(args.duration_s, |count| count as f64 / args.fps),
+            ),
             warmup: std::time::Duration::from_secs_f64(args.warmup_s.max(0.0)),
             mode: args.mode,
             budget_ms: args.budget_ms,

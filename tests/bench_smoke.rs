@@ -130,6 +130,33 @@ fn unary_capacity_search_stops_at_its_ceiling_when_everything_fits() {
 }
 
 #[test]
+fn a_frame_count_sends_exactly_that_many_frames_per_camera_by_unary_calls() {
+    let (output, dir) = bench(&[
+        "--cameras",
+        "3",
+        "--fps",
+        "8",
+        "--count",
+        "5",
+        "--warmup-s",
+        "0",
+        "--budget-ms",
+        "20000",
+        "--mode",
+        "unary",
+        "--bare-runs",
+        "0",
+    ]);
+    assert!(output.status.success(), "bench failed: {}", String::from_utf8_lossy(&output.stderr));
+    let run = &report(&dir)["runs"][0];
+    assert_eq!(run["frames"], 15);
+    assert_eq!(run["within_budget"], 15);
+    assert_eq!(run["spec"]["mode"], "unary");
+    // Every camera got its share: fairness saw all three.
+    assert_eq!(run["fairness"]["worst_camera_within_budget"], 1.0);
+}
+
+#[test]
 fn wrong_pipeline_and_batching_comparison_on_a_remote_server_are_clear_errors() {
     let (output, _) = bench(&["--pipeline", "nope", "--cameras", "1", "--duration-s", "1", "--bare-runs", "0"]);
     assert!(!output.status.success());
@@ -140,4 +167,78 @@ fn wrong_pipeline_and_batching_comparison_on_a_remote_server_are_clear_errors() 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--compare-batching needs a server the bench starts itself"), "{stderr}");
+}
+
+/// Strips terminal colour codes from a log line.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_bench_loads_a_separately_running_server() {
+    use std::io::BufRead;
+    let mut server = Command::new(env!("CARGO_BIN_EXE_linesight"))
+        .args(["serve", "--threads", "2", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start linesight serve");
+    let stderr = server.stderr.take().expect("stderr");
+    // The server logs `Serving. address=127.0.0.1:PORT` once it listens.
+    let address =
+        std::io::BufReader::new(stderr).lines().map_while(Result::ok).map(|line| plain(&line)).find_map(|line| {
+            let rest = line.split_once("Serving.")?.1;
+            let address = rest.split_once("address=")?.1;
+            Some(address.split_whitespace().next()?.to_owned())
+        });
+    let Some(address) = address else {
+        let _ = server.kill();
+        panic!("the server never said where it listens");
+    };
+    let url = format!("http://{address}");
+    let (output, dir) = bench(&[
+        "--server",
+        &url,
+        "--cameras",
+        "2",
+        "--fps",
+        "5",
+        "--count",
+        "4",
+        "--warmup-s",
+        "0",
+        "--budget-ms",
+        "20000",
+        "--pipeline",
+        "track",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(output.status.success(), "bench failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report = report(&dir);
+    assert_eq!(report["target"], url.as_str());
+    assert_eq!(report["machine"]["execution_provider"], "cpu");
+    let run = &report["runs"][0];
+    assert_eq!(run["frames"], 8);
+    assert_eq!(run["within_budget"], 8);
+    assert_eq!(run["spec"]["pipeline"], "track");
+    // The track pipeline's own stages came back: crops embedded, tracker stepped.
+    assert!(run["stages_ms"]["embed"]["max"].as_f64().expect("embed") > 0.0);
+    // No model at hand for a remote server: no bare timing, no ratio.
+    assert!(report["bare"].as_array().expect("bare").is_empty());
+    assert!(report["overhead_ratio"].is_null());
 }

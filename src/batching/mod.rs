@@ -4,13 +4,16 @@
 //! Beyond Triton: service time is estimated per batch size, and a batch is cut short when its
 //! oldest items would miss their deadline at its full size but make it at a smaller one (on a CPU a
 //! batch of two costs about two single runs, so a full batch can sink frames a smaller one saves).
+//! And overload is shared fairly: each item names its flow (a camera, to the pipelines), and when
+//! more items wait than the next batch takes, the flows served least lately go first, so the
+//! frames shed are spread over every flow rather than falling on whichever arrive at unlucky moments.
 //!
 //! Model workers pull: a worker asks for the next batch only when it is free, so under load batches
 //! grow by themselves while the worker is busy. Time comes from tokio's clock, which tests pause and
 //! advance instead of sleeping. Its timers have 1 ms resolution, so a `max_queue_delay` rounds up to
 //! the next millisecond. Nothing here knows about images or models.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -29,9 +32,24 @@ pub struct BatchPolicy {
 #[derive(Debug)]
 pub struct Queued<T> {
     pub item: T,
+    /// Who the item belongs to, for fair shedding (opaque here).
+    pub flow: u64,
     pub enqueued: Instant,
     pub deadline: Instant,
 }
+
+/// How well a flow has been served lately: an exponential average (α = 1/8) of 1 per item that
+/// rode a batch and 0 per item shed.
+#[derive(Debug, Clone, Copy)]
+struct FlowShare {
+    served: f32,
+    seen: Instant,
+}
+
+/// Flows remembered at most before idle ones are forgotten.
+const MAX_FLOWS: usize = 1024;
+/// A flow unseen this long is forgotten when the table is full.
+const FLOW_IDLE: Duration = Duration::from_secs(10);
 
 /// What a worker gets: items to run together, and items shed because they could no longer make
 /// their deadline. Either may be empty, not both.
@@ -62,13 +80,32 @@ pub struct BatchQueue<T> {
 struct State<T> {
     items: VecDeque<Queued<T>>,
     closed: bool,
+    flows: HashMap<u64, FlowShare>,
+}
+
+impl<T> State<T> {
+    fn share(&self, flow: u64) -> f32 {
+        self.flows.get(&flow).map_or(1.0, |f| f.served)
+    }
+
+    fn record(&mut self, flow: u64, served: bool, now: Instant) {
+        if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&flow) {
+            self.flows.retain(|_, f| now.saturating_duration_since(f.seen) < FLOW_IDLE);
+        }
+        if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&flow) {
+            return;
+        }
+        let share = self.flows.entry(flow).or_insert(FlowShare { served: 1.0, seen: now });
+        share.served = share.served * 0.875 + if served { 0.125 } else { 0.0 };
+        share.seen = now;
+    }
 }
 
 impl<T> BatchQueue<T> {
     pub fn new(policy: BatchPolicy) -> Self {
         Self {
             policy,
-            state: Mutex::new(State { items: VecDeque::new(), closed: false }),
+            state: Mutex::new(State { items: VecDeque::new(), closed: false, flows: HashMap::new() }),
             notify: Notify::new(),
             service_us: (0..=policy.max_batch.max(1)).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -91,14 +128,14 @@ impl<T> BatchQueue<T> {
         self.len() == 0
     }
 
-    /// Queues an item, or hands it back at once when `max_queue_size` items already wait.
-    pub fn submit(&self, item: T, deadline: Instant) -> Result<(), QueueFull<T>> {
+    /// Queues an item of `flow`, or hands it back at once when `max_queue_size` items already wait.
+    pub fn submit(&self, item: T, flow: u64, deadline: Instant) -> Result<(), QueueFull<T>> {
         {
             let mut state = self.lock();
             if state.closed || state.items.len() >= self.policy.max_queue_size {
                 return Err(QueueFull { item, capacity: self.policy.max_queue_size });
             }
-            state.items.push_back(Queued { item, enqueued: Instant::now(), deadline });
+            state.items.push_back(Queued { item, flow, enqueued: Instant::now(), deadline });
         }
         self.notify.notify_one();
         Ok(())
@@ -156,6 +193,9 @@ impl<T> BatchQueue<T> {
                         i += 1;
                     }
                 }
+                for q in &shed {
+                    state.record(q.flow, false, now);
+                }
                 match state.items.front() {
                     None if !shed.is_empty() => {
                         return Some(Batch { items: Vec::new(), shed });
@@ -165,15 +205,32 @@ impl<T> BatchQueue<T> {
                     Some(oldest) => {
                         let due = oldest.enqueued + self.policy.max_queue_delay;
                         if state.items.len() >= self.policy.max_batch || now >= due || state.closed {
-                            let mut n = state.items.len().min(self.policy.max_batch);
+                            // Least-served flows first; within a flow, and among equals, oldest first.
+                            let mut order: Vec<usize> = (0..state.items.len()).collect();
+                            order.sort_by(|&a, &b| {
+                                let (fa, fb) = (state.items[a].flow, state.items[b].flow);
+                                state.share(fa).total_cmp(&state.share(fb)).then(a.cmp(&b))
+                            });
+                            let mut n = order.len().min(self.policy.max_batch);
                             while n > 1 {
                                 let finish = now + self.service_estimate(n);
-                                if state.items.iter().take(n).all(|q| q.deadline >= finish) {
+                                if order[..n].iter().all(|&i| state.items[i].deadline >= finish) {
                                     break;
                                 }
                                 n -= 1;
                             }
-                            let items = state.items.drain(..n).collect();
+                            let mut chosen = order[..n].to_vec();
+                            chosen.sort_unstable();
+                            let mut items = Vec::with_capacity(n);
+                            for &i in chosen.iter().rev() {
+                                if let Some(q) = state.items.remove(i) {
+                                    items.push(q);
+                                }
+                            }
+                            items.reverse();
+                            for q in &items {
+                                state.record(q.flow, true, now);
+                            }
                             return Some(Batch { items, shed });
                         }
                         if !shed.is_empty() {
@@ -212,7 +269,7 @@ mod tests {
     async fn full_batch_ships_at_once() {
         let q = BatchQueue::new(policy(4, 10_000, 16));
         for i in 0..4 {
-            q.submit(i, far()).expect("room");
+            q.submit(i, 0, far()).expect("room");
         }
         let start = Instant::now();
         let batch = q.next_batch().await.expect("batch");
@@ -223,9 +280,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn partial_batch_ships_when_oldest_waited_max_delay() {
         let q = BatchQueue::new(policy(8, 2_000, 16));
-        q.submit(1, far()).expect("room");
+        q.submit(1, 0, far()).expect("room");
         tokio::time::advance(Duration::from_millis(1)).await;
-        q.submit(2, far()).expect("room");
+        q.submit(2, 0, far()).expect("room");
         let start = Instant::now();
         let batch = q.next_batch().await.expect("batch");
         assert_eq!(batch.items.len(), 2);
@@ -237,7 +294,7 @@ mod tests {
     async fn batch_never_exceeds_max_batch() {
         let q = BatchQueue::new(policy(3, 0, 16));
         for i in 0..7 {
-            q.submit(i, far()).expect("room");
+            q.submit(i, 0, far()).expect("room");
         }
         let sizes: Vec<usize> = [
             q.next_batch().await.expect("1").items.len(),
@@ -251,9 +308,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_queue_refuses_at_once_and_hands_item_back() {
         let q = BatchQueue::new(policy(2, 0, 2));
-        q.submit("a", far()).expect("room");
-        q.submit("b", far()).expect("room");
-        let refused = q.submit("c", far()).expect_err("full");
+        q.submit("a", 0, far()).expect("room");
+        q.submit("b", 0, far()).expect("room");
+        let refused = q.submit("c", 0, far()).expect_err("full");
         assert_eq!(refused.item, "c");
         assert_eq!(refused.capacity, 2);
     }
@@ -263,8 +320,8 @@ mod tests {
         let q = BatchQueue::new(policy(4, 0, 16));
         q.record_service_time(1, Duration::from_millis(40));
         let now = Instant::now();
-        q.submit("late", now + Duration::from_millis(10)).expect("room");
-        q.submit("fine", now + Duration::from_millis(100)).expect("room");
+        q.submit("late", 0, now + Duration::from_millis(10)).expect("room");
+        q.submit("fine", 0, now + Duration::from_millis(100)).expect("room");
         let batch = q.next_batch().await.expect("batch");
         assert_eq!(batch.shed.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["late"]);
         assert_eq!(batch.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["fine"]);
@@ -273,23 +330,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waiting_worker_wakes_when_batch_fills() {
         let q = std::sync::Arc::new(BatchQueue::new(policy(2, 1_000_000, 16)));
-        q.submit(1, far()).expect("room");
+        q.submit(1, 0, far()).expect("room");
         let waiter = {
             let q = q.clone();
             tokio::spawn(async move { q.next_batch().await.map(|b| b.items.len()) })
         };
         tokio::task::yield_now().await;
         tokio::time::advance(Duration::from_micros(10)).await;
-        q.submit(2, far()).expect("room");
+        q.submit(2, 0, far()).expect("room");
         assert_eq!(waiter.await.expect("join"), Some(2));
     }
 
     #[tokio::test(start_paused = true)]
     async fn closed_queue_drains_then_ends() {
         let q = BatchQueue::new(policy(4, 1_000_000, 16));
-        q.submit(1, far()).expect("room");
+        q.submit(1, 0, far()).expect("room");
         q.close();
-        assert!(q.submit(2, far()).is_err(), "closed queue accepts nothing");
+        assert!(q.submit(2, 0, far()).is_err(), "closed queue accepts nothing");
         assert_eq!(q.next_batch().await.expect("drain").items.len(), 1);
         assert!(q.next_batch().await.is_none());
     }
@@ -318,9 +375,9 @@ mod tests {
         q.record_service_time(4, Duration::from_millis(80));
         let now = Instant::now();
         // The oldest can wait 45 ms: a batch of two (40 ms) makes it, one of three (60 ms) does not.
-        q.submit("a", now + Duration::from_millis(45)).expect("room");
-        q.submit("b", now + Duration::from_millis(200)).expect("room");
-        q.submit("c", now + Duration::from_millis(200)).expect("room");
+        q.submit("a", 0, now + Duration::from_millis(45)).expect("room");
+        q.submit("b", 0, now + Duration::from_millis(200)).expect("room");
+        q.submit("c", 0, now + Duration::from_millis(200)).expect("room");
         let batch = q.next_batch().await.expect("batch");
         assert!(batch.shed.is_empty());
         assert_eq!(batch.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["a", "b"]);
@@ -330,12 +387,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn under_contention_the_flow_shed_most_lately_rides_first() {
+        let q = BatchQueue::new(policy(4, 0, 16));
+        q.record_service_time(1, Duration::from_millis(20));
+        q.record_service_time(2, Duration::from_millis(40));
+        // Flow 7's last three items could not make it and were shed.
+        for _ in 0..3 {
+            q.submit("hopeless", 7, Instant::now() + Duration::from_millis(5)).expect("room");
+            let batch = q.next_batch().await.expect("batch");
+            assert_eq!(batch.shed.len(), 1);
+        }
+        // Now flow 1's item is older, but only one of the two can ride next (a pair takes 40 ms).
+        let now = Instant::now();
+        q.submit("flow 1", 1, now + Duration::from_millis(30)).expect("room");
+        q.submit("flow 7", 7, now + Duration::from_millis(30)).expect("room");
+        let batch = q.next_batch().await.expect("batch");
+        assert_eq!(batch.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["flow 7"]);
+        // Without a shed record, the oldest goes first.
+        q.submit("flow 2", 2, Instant::now() + Duration::from_millis(30)).expect("room");
+        let batch = q.next_batch().await.expect("batch");
+        assert_eq!(batch.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["flow 1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flows_own_items_keep_their_order() {
+        let q = BatchQueue::new(policy(2, 0, 16));
+        for item in 0..4 {
+            q.submit(item, 9, far()).expect("room");
+        }
+        q.submit(10, 3, far()).expect("room");
+        let mut shipped = Vec::new();
+        while shipped.len() < 5 {
+            shipped.extend(q.next_batch().await.expect("batch").items.into_iter().map(|q| q.item));
+        }
+        let flow_9: Vec<i32> = shipped.iter().copied().filter(|&i| i < 10).collect();
+        assert_eq!(flow_9, vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_full_batch_ships_whole_when_every_item_makes_it() {
         let q = BatchQueue::new(policy(4, 0, 16));
         q.record_service_time(1, Duration::from_millis(20));
         let now = Instant::now();
         for item in 0..4 {
-            q.submit(item, now + Duration::from_millis(81)).expect("room");
+            q.submit(item, 0, now + Duration::from_millis(81)).expect("room");
         }
         // Four items at 20 ms each (scaled from batch 1) finish at 80 ms: all make it.
         let batch = q.next_batch().await.expect("batch");

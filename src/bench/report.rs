@@ -47,6 +47,17 @@ pub struct Fairness {
     pub best_camera_p99_ms: f64,
     /// The lowest share of a camera's frames answered within budget.
     pub worst_camera_within_budget: f64,
+    /// Every camera's figures, in camera order.
+    pub cameras: Vec<CameraFigures>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraFigures {
+    pub camera: usize,
+    pub frames: usize,
+    pub within_budget_fraction: f64,
+    /// p99 of its served frames (ms); `None` when none was served.
+    pub p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,15 +251,16 @@ fn fairness(samples: &[Sample], cameras: usize) -> Option<Fairness> {
     let mut worst: Option<(usize, f64)> = None;
     let mut best = f64::INFINITY;
     let mut worst_within = 1.0f64;
+    let mut cameras = Vec::new();
     for (camera, (latencies, within, total)) in per_camera.iter_mut().enumerate() {
         if *total == 0 {
             continue;
         }
-        worst_within = worst_within.min(*within as f64 / *total as f64);
-        if latencies.is_empty() {
-            continue;
-        }
-        let p99 = Percentiles::of(latencies).p99;
+        let within_budget_fraction = *within as f64 / *total as f64;
+        worst_within = worst_within.min(within_budget_fraction);
+        let p99_ms = (!latencies.is_empty()).then(|| Percentiles::of(latencies).p99);
+        cameras.push(CameraFigures { camera, frames: *total, within_budget_fraction, p99_ms });
+        let Some(p99) = p99_ms else { continue };
         best = best.min(p99);
         if worst.is_none_or(|(_, w)| p99 > w) {
             worst = Some((camera, p99));
@@ -260,6 +272,7 @@ fn fairness(samples: &[Sample], cameras: usize) -> Option<Fairness> {
         worst_camera_p99_ms,
         best_camera_p99_ms: best,
         worst_camera_within_budget: worst_within,
+        cameras,
     })
 }
 
@@ -322,6 +335,9 @@ mod tests {
         assert_eq!(fairness.worst_camera, 1);
         assert_eq!(fairness.best_camera_p99_ms, 20.0);
         assert_eq!(fairness.worst_camera_within_budget, 0.0);
+        let per_camera: Vec<(usize, usize, f64, Option<f64>)> =
+            fairness.cameras.iter().map(|c| (c.camera, c.frames, c.within_budget_fraction, c.p99_ms)).collect();
+        assert_eq!(per_camera, vec![(0, 100, 0.99, Some(20.0)), (1, 100, 0.0, Some(158.0))]);
         assert_eq!(report.batch_sizes, vec![(2, 99), (4, 100)]);
         assert!((report.mean_batch - (99.0 * 2.0 + 400.0) / 199.0).abs() < 1e-12);
         // 199 served frames over a 2 s window.

@@ -275,7 +275,11 @@ impl DetectPipeline {
         // Batch + infer on a model worker.
         let (reply, answer) = oneshot::channel();
         self.queue
-            .submit(Job { input, rows: 1, limit: deadline.limit, reply }, deadline.at)
+            .submit(
+                Job { input, rows: 1, limit: deadline.limit, reply },
+                super::flow_of(&request.camera_id),
+                deadline.at,
+            )
             .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
         let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
 

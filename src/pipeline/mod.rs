@@ -186,6 +186,14 @@ impl DeviceMemory {
     }
 }
 
+/// A camera's flow key for the batcher's fair shedding.
+pub(crate) fn flow_of(camera_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    camera_id.hash(&mut hasher);
+    hasher.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

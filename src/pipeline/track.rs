@@ -177,7 +177,7 @@ impl TrackPipeline {
             Admission::Refused(order) => (kept, order),
             Admission::Accepted(ticket) => {
                 let started = std::time::Instant::now();
-                let features = self.embed(&image, &kept, deadline).await?;
+                let features = self.embed(&image, &kept, super::flow_of(&request.camera_id), deadline).await?;
                 timings.embed = started.elapsed();
 
                 let started = std::time::Instant::now();
@@ -232,6 +232,7 @@ impl TrackPipeline {
         &self,
         image: &Arc<image::RgbImage>,
         detections: &[LabeledDetection],
+        flow: u64,
         deadline: FrameDeadline,
     ) -> Result<Vec<Vec<f32>>, InspectError> {
         if detections.is_empty() {
@@ -258,7 +259,7 @@ impl TrackPipeline {
         };
         let (reply, answer) = oneshot::channel();
         self.queue
-            .submit(Job { input, rows, limit: deadline.limit, reply }, deadline.at)
+            .submit(Job { input, rows, limit: deadline.limit, reply }, flow, deadline.at)
             .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
         let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
         self.embeddings(&inferred)
