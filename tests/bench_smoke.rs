@@ -25,26 +25,21 @@ fn report(dir: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("report is JSON")
 }
 
+/// A bench that must succeed, without warm-up and with a generous budget: its stdout, its report
+/// and the folder holding them.
+fn bench_ok(args: &[&str]) -> (String, serde_json::Value, PathBuf) {
+    let mut all = vec!["--warmup-s", "0", "--budget-ms", "20000"];
+    all.extend_from_slice(args);
+    let (output, dir) = bench(&all);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    (stdout, report(&dir), dir)
+}
+
 #[test]
 fn a_streamed_load_with_batching_compared_reports_every_frame_and_plots_it() {
-    let (output, dir) = bench(&[
-        "--cameras",
-        "2",
-        "--fps",
-        "5",
-        "--duration-s",
-        "2",
-        "--warmup-s",
-        "0",
-        "--budget-ms",
-        "20000",
-        "--compare-batching",
-        "--bare-runs",
-        "3",
-    ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report = report(&dir);
+    let (stdout, report, dir) =
+        bench_ok(&["--cameras", "2", "--fps", "5", "--duration-s", "2", "--compare-batching", "--bare-runs", "3"]);
     let runs = report["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2, "batching on and off");
     assert_eq!(runs[0]["label"], "batching on");
@@ -93,7 +88,7 @@ fn a_streamed_load_with_batching_compared_reports_every_frame_and_plots_it() {
 
 #[test]
 fn unary_capacity_search_stops_at_its_ceiling_when_everything_fits() {
-    let (output, dir) = bench(&[
+    let (stdout, report, _) = bench_ok(&[
         "--capacity",
         "--max-cameras",
         "2",
@@ -101,18 +96,11 @@ fn unary_capacity_search_stops_at_its_ceiling_when_everything_fits() {
         "4",
         "--probe-s",
         "1",
-        "--warmup-s",
-        "0",
-        "--budget-ms",
-        "20000",
         "--mode",
         "unary",
         "--bare-runs",
         "0",
     ]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "bench failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let report = report(&dir);
     let capacity = &report["capacity"];
     assert_eq!(capacity["cameras"], 2);
     assert_eq!(capacity["hit_ceiling"], true);
@@ -131,24 +119,9 @@ fn unary_capacity_search_stops_at_its_ceiling_when_everything_fits() {
 
 #[test]
 fn a_frame_count_sends_exactly_that_many_frames_per_camera_by_unary_calls() {
-    let (output, dir) = bench(&[
-        "--cameras",
-        "3",
-        "--fps",
-        "8",
-        "--count",
-        "5",
-        "--warmup-s",
-        "0",
-        "--budget-ms",
-        "20000",
-        "--mode",
-        "unary",
-        "--bare-runs",
-        "0",
-    ]);
-    assert!(output.status.success(), "bench failed: {}", String::from_utf8_lossy(&output.stderr));
-    let run = &report(&dir)["runs"][0];
+    let (_, report, _) =
+        bench_ok(&["--cameras", "3", "--fps", "8", "--count", "5", "--mode", "unary", "--bare-runs", "0"]);
+    let run = &report["runs"][0];
     assert_eq!(run["frames"], 15);
     assert_eq!(run["within_budget"], 15);
     assert_eq!(run["spec"]["mode"], "unary");
@@ -210,26 +183,12 @@ fn the_bench_loads_a_separately_running_server() {
         panic!("the server never said where it listens");
     };
     let url = format!("http://{address}");
-    let (output, dir) = bench(&[
-        "--server",
-        &url,
-        "--cameras",
-        "2",
-        "--fps",
-        "5",
-        "--count",
-        "4",
-        "--warmup-s",
-        "0",
-        "--budget-ms",
-        "20000",
-        "--pipeline",
-        "track",
-    ]);
+    let result = std::panic::catch_unwind(|| {
+        bench_ok(&["--server", &url, "--cameras", "2", "--fps", "5", "--count", "4", "--pipeline", "track"])
+    });
     let _ = server.kill();
     let _ = server.wait();
-    assert!(output.status.success(), "bench failed: {}", String::from_utf8_lossy(&output.stderr));
-    let report = report(&dir);
+    let (_, report, _) = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     assert_eq!(report["target"], url.as_str());
     assert_eq!(report["machine"]["execution_provider"], "cpu");
     let run = &report["runs"][0];

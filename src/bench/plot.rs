@@ -68,14 +68,7 @@ fn distribution<DB: DrawingBackend>(
         "{}: {} cameras x {} fps, end to end (p50 {:.1}, p99 {:.1} ms)",
         report.label, report.spec.cameras, report.spec.fps, report.latency_ms.p50, report.latency_ms.p99
     );
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 15))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-        .map_err(plot_error)?;
-    chart.configure_mesh().x_desc("latency (ms)").y_desc("frames").draw().map_err(plot_error)?;
+    let mut chart = new_chart(area, caption, (x_max, "latency (ms)"), (y_max, "frames"))?;
     chart
         .draw_series(counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, &c)| {
             let x0 = i as f64 * width;
@@ -96,6 +89,24 @@ fn distribution<DB: DrawingBackend>(
 }
 
 type Coord = Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>;
+
+/// A chart with the house style: caption, margins, axes from 0 to `x_max` / `y_max`, mesh drawn.
+fn new_chart<'a, DB: DrawingBackend + 'a>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    caption: String,
+    (x_max, x_desc): (f64, &str),
+    (y_max, y_desc): (f64, &str),
+) -> Result<ChartContext<'a, DB, Coord>, BenchError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 15))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(plot_error)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(plot_error)?;
+    Ok(chart)
+}
 
 /// The budget as a red line, vertical (a latency axis along x) or horizontal (along y), with its legend.
 fn budget_line<'a, DB: DrawingBackend + 'a>(
@@ -132,14 +143,7 @@ fn timeline<DB: DrawingBackend>(
         report.within_budget_fraction * 100.0,
         unserved
     );
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 15))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-        .map_err(plot_error)?;
-    chart.configure_mesh().x_desc("time (s)").y_desc("latency (ms)").draw().map_err(plot_error)?;
+    let mut chart = new_chart(area, caption, (x_max, "time (s)"), (y_max, "latency (ms)"))?;
     chart
         .draw_series(run.samples.iter().map(|s| {
             let (y, colour) = match s.outcome {
@@ -167,17 +171,8 @@ fn capacity_curve<DB: DrawingBackend>(
     let p99 = |p: &Probe| p.report.p99_all_frames_ms.unwrap_or(f64::INFINITY);
     let y_max = sorted.iter().map(|p| p99(p)).filter(|v| v.is_finite()).fold(budget_ms, f64::max) * 1.2;
     let fps = sorted.first().map_or(0.0, |p| p.report.spec.fps);
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!("capacity at {fps} fps: p99 over all frames (unserved = off the chart) by cameras"),
-            ("sans-serif", 15),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-        .map_err(plot_error)?;
-    chart.configure_mesh().x_desc("cameras").y_desc("p99 (ms)").draw().map_err(plot_error)?;
+    let caption = format!("capacity at {fps} fps: p99 over all frames (unserved = off the chart) by cameras");
+    let mut chart = new_chart(area, caption, (x_max, "cameras"), (y_max, "p99 (ms)"))?;
     chart
         .draw_series(LineSeries::new(
             sorted.iter().map(|p| (p.cameras as f64, p99(p).min(y_max))),
