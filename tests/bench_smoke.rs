@@ -49,6 +49,7 @@ fn a_streamed_load_with_batching_compared_reports_every_frame_and_plots_it() {
         assert_eq!(run["frames"], 20, "{run}");
         assert_eq!(run["within_budget"], 20, "{run}");
         assert_eq!(run["spec"]["mode"], "stream");
+        assert_eq!((run["spec"]["duration_s"].as_f64(), run["spec"]["warmup_s"].as_f64()), (Some(2.0), Some(0.0)));
         let latency = &run["latency_ms"];
         let (p50, p99, max) = (
             latency["p50"].as_f64().expect("p50"),

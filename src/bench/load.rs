@@ -65,11 +65,17 @@ pub struct LoadSpec {
     pub cameras: usize,
     pub fps: f64,
     /// Measured time; frames due before `warmup` has passed are sent but not counted.
+    #[serde(rename = "duration_s", serialize_with = "seconds")]
     pub duration: Duration,
+    #[serde(rename = "warmup_s", serialize_with = "seconds")]
     pub warmup: Duration,
     pub mode: Mode,
     /// Sent in each request; 0 = the server's default for the pipeline.
     pub budget_ms: u32,
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
 }
 
 impl LoadSpec {
