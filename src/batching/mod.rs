@@ -223,11 +223,9 @@ impl<T> BatchQueue<T> {
                         let due = oldest.enqueued + self.policy.max_queue_delay;
                         if state.items.len() >= self.policy.max_batch || now >= due || state.closed {
                             // Least-served flows first; within a flow, and among equals, oldest first.
+                            let shares: Vec<f32> = state.items.iter().map(|q| state.share(q.flow)).collect();
                             let mut order: Vec<usize> = (0..state.items.len()).collect();
-                            order.sort_by(|&a, &b| {
-                                let (fa, fb) = (state.items[a].flow, state.items[b].flow);
-                                state.share(fa).total_cmp(&state.share(fb)).then(a.cmp(&b))
-                            });
+                            order.sort_by(|&a, &b| shares[a].total_cmp(&shares[b]).then(a.cmp(&b)));
                             let mut n = order.len().min(self.policy.max_batch);
                             while n > 1 {
                                 let finish = now + self.service_estimate(n);

@@ -193,7 +193,7 @@ fn progress_bar(show: bool, label: &str, frames: u64) -> ProgressBar {
     bar
 }
 
-/// Runs one load against `endpoint` and reports it.
+/// Runs one load against `endpoint` and reports it against `budget_ms` (the one its frames carry).
 async fn load_run(
     endpoint: &str,
     options: &BenchOptions,
@@ -206,8 +206,7 @@ async fn load_run(
     let tag = format!("{}-{}", std::process::id(), label.replace(' ', "_"));
     let samples = load::run(clients, &options.frames, spec, &tag, &bar).await;
     bar.finish_and_clear();
-    let budget = if spec.budget_ms > 0 { f64::from(spec.budget_ms) } else { budget_ms };
-    let report = LoadReport::new(label, spec, budget, &samples);
+    let report = LoadReport::new(label, spec, budget_ms, &samples);
     Ok((report, samples))
 }
 
@@ -223,34 +222,29 @@ fn without_batching(config: &Config) -> Config {
 
 /// Runs the bench described by `options`.
 pub async fn run(options: BenchOptions) -> Result<BenchOutcome, BenchError> {
-    let own_config = match &options.target {
-        Target::OwnServer(config) => Some(config.as_ref().clone()),
-        Target::Remote(_) => None,
+    let (own_config, own_server, endpoint) = match &options.target {
+        Target::OwnServer(config) => {
+            let server = OwnServer::start(config).await?;
+            let endpoint = server.endpoint.clone();
+            (Some(config.as_ref()), Some(server), endpoint)
+        }
+        Target::Remote(_) if options.compare_batching => {
+            return Err(BenchError::NeedsOwnServer("--compare-batching"));
+        }
+        Target::Remote(url) => (None, None, url.clone()),
     };
-    if options.compare_batching && own_config.is_none() {
-        return Err(BenchError::NeedsOwnServer("--compare-batching"));
-    }
-    let own_server = match &own_config {
-        Some(config) => Some(OwnServer::start(config).await?),
-        None => None,
-    };
-    let endpoint = match (&options.target, &own_server) {
-        (_, Some(server)) => server.endpoint.clone(),
-        (Target::Remote(url), None) => url.clone(),
-        (Target::OwnServer(_), None) => return Err(BenchError::Start("no server".into())),
-    };
-    let result = run_against(&endpoint, &options, own_config.as_ref()).await;
+    let result = run_against(&endpoint, &options, own_config).await;
     if let Some(server) = own_server {
         server.stop().await;
     }
     let (mut report, samples) = result?;
 
-    if let Some(config) = &own_config {
+    if let Some(config) = own_config {
         report.bare = bare_timings(config, &options, &report)?;
-        let detect = config.pipelines.get(&report.runs.first().map(|r| r.spec.pipeline.clone()).unwrap_or_default());
-        if detect.is_some_and(|p| p.kind == PipelineKind::Detect)
-            && let (Some(first), Some(bare)) = (report.runs.first(), report.bare.iter().rev().find(|b| b.batch == 1))
-        {
+        let first = report.runs.first();
+        let detect =
+            first.and_then(|r| config.pipelines.get(&r.spec.pipeline)).is_some_and(|p| p.kind == PipelineKind::Detect);
+        if detect && let (Some(first), Some(bare)) = (first, report.bare.iter().rev().find(|b| b.batch == 1)) {
             report.overhead_ratio = Some(first.latency_ms.p50 / bare.median_ms);
         }
     }
@@ -262,8 +256,9 @@ async fn run_against(
     options: &BenchOptions,
     own_config: Option<&Config>,
 ) -> Result<(BenchReport, Vec<Vec<Sample>>), BenchError> {
-    let (budget_ms, provider, pipeline) = pipeline_facts(endpoint, &options.load.pipeline).await?;
+    let (server_budget_ms, provider, pipeline) = pipeline_facts(endpoint, &options.load.pipeline).await?;
     let spec = LoadSpec { pipeline, ..options.load.clone() };
+    let budget_ms = if spec.budget_ms > 0 { f64::from(spec.budget_ms) } else { server_budget_ms };
     let mut runs = Vec::new();
     let mut all_samples = Vec::new();
     let mut capacity = None;
@@ -291,7 +286,7 @@ async fn run_against(
         capacity = Some(CapacityReport {
             pipeline: spec.pipeline.clone(),
             fps: spec.fps,
-            budget_ms: if spec.budget_ms > 0 { f64::from(spec.budget_ms) } else { budget_ms },
+            budget_ms,
             cameras,
             hit_ceiling,
             probes: probe_reports,

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+pub use crate::bench::Frames;
 pub use bare::{BareRun, time_bare_runs};
 pub use kernels::{KernelCheck, check_kernels};
-pub use pipeline::{Frames, LoadResult, Variant, VariantResult, agreement, run_variant};
+pub use pipeline::{LoadResult, Variant, VariantResult, agreement, run_variant};
 
 use crate::config::Config;
 use crate::engine::{ConvSearch, GpuDevice, Provider};
@@ -86,8 +87,7 @@ pub async fn run(options: GpuCheckOptions) -> Result<GpuReport, String> {
     eprintln!("gpu-check: the model alone …");
     let bare = tokio::task::block_in_place(|| time_bare_runs(&options.config, runtime));
 
-    let dirs: Vec<&std::path::Path> = options.frame_dirs.iter().map(PathBuf::as_path).collect();
-    let frames = Frames::load(&dirs)?;
+    let frames = Frames::load(&options.frame_dirs).map_err(|e| e.to_string())?;
     let variant = |label, provider, gpu_preprocess, conv_search, fixed_shapes| Variant {
         label,
         provider,

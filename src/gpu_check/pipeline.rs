@@ -2,7 +2,6 @@
 //! JPEG frames. Frames go one at a time (batch 1) and eight at once (batch 8); the client times
 //! each round trip, the server reports each stage.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,7 @@ use serde::Serialize;
 
 use crate::api::proto::inspection_client::InspectionClient;
 use crate::api::proto::{self, Image, InspectRequest, InspectResponse};
+use crate::bench::Frames;
 use crate::config::Config;
 use crate::engine::{ConvSearch, Provider};
 use crate::pipeline::Pipelines;
@@ -70,28 +70,6 @@ pub struct VariantResult {
     /// Each frame's tracked objects through the `track` pipeline (track id as the class).
     #[serde(skip)]
     pub tracks: Vec<Vec<(u32, f32, [f32; 4])>>,
-}
-
-pub struct Frames {
-    pub jpegs: Vec<Vec<u8>>,
-}
-
-impl Frames {
-    pub fn load(dirs: &[&Path]) -> Result<Self, String> {
-        let mut paths = Vec::new();
-        for dir in dirs {
-            let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            paths.extend(entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| {
-                p.extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg") || x.eq_ignore_ascii_case("jpeg"))
-            }));
-        }
-        paths.sort();
-        let jpegs = paths.iter().map(std::fs::read).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-        if jpegs.is_empty() {
-            return Err("no JPEG frames found".into());
-        }
-        Ok(Self { jpegs })
-    }
 }
 
 fn request(camera: &str, sequence: u64, jpeg: &[u8]) -> InspectRequest {
