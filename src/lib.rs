@@ -10,6 +10,8 @@ pub mod bench;
 pub mod config;
 pub mod detect;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "cuda")]
 pub mod gpu_check;
 pub mod imaging;

@@ -371,12 +371,35 @@ async fn serve(common: Common, listen: Option<SocketAddr>) -> Result<()> {
     if let Some(addr) = listen {
         config.server.listen = addr;
     }
-    let pipelines = Arc::new(Pipelines::start(&config)?);
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
+    // Listen first: health answers NOT_SERVING while the models load.
+    let grpc = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    tracing::info!(message = "Serving.", address = %listener.local_addr()?, pipelines = ?pipelines.describe().iter().map(|p| p.name.clone()).collect::<Vec<_>>());
-    linesight::api::serve(pipelines, &config.server, listener, shutdown_signal()).await?;
+    let metrics = match &config.server.metrics {
+        Some(metrics) => Some(
+            tokio::net::TcpListener::bind(metrics.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (server.metrics.listen)", metrics.listen))?,
+        ),
+        None => None,
+    };
+    tracing::info!(
+        message = "Serving.",
+        address = %grpc.local_addr()?,
+        metrics = ?metrics.as_ref().and_then(|m| m.local_addr().ok()),
+        tls = config.server.tls.is_some(),
+        mutual_tls = config.server.tls.as_ref().is_some_and(|t| t.client_ca_path.is_some()),
+        auth = config.server.auth.is_some(),
+        pipelines = ?config.pipelines.keys().collect::<Vec<_>>()
+    );
+    let server = config.server.clone();
+    linesight::api::serve_with(
+        linesight::api::Models::Load(Box::new(config)),
+        &server,
+        linesight::api::Listeners { grpc, metrics },
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!(message = "Stopped.");
     Ok(())
 }

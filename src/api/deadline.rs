@@ -3,18 +3,19 @@
 use std::time::Duration;
 
 pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
+    // Bytes, not chars: a non-ASCII value must be refused, not split inside a character.
+    let (&unit, digits) = value.as_bytes().split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let amount: u64 = digits.parse().ok()?;
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
+        b'H' => Duration::from_secs(amount.checked_mul(3600)?),
+        b'M' => Duration::from_secs(amount.checked_mul(60)?),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
         _ => return None,
     })
 }
@@ -35,7 +36,9 @@ mod tests {
 
     #[test]
     fn malformed_values_are_ignored() {
-        for bad in ["", "S", "10", "10x", "-1S", "1234567890S", "1.5S"] {
+        // "\u{d5}\u{3d2}": found by the validate_request fuzzer (a split inside a character).
+        for bad in ["", "S", "10", "10x", "-1S", "+1S", "1234567890S", "1.5S", "\u{d5}\u{3d2}", "1\u{3d2}", "\u{3d2}S"]
+        {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
         }
     }

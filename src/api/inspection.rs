@@ -11,20 +11,40 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{error_response, frame_request, inspect_response, pipeline_info, pipeline_tracking};
 use super::deadline::parse_grpc_timeout;
+use super::observe::{self, UNKNOWN_PIPELINE};
 use super::proto::{self, inspection_server::Inspection};
+use super::state::ServerState;
 use super::status::{oversized_message, to_status};
 use crate::config::ServerConfig;
-use crate::pipeline::Pipelines;
+use crate::pipeline::{InspectError, Pipelines};
+use crate::telemetry::Metrics;
 
 pub struct InspectionService {
-    pipelines: Arc<Pipelines>,
+    state: Arc<ServerState>,
     stream_window: usize,
     max_message_bytes: usize,
 }
 
 impl InspectionService {
-    pub fn new(pipelines: Arc<Pipelines>, config: &ServerConfig) -> Self {
-        Self { pipelines, stream_window: config.stream_window, max_message_bytes: config.max_message_bytes }
+    pub fn new(state: Arc<ServerState>, config: &ServerConfig) -> Self {
+        Self { state, stream_window: config.stream_window, max_message_bytes: config.max_message_bytes }
+    }
+
+    /// The pipelines, unless the server is still loading them or is shutting down.
+    fn pipelines(&self) -> Result<Arc<Pipelines>, Status> {
+        if self.state.is_shutting_down() {
+            return Err(to_status(&InspectError::ShuttingDown));
+        }
+        self.state.pipelines().cloned().map_err(|e| to_status(&e))
+    }
+}
+
+/// The metrics label of a requested pipeline: its served name, or [`UNKNOWN_PIPELINE`].
+fn pipeline_label(pipelines: &Pipelines, requested: &str) -> String {
+    match pipelines.get(requested) {
+        Ok(_) if requested.is_empty() => pipelines.default_name().to_owned(),
+        Ok(_) => requested.to_owned(),
+        Err(_) => UNKNOWN_PIPELINE.to_owned(),
     }
 }
 
@@ -41,6 +61,7 @@ fn client_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant
 /// place in its camera's order is taken now, before the returned future runs.
 fn answer(
     pipelines: Arc<Pipelines>,
+    metrics: Arc<Metrics>,
     request: proto::InspectRequest,
     received: Instant,
 ) -> impl std::future::Future<Output = proto::InspectResponse> + Send + 'static {
@@ -51,9 +72,13 @@ fn answer(
     };
     async move {
         match inspected.await {
-            Ok(result) => inspect_response(result),
+            Ok(result) => {
+                observe::frame_served(&metrics, &result);
+                inspect_response(result)
+            }
             Err(error) => {
                 tracing::debug!(message = "Frame failed.", %error, camera_id, sequence);
+                observe::frame_failed(&metrics, &pipeline_label(&pipelines, &pipeline), &error);
                 let pipeline = if pipeline.is_empty() { pipelines.default_name().to_owned() } else { pipeline };
                 error_response(camera_id, sequence, pipeline, &error, received.elapsed())
             }
@@ -70,13 +95,24 @@ impl Inspection for InspectionService {
         request: Request<proto::InspectRequest>,
     ) -> Result<Response<proto::InspectResponse>, Status> {
         let received = Instant::now();
+        let pipelines = self.pipelines()?;
+        let metrics = &self.state.metrics;
         let deadline = client_deadline(&request, received);
-        let frame = frame_request(request.into_inner(), received, deadline).map_err(|e| to_status(&e))?;
+        let request = request.into_inner();
+        let label = pipeline_label(&pipelines, &request.pipeline);
+        let frame = frame_request(request, received, deadline).map_err(|e| {
+            observe::frame_failed(metrics, &label, &e);
+            to_status(&e)
+        })?;
         let (camera_id, sequence) = (frame.camera_id.clone(), frame.sequence);
-        match self.pipelines.inspect(frame).await {
-            Ok(result) => Ok(Response::new(inspect_response(result))),
+        match pipelines.inspect(frame).await {
+            Ok(result) => {
+                observe::frame_served(metrics, &result);
+                Ok(Response::new(inspect_response(result)))
+            }
             Err(error) => {
                 tracing::debug!(message = "Frame failed.", %error, camera_id, sequence);
+                observe::frame_failed(metrics, &label, &error);
                 Err(to_status(&error))
             }
         }
@@ -88,20 +124,35 @@ impl Inspection for InspectionService {
         &self,
         request: Request<Streaming<proto::InspectRequest>>,
     ) -> Result<Response<Self::InspectStreamStream>, Status> {
+        let pipelines = self.pipelines()?;
         let mut inbound = request.into_inner();
         let window = self.stream_window;
         let max_message_bytes = self.max_message_bytes;
-        let pipelines = self.pipelines.clone();
+        let metrics = self.state.metrics.clone();
+        let shutdown = super::shutdown_begun(&self.state);
         let (tx, rx) = mpsc::channel::<Result<proto::InspectResponse, Status>>(window);
         tokio::spawn(async move {
             // Up to `window` frames in flight; responses leave in request order.
             let mut in_flight = FuturesOrdered::new();
             let mut inbound_open = true;
             let mut ending: Option<Status> = None;
+            let mut last_read: Option<u64> = None;
+            tokio::pin!(shutdown);
             loop {
                 tokio::select! {
+                    // Shutdown: read no more frames, answer those held, end with UNAVAILABLE.
+                    () = &mut shutdown, if inbound_open => {
+                        inbound_open = false;
+                        let read = last_read.map_or_else(|| "no frame".to_owned(), |s| format!("up to sequence {s}"));
+                        ending = Some(Status::unavailable(format!(
+                            "the server is shutting down; frames {read} were read and answered, later ones were not read"
+                        )));
+                    }
                     message = inbound.message(), if inbound_open && in_flight.len() < window => match message {
-                        Ok(Some(request)) => in_flight.push_back(answer(pipelines.clone(), request, Instant::now())),
+                        Ok(Some(request)) => {
+                            last_read = Some(request.sequence);
+                            in_flight.push_back(answer(pipelines.clone(), metrics.clone(), request, Instant::now()));
+                        }
                         Ok(None) => inbound_open = false,
                         Err(status) => {
                             inbound_open = false;
@@ -127,9 +178,10 @@ impl Inspection for InspectionService {
         &self,
         _request: Request<proto::ListPipelinesRequest>,
     ) -> Result<Response<proto::ListPipelinesResponse>, Status> {
+        let pipelines = self.pipelines()?;
         Ok(Response::new(proto::ListPipelinesResponse {
-            pipelines: self.pipelines.describe().into_iter().map(pipeline_info).collect(),
-            default_pipeline: self.pipelines.default_name().to_owned(),
+            pipelines: pipelines.describe().into_iter().map(pipeline_info).collect(),
+            default_pipeline: pipelines.default_name().to_owned(),
         }))
     }
 
@@ -138,7 +190,7 @@ impl Inspection for InspectionService {
         _request: Request<proto::TrackingStatsRequest>,
     ) -> Result<Response<proto::TrackingStatsResponse>, Status> {
         Ok(Response::new(proto::TrackingStatsResponse {
-            pipelines: self.pipelines.tracking_stats().into_iter().map(pipeline_tracking).collect(),
+            pipelines: self.pipelines()?.tracking_stats().into_iter().map(pipeline_tracking).collect(),
         }))
     }
 }

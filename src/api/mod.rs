@@ -1,22 +1,34 @@
 //! gRPC front: the `linesight.v1.Inspection` service, health and reflection, proto ⇄ domain mapping.
 
+mod auth;
+mod connections;
 mod convert;
 mod deadline;
 mod inspection;
+mod metrics_http;
+mod observe;
+mod state;
 mod status;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
 
+pub use auth::{AuthError, Tokens};
+pub use convert::frame_request;
 pub use deadline::parse_grpc_timeout;
 pub use inspection::InspectionService;
+pub use state::ServerState;
 pub use status::{oversized_message_layer, to_status};
+pub use tls::TlsError;
 
-use crate::config::ServerConfig;
-use crate::pipeline::Pipelines;
+use crate::config::{Config, ServerConfig};
+use crate::pipeline::{Pipelines, StartError};
+use crate::telemetry::Metrics;
 
 /// Generated protobuf and gRPC code for `linesight.v1`.
 pub mod proto {
@@ -33,34 +45,80 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("loading models: {0}")]
+    Start(#[from] StartError),
+    #[error("metrics endpoint: {0}")]
+    Metrics(std::io::Error),
 }
 
-/// Accepted connections with Nagle's algorithm off: a response is a few small HTTP/2 frames, and
-/// Nagle + delayed ACKs would hold them back by up to 40 ms.
-fn accept_nodelay(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::warn!(message = "Cannot disable Nagle's algorithm.", %error);
-            }
-        })
-    })
+/// The models a server serves.
+pub enum Models {
+    /// Already loaded.
+    Loaded(Arc<Pipelines>),
+    /// Loaded once the server listens; until then health says NOT_SERVING and frames get
+    /// UNAVAILABLE.
+    Load(Box<Config>),
 }
 
-/// Serves Inspection, Health and Reflection on `listener` until `shutdown` resolves, then stops the
-/// pipelines (queued frames are still answered).
+/// Where the server listens.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// `GET /metrics`, when metrics are on.
+    pub metrics: Option<TcpListener>,
+}
+
+/// The gRPC service name health reports under, besides the server as a whole ("").
+const INSPECTION_SERVICE: &str = "linesight.v1.Inspection";
+
+/// How often health re-reads the models' states.
+const HEALTH_POLL: Duration = Duration::from_millis(250);
+
+/// Serves already-loaded pipelines on `listener` (no metrics port) until `shutdown` resolves.
 pub async fn serve(
     pipelines: Arc<Pipelines>,
     config: &ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_with(Models::Loaded(pipelines), config, Listeners { grpc: listener, metrics: None }, shutdown).await
+}
+
+/// Serves Inspection, Health and Reflection (and `/metrics` on its own port) until `shutdown`
+/// resolves. Then: health turns NOT_SERVING, no new connection is accepted, every stream stops
+/// reading, answers the frames it holds and ends with UNAVAILABLE; after `shutdown_grace_ms`
+/// whatever is left is cut. Last, the pipelines stop (queued frames are still answered).
+pub async fn serve_with(
+    models: Models,
+    config: &ServerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let (configured_models, to_load) = match models {
+        Models::Loaded(pipelines) => (Vec::new(), Err(pipelines)),
+        Models::Load(config) => (configured_models(&config), Ok(config)),
+    };
+    let state = Arc::new(ServerState::new(configured_models, metrics.clone()));
+    if let Err(pipelines) = &to_load {
+        state.set_pipelines(pipelines.clone());
+    }
+    let tokens = config.auth.as_ref().map(Tokens::load).transpose()?;
+    let tls = config.tls.as_ref().map(tls::server_tls).transpose()?;
+
     let (health, health_service) = tonic_health::server::health_reporter();
-    let inspection = proto::inspection_server::InspectionServer::new(InspectionService::new(pipelines.clone(), config))
+    // Loaded models serve from the first call on; loading ones start NOT_SERVING.
+    let serving_at_start = state.serving();
+    let initial = if serving_at_start { ServingStatus::Serving } else { ServingStatus::NotServing };
+    for service in ["", INSPECTION_SERVICE] {
+        health.set_service_status(service, initial).await;
+    }
+    let inspection = proto::inspection_server::InspectionServer::new(InspectionService::new(state.clone(), config))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    health.set_serving::<proto::inspection_server::InspectionServer<InspectionService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -73,17 +131,139 @@ pub async fn serve(
     // HTTP/2's default 64 KiB windows make every frame larger than that wait a round trip for a
     // WINDOW_UPDATE: let a client send a few frames' worth before waiting.
     let stream_window = u32::try_from(config.max_message_bytes.clamp(1 << 20, 16 << 20)).unwrap_or(16 << 20);
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(stream_window.saturating_mul(4))
+        .max_concurrent_streams(config.max_concurrent_streams);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let auth = auth::GrpcAuth { tokens: tokens.clone(), metrics: metrics.clone() };
+    let incoming = connections::accept_capped(listeners.grpc, config.max_connections, metrics.connections_open.clone());
+    let grpc = builder
+        .layer(tonic::service::InterceptorLayer::new(auth))
         .layer(oversized_message_layer(config.max_message_bytes))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(inspection)
-        .serve_with_incoming_shutdown(accept_nodelay(listener), shutdown)
-        .await;
-    health.set_not_serving::<proto::inspection_server::InspectionServer<InspectionService>>().await;
-    pipelines.shutdown().await;
-    Ok(result?)
+        .serve_with_incoming_shutdown(incoming, shutdown_begun(&state));
+    let metrics_server = listeners.metrics.map(|listener| {
+        tokio::spawn(metrics_http::serve_metrics(listener, state.clone(), tokens, shutdown_begun(&state)))
+    });
+    let health_task = tokio::spawn(report_health(state.clone(), health, serving_at_start));
+    let loading = to_load.ok().map(|config| {
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let loaded = Pipelines::start(&config);
+            if loaded.is_ok() {
+                tracing::info!(message = "Models loaded.", seconds = started.elapsed().as_secs_f64());
+            }
+            loaded
+        })
+    });
+    let loaded = {
+        let state = state.clone();
+        async move {
+            match loading {
+                None => std::future::pending::<StartError>().await,
+                Some(task) => match task.await {
+                    Ok(Ok(pipelines)) => {
+                        state.set_pipelines(Arc::new(pipelines));
+                        std::future::pending::<StartError>().await
+                    }
+                    Ok(Err(error)) => error,
+                    Err(join) => StartError::Internal(join.to_string()),
+                },
+            }
+        }
+    };
+
+    tokio::pin!(grpc);
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let outcome = tokio::select! {
+        served = &mut grpc => served.map_err(ServeError::from),
+        () = shutdown => {
+            tracing::info!(message = "Shutting down.", grace_ms = config.shutdown_grace_ms);
+            state.begin_shutdown();
+            finish(&mut grpc, grace).await
+        }
+        error = loaded => {
+            tracing::error!(message = "Models failed to load.", %error);
+            state.begin_shutdown();
+            let _ = finish(&mut grpc, grace).await;
+            Err(ServeError::Start(error))
+        }
+    };
+    state.begin_shutdown();
+    let _ = health_task.await;
+    if let Some(server) = metrics_server {
+        match server.await {
+            Ok(Err(error)) => tracing::warn!(message = "Metrics endpoint failed.", %error),
+            Err(error) => tracing::warn!(message = "Metrics endpoint failed.", %error),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(pipelines) = state.loaded() {
+        pipelines.shutdown().await;
+    }
+    outcome
+}
+
+/// Resolves once `state`'s shutdown has begun.
+pub(crate) fn shutdown_begun(state: &ServerState) -> impl Future<Output = ()> + Send + 'static {
+    let mut signal = state.shutdown_signal();
+    async move {
+        let _ = signal.wait_for(|down| *down).await;
+    }
+}
+
+/// Lets the server drain for up to `grace`, then cuts what is left.
+async fn finish<F>(grpc: &mut std::pin::Pin<&mut F>, grace: Duration) -> Result<(), ServeError>
+where
+    F: Future<Output = Result<(), tonic::transport::Error>>,
+{
+    match tokio::time::timeout(grace, grpc.as_mut()).await {
+        Ok(served) => served.map_err(ServeError::from),
+        Err(_) => {
+            tracing::warn!(
+                message = "Shutdown grace period over; closing the remaining connections.",
+                grace_ms = grace.as_millis() as u64
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Keeps health in step with the server: SERVING once the models are loaded and while every one
+/// works, NOT_SERVING while loading, when a model fails, and from shutdown on.
+async fn report_health(state: Arc<ServerState>, health: tonic_health::server::HealthReporter, reported: bool) {
+    let mut shutdown = state.shutdown_signal();
+    let mut reported = reported;
+    loop {
+        let serving = state.serving();
+        if reported != serving {
+            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for service in ["", INSPECTION_SERVICE] {
+                health.set_service_status(service, status).await;
+            }
+            tracing::info!(message = "Health changed.", serving);
+            reported = serving;
+        }
+        if state.is_shutting_down() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_POLL) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Every model folder the config's pipelines load.
+fn configured_models(config: &Config) -> Vec<String> {
+    let mut models: Vec<String> = config.pipelines.values().map(|p| p.model.clone()).collect();
+    models.sort();
+    models.dedup();
+    models
 }

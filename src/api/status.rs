@@ -12,9 +12,11 @@ pub fn code_of(error: &InspectError) -> Code {
         | InspectError::UnknownEncoding(_)
         | InspectError::Decode(_) => Code::InvalidArgument,
         InspectError::UnknownPipeline { .. } => Code::NotFound,
-        InspectError::QueueFull { .. } => Code::ResourceExhausted,
+        InspectError::QueueFull { .. } | InspectError::CameraBusy { .. } | InspectError::ServerBusy { .. } => {
+            Code::ResourceExhausted
+        }
         InspectError::Shed { .. } => Code::DeadlineExceeded,
-        InspectError::ShuttingDown => Code::Unavailable,
+        InspectError::ShuttingDown | InspectError::Loading => Code::Unavailable,
         InspectError::Engine(_) | InspectError::Detect(_) | InspectError::Internal(_) => Code::Internal,
     }
 }
@@ -126,6 +128,9 @@ mod tests {
                 Code::DeadlineExceeded,
             ),
             (InspectError::ShuttingDown, Code::Unavailable),
+            (InspectError::Loading, Code::Unavailable),
+            (InspectError::CameraBusy { camera_id: "cam".into(), max: 16 }, Code::ResourceExhausted),
+            (InspectError::ServerBusy { max: 256 }, Code::ResourceExhausted),
             (InspectError::Engine("boom".into()), Code::Internal),
             (InspectError::Detect(crate::detect::DetectError::MissingOutput("cls".into())), Code::Internal),
             (InspectError::Internal("x".into()), Code::Internal),

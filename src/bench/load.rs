@@ -135,17 +135,27 @@ fn phase(camera: usize, fps: f64) -> Duration {
 }
 
 /// Connects `cameras` clients to `endpoint`, each over its own HTTP/2 connection.
-pub async fn connect(endpoint: &str, cameras: usize) -> Result<Vec<InspectionClient<Channel>>, BenchError> {
-    let connect_error = |message: String| BenchError::Connect { endpoint: endpoint.to_owned(), message };
-    let endpoint_config = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| connect_error(e.to_string()))?
+fn endpoint_config(endpoint: &str) -> Result<Endpoint, BenchError> {
+    Ok(Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| BenchError::Connect { endpoint: endpoint.to_owned(), message: e.to_string() })?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
         .initial_stream_window_size(4 << 20)
-        .initial_connection_window_size(16 << 20);
+        .initial_connection_window_size(16 << 20))
+}
+
+/// One connection to `endpoint`.
+pub async fn connect_channel(endpoint: &str) -> Result<Channel, BenchError> {
+    endpoint_config(endpoint)?
+        .connect()
+        .await
+        .map_err(|e| BenchError::Connect { endpoint: endpoint.to_owned(), message: format!("{e:?}") })
+}
+
+pub async fn connect(endpoint: &str, cameras: usize) -> Result<Vec<InspectionClient<Channel>>, BenchError> {
     let mut clients = Vec::with_capacity(cameras);
     for _ in 0..cameras {
-        let channel = endpoint_config.connect().await.map_err(|e| connect_error(format!("{e:?}")))?;
+        let channel = connect_channel(endpoint).await?;
         clients.push(
             InspectionClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20),
         );

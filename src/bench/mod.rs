@@ -145,7 +145,9 @@ impl OwnServer {
             tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| BenchError::Start(e.to_string()))?;
         let addr = listener.local_addr().map_err(|e| BenchError::Start(e.to_string()))?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server_config = config.server.clone();
+        // Loopback, and the bench's clients carry no token or certificate.
+        let mut server_config = config.server.clone();
+        (server_config.tls, server_config.auth) = (None, None);
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
@@ -162,6 +164,38 @@ impl OwnServer {
             let _ = stop.send(());
         }
         let _ = self.task.await;
+    }
+}
+
+/// How long a server may take to load its models before the bench gives up on it.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Waits for the server's health to say SERVING (a server just started is still loading models).
+async fn wait_until_serving(endpoint: &str) -> Result<(), BenchError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = load::connect_channel(endpoint).await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let started = std::time::Instant::now();
+    let mut said_waiting = false;
+    loop {
+        let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        let status = match health.check(request).await {
+            Ok(response) => ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown),
+            // A server that does not implement health is taken as serving.
+            Err(status) if status.code() == tonic::Code::Unimplemented => ServingStatus::Serving,
+            Err(status) => return Err(BenchError::Start(format!("health check: {}", status.message()))),
+        };
+        if status == ServingStatus::Serving {
+            return Ok(());
+        }
+        if started.elapsed() > SERVING_TIMEOUT {
+            return Err(BenchError::Start(format!("not serving after {} s", SERVING_TIMEOUT.as_secs())));
+        }
+        if !said_waiting {
+            eprintln!("waiting for {endpoint} to serve (loading models)…");
+            said_waiting = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -256,6 +290,7 @@ async fn run_against(
     options: &BenchOptions,
     own_config: Option<&Config>,
 ) -> Result<(BenchReport, Vec<Vec<Sample>>), BenchError> {
+    wait_until_serving(endpoint).await?;
     let (server_budget_ms, provider, pipeline) = pipeline_facts(endpoint, &options.load.pipeline).await?;
     let spec = LoadSpec { pipeline, ..options.load.clone() };
     let budget_ms = if spec.budget_ms > 0 { f64::from(spec.budget_ms) } else { server_budget_ms };

@@ -50,6 +50,61 @@ pub struct ServerConfig {
     pub cpu_workers: usize,
     /// Frames of one `InspectStream` in flight at once; responses still leave in request order.
     pub stream_window: usize,
+    /// Frames of one camera in flight at once, over all its streams and calls; more are refused
+    /// with RESOURCE_EXHAUSTED.
+    pub max_in_flight_per_camera: usize,
+    /// Frames in flight in the whole server; more are refused with RESOURCE_EXHAUSTED. Bounds the
+    /// memory held by decoded frames whatever the number of clients.
+    pub max_frames_in_flight: usize,
+    /// Open connections; further clients wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Concurrent gRPC calls (HTTP/2 streams) per connection.
+    pub max_concurrent_streams: u32,
+    /// On SIGTERM/SIGINT: how long in-flight frames may take to finish before connections are cut.
+    pub shutdown_grace_ms: u64,
+    pub tls: Option<TlsConfig>,
+    pub auth: Option<AuthConfig>,
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// TLS for the gRPC port (and the metrics port). With `client_ca_path`, mutual TLS: every client
+/// must present a certificate signed by that CA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_path: PathBuf,
+    /// PEM private key of the server (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+    /// PEM CA certificate(s) that client certificates must chain to; set = mutual TLS.
+    #[serde(default)]
+    pub client_ca_path: Option<PathBuf>,
+    /// A TLS handshake must finish within this.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    5_000
+}
+
+/// Bearer-token authentication on every gRPC service and on the metrics endpoint. Tokens come from
+/// a file (one per line; blank lines and `#` comments skipped), from an environment variable
+/// (comma-separated), or both.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tokens_env: Option<String>,
+}
+
+/// Prometheus exposition over HTTP (`GET /metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,6 +357,14 @@ impl Default for ServerConfig {
             default_budget_ms: 83,
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             stream_window: 4,
+            max_in_flight_per_camera: 16,
+            max_frames_in_flight: 256,
+            max_connections: 512,
+            max_concurrent_streams: 128,
+            shutdown_grace_ms: 10_000,
+            tls: None,
+            auth: None,
+            metrics: None,
         }
     }
 }
@@ -408,6 +471,34 @@ impl Config {
         }
         if s.stream_window == 0 {
             problem("server.stream_window".into(), "must be positive");
+        }
+        if s.max_in_flight_per_camera == 0 {
+            problem("server.max_in_flight_per_camera".into(), "must be positive");
+        }
+        if s.max_frames_in_flight == 0 {
+            problem("server.max_frames_in_flight".into(), "must be positive");
+        }
+        if s.max_connections == 0 {
+            problem("server.max_connections".into(), "must be positive");
+        }
+        if s.max_concurrent_streams == 0 {
+            problem("server.max_concurrent_streams".into(), "must be positive");
+        }
+        if let Some(tls) = &s.tls
+            && tls.handshake_timeout_ms == 0
+        {
+            problem("server.tls.handshake_timeout_ms".into(), "must be positive");
+        }
+        if let Some(auth) = &s.auth
+            && auth.tokens_file.is_none()
+            && auth.tokens_env.is_none()
+        {
+            problem("server.auth".into(), "needs tokens_file, tokens_env or both");
+        }
+        if let Some(metrics) = &s.metrics
+            && metrics.listen == s.listen
+        {
+            problem("server.metrics.listen".into(), "must differ from server.listen");
         }
         if self.engine.intra_threads == 0 {
             problem("engine.intra_threads".into(), "must be positive");

@@ -61,6 +61,7 @@ pub struct DetectPipeline {
     classes: Arc<[String]>,
     queue: Arc<BatchQueue<Job>>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    health: Arc<super::ModelHealth>,
     context: Arc<StageContext>,
     provider: Provider,
     /// Frames go to the workers as pixels; the GPU letterboxes them.
@@ -112,7 +113,7 @@ impl DetectPipeline {
         };
         let policy = config.batching.policy();
         let queue = Arc::new(BatchQueue::new(policy));
-        let Workers { handles, provider, device_preprocess, device_memory } = start_workers(
+        let Workers { handles, provider, device_preprocess, device_memory, health } = start_workers(
             WorkerSetup {
                 engine,
                 manifest: &manifest,
@@ -144,6 +145,7 @@ impl DetectPipeline {
             budget,
             queue,
             workers: Mutex::new(handles),
+            health,
             context,
             provider,
             device_preprocess,
@@ -177,6 +179,15 @@ impl DetectPipeline {
 
     pub async fn join_workers(&self) {
         join_all(&self.workers).await;
+    }
+
+    /// Frames waiting for this pipeline's model.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn health(&self) -> &super::ModelHealth {
+        &self.health
     }
 
     pub fn name(&self) -> &str {

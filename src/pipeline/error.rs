@@ -22,6 +22,12 @@ pub enum InspectError {
     Decode(#[from] DecodeError),
     #[error("pipeline `{pipeline}` queue is full ({capacity} frames waiting); frame shed")]
     QueueFull { pipeline: String, capacity: usize },
+    #[error("camera `{camera_id}` already has {max} frames in flight (server.max_in_flight_per_camera); frame refused")]
+    CameraBusy { camera_id: String, max: usize },
+    #[error("the server already has {max} frames in flight (server.max_frames_in_flight); frame refused")]
+    ServerBusy { max: usize },
+    #[error("models are still loading; retry shortly")]
+    Loading,
     #[error("frame shed: it could no longer finish {} (waited {} ms)", limit, waited.as_millis())]
     Shed { limit: ShedLimit, waited: Duration },
     #[error("inference failed: {0}")]
@@ -59,6 +65,12 @@ impl From<EngineError> for InspectError {
 impl InspectError {
     /// Frames refused for lack of time or room are answered with the `shed` verdict.
     pub fn is_shed(&self) -> bool {
-        matches!(self, InspectError::QueueFull { .. } | InspectError::Shed { .. })
+        matches!(
+            self,
+            InspectError::QueueFull { .. }
+                | InspectError::Shed { .. }
+                | InspectError::CameraBusy { .. }
+                | InspectError::ServerBusy { .. }
+        )
     }
 }

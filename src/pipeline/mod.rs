@@ -1,9 +1,11 @@
 //! Pipelines: each composes decode → preprocess → batch → infer → postprocess, timing every stage
 //! and judging each frame against its budget.
 
+mod admission;
 mod detect;
 mod error;
 mod frame;
+mod health;
 mod track;
 mod worker;
 
@@ -14,9 +16,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
+pub use admission::{Admission, Admitted};
 pub use detect::{DetectPipeline, draw_detections, tensor_spec};
 pub use error::{InspectError, ShedLimit};
 pub use frame::{FrameRequest, FrameResult, ImageInput, LabeledDetection, PipelineInfo, StageTimings, Verdict};
+pub use health::{ModelHealth, ModelState};
 pub use track::TrackPipeline;
 
 use crate::config::{Config, ManifestError, ModelManifest, PipelineKind};
@@ -39,6 +43,8 @@ pub enum StartError {
     WrongTask { pipeline: String, model: String, task: String, kind: String },
     #[error("pipeline `{pipeline}`: its detector is not a configured `detect` pipeline")]
     NoDetector { pipeline: String },
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// What every stage shares: the bounded CPU pool and the input limits.
@@ -186,6 +192,17 @@ impl DeviceMemory {
     }
 }
 
+/// A `camera_id` must be present and at most [`MAX_CAMERA_ID_BYTES`] long.
+pub fn check_camera_id(camera_id: &str) -> Result<(), InspectError> {
+    if camera_id.is_empty() {
+        return Err(InspectError::EmptyCameraId);
+    }
+    if camera_id.len() > MAX_CAMERA_ID_BYTES {
+        return Err(InspectError::CameraIdTooLong { len: camera_id.len(), max: MAX_CAMERA_ID_BYTES });
+    }
+    Ok(())
+}
+
 /// A camera's flow key for the batcher's fair shedding.
 pub(crate) fn flow_of(camera_id: &str) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -241,6 +258,7 @@ pub struct TrackingStats {
 pub struct Pipelines {
     by_name: BTreeMap<String, Pipeline>,
     default: String,
+    admission: Arc<Admission>,
 }
 
 impl Pipelines {
@@ -308,7 +326,9 @@ impl Pipelines {
                 TrackPipeline::start(name, pipeline, manifest, detector, &engine).map_err(engine_error(name))?;
             by_name.insert(name.clone(), Pipeline::Track(Arc::new(started)));
         }
-        Ok(Self { by_name, default: config.default_pipeline.clone() })
+        let admission =
+            Arc::new(Admission::new(config.server.max_in_flight_per_camera, config.server.max_frames_in_flight));
+        Ok(Self { by_name, default: config.default_pipeline.clone(), admission })
     }
 
     pub fn default_name(&self) -> &str {
@@ -338,29 +358,68 @@ impl Pipelines {
             .collect()
     }
 
-    /// Runs one frame through its pipeline. Validation and a `track` frame's place in its camera's
-    /// order are settled now, in call order; the returned future does the rest.
+    /// Runs one frame through its pipeline. Validation, admission and a `track` frame's place in
+    /// its camera's order are settled now, in call order; the returned future does the rest and
+    /// holds the frame's admission ticket until it is answered (or dropped).
     pub fn inspect(&self, request: FrameRequest) -> BoxFuture<'static, Result<FrameResult, InspectError>> {
-        let pipeline = match self.validate(&request) {
-            Ok(p) => p.clone(),
+        let (pipeline, ticket) = match self.validate(&request).and_then(|p| {
+            let ticket = self.admission.admit(&request.camera_id)?;
+            Ok((p.clone(), ticket))
+        }) {
+            Ok(admitted) => admitted,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         match pipeline {
-            Pipeline::Detect(p) => Box::pin(async move { p.inspect(request).await }),
+            Pipeline::Detect(p) => Box::pin(async move {
+                let _ticket = ticket;
+                p.inspect(request).await
+            }),
             Pipeline::Track(p) => {
-                let admission = p.admit(&request);
-                Box::pin(async move { p.inspect(request, admission).await })
+                let order = p.admit(&request);
+                Box::pin(async move {
+                    let _ticket = ticket;
+                    p.inspect(request, order).await
+                })
             }
         }
     }
 
+    /// Frames in flight, and cameras with frames in flight.
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.admission.in_flight(), self.admission.cameras_in_flight())
+    }
+
+    /// Every pipeline's frames waiting for a model.
+    pub fn queue_depths(&self) -> Vec<(String, usize)> {
+        self.by_name
+            .iter()
+            .map(|(name, p)| {
+                let depth = match p {
+                    Pipeline::Detect(p) => p.queue_depth(),
+                    Pipeline::Track(p) => p.queue_depth(),
+                };
+                (name.clone(), depth)
+            })
+            .collect()
+    }
+
+    /// Every model's state (a model shared by pipelines is listed once).
+    pub fn model_states(&self) -> Vec<(String, ModelState)> {
+        let mut states = BTreeMap::new();
+        for p in self.by_name.values() {
+            let healths = match p {
+                Pipeline::Detect(p) => vec![p.health()],
+                Pipeline::Track(p) => vec![p.health(), p.detector_health()],
+            };
+            for h in healths {
+                states.insert(h.model().to_owned(), h.state());
+            }
+        }
+        states.into_iter().collect()
+    }
+
     fn validate(&self, request: &FrameRequest) -> Result<&Pipeline, InspectError> {
-        if request.camera_id.is_empty() {
-            return Err(InspectError::EmptyCameraId);
-        }
-        if request.camera_id.len() > MAX_CAMERA_ID_BYTES {
-            return Err(InspectError::CameraIdTooLong { len: request.camera_id.len(), max: MAX_CAMERA_ID_BYTES });
-        }
+        check_camera_id(&request.camera_id)?;
         self.get(&request.pipeline)
     }
 

@@ -33,6 +33,7 @@ pub struct TrackPipeline {
     budget: Duration,
     queue: Arc<BatchQueue<Job>>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    health: Arc<super::ModelHealth>,
     registry: Arc<Registry>,
     evictor: tokio::task::JoinHandle<()>,
     /// The embedder's provider, preprocessing and device memory.
@@ -75,7 +76,7 @@ impl TrackPipeline {
         };
         let policy = tracker.embedder_batching.policy();
         let queue = Arc::new(BatchQueue::new(policy));
-        let Workers { handles, provider, device_preprocess, device_memory } = start_workers(
+        let Workers { handles, provider, device_preprocess, device_memory, health } = start_workers(
             WorkerSetup {
                 engine,
                 manifest: &embedder,
@@ -113,6 +114,7 @@ impl TrackPipeline {
             budget,
             queue,
             workers: Mutex::new(handles),
+            health,
             registry,
             evictor,
             provider,
@@ -156,6 +158,19 @@ impl TrackPipeline {
 
     pub async fn join_workers(&self) {
         join_all(&self.workers).await;
+    }
+
+    /// Frames waiting for this pipeline's model.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn health(&self) -> &super::ModelHealth {
+        &self.health
+    }
+
+    pub fn detector_health(&self) -> &super::ModelHealth {
+        self.detector.health()
     }
 
     /// Reserves the frame's place in its camera's order. Call in request order, before awaiting.

@@ -57,6 +57,7 @@ pub(super) struct Workers {
     pub device_preprocess: bool,
     /// Device memory the model's sessions took at load, when measured.
     pub device_memory: Option<u64>,
+    pub health: Arc<super::ModelHealth>,
 }
 
 /// How a worker turns a batch's jobs into the session's input.
@@ -171,7 +172,12 @@ fn wrong_input(model: &str) -> EngineError {
 }
 
 /// Owns one session; pulls batches until the queue is closed and drained.
-fn model_worker(mut worker: Worker, queue: Arc<BatchQueue<Job>>, handle: tokio::runtime::Handle) {
+fn model_worker(
+    mut worker: Worker,
+    queue: Arc<BatchQueue<Job>>,
+    health: Arc<super::ModelHealth>,
+    handle: tokio::runtime::Handle,
+) {
     while let Some(batch) = handle.block_on(queue.next_batch()) {
         let now = Instant::now();
         for shed in batch.shed {
@@ -195,6 +201,7 @@ fn model_worker(mut worker: Worker, queue: Arc<BatchQueue<Job>>, handle: tokio::
         queue.record_service_time(frames, elapsed);
         match result {
             Ok((outputs, device_preprocess)) => {
+                health.succeeded();
                 let outputs = Arc::new(outputs);
                 let mut first_row = 0;
                 for q in batch.items {
@@ -212,6 +219,7 @@ fn model_worker(mut worker: Worker, queue: Arc<BatchQueue<Job>>, handle: tokio::
                 }
             }
             Err(error) => {
+                health.failed();
                 tracing::error!(message = "Inference failed.", model = worker.name(), %error, batch = n);
                 for q in batch.items {
                     let _ = q.item.reply.send(Err(InspectError::Engine(error.to_string())));
@@ -279,6 +287,7 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
     let mut handles = Vec::with_capacity(setup.instances);
     let mut provider = engine.options.provider.provider;
     let mut device_preprocess = false;
+    let health = Arc::new(super::ModelHealth::new(model));
     for instance in 0..setup.instances {
         let first = ModelSession::load(engine.runtime, model, &onnx, engine.options)?;
         provider = first.provider();
@@ -303,14 +312,15 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
         warm_up(&mut worker, &batches)?;
         let queue = queue.clone();
         let handle = handle.clone();
+        let health = health.clone();
         let thread = std::thread::Builder::new()
             .name(format!("model-{model}-{instance}"))
-            .spawn(move || model_worker(worker, queue, handle))
+            .spawn(move || model_worker(worker, queue, health, handle))
             .map_err(|e| EngineError::Model { model: model.to_owned(), message: e.to_string() })?;
         handles.push(thread);
     }
     let device_memory = engine.device_memory.finish_measuring(model, measure, provider)?;
-    Ok(Workers { handles, provider, device_preprocess, device_memory })
+    Ok(Workers { handles, provider, device_preprocess, device_memory, health })
 }
 
 #[cfg(feature = "cuda")]

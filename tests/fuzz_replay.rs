@@ -1,0 +1,35 @@
+//! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the fuzz targets' own code,
+//! so anything the fuzzers once found stays fixed. The long runs are `cargo fuzz` (README
+//! "Operations").
+
+use std::path::PathBuf;
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("corpus entry").path())
+        .collect();
+    files.sort();
+    files.into_iter().map(|path| (path.clone(), std::fs::read(&path).expect("corpus file"))).collect()
+}
+
+fn replay(target: &str, run: fn(&[u8])) {
+    let inputs = corpus(target);
+    assert!(inputs.len() >= 7, "{target}: only {} corpus inputs", inputs.len());
+    for (path, data) in &inputs {
+        if std::panic::catch_unwind(|| run(data)).is_err() {
+            panic!("{target}: {} panics", path.display());
+        }
+    }
+}
+
+#[test]
+fn decode_preprocess_corpus_replays_without_a_panic() {
+    replay("decode_preprocess", linesight::fuzzing::decode_and_preprocess);
+}
+
+#[test]
+fn validate_request_corpus_replays_without_a_panic() {
+    replay("validate_request", linesight::fuzzing::validate_request);
+}
