@@ -63,7 +63,7 @@ enum Command {
     },
     /// Load harness: N cameras streaming real frames at F fps; latency against the budget, capacity
     /// search, batching on vs off, overhead over the bare model. Writes JSON and an SVG plot.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Track MOTChallenge detections offline with the service's DeepSORT tracker.
     Mot(MotArgs),
     /// On an NVIDIA GPU: check the kernels against the CPU path, then time the service end to end
@@ -144,6 +144,46 @@ struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// --server: bearer token sent on every call (for a server with [server.auth]).
+    #[arg(long, env = "LINESIGHT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// --server with https://: PEM CA certificate the server's certificate must chain to.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// --server with mutual TLS: this client's PEM certificate and key.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// --server with https://: the name the server's certificate must carry (default: the URL's host).
+    #[arg(long)]
+    tls_domain: Option<String>,
+}
+
+/// How `bench --server` reaches a server with TLS or tokens.
+fn bench_access(args: &BenchArgs) -> Result<linesight::bench::Access> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |path: &Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    let token = match &args.token {
+        Some(token) => Some(format!("Bearer {token}").parse().context("--token must be printable ASCII")?),
+        None => None,
+    };
+    let tls = if args.ca_cert.is_some() || args.client_cert.is_some() || args.tls_domain.is_some() {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &args.ca_cert {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(domain) = &args.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        Some(tls)
+    } else {
+        None
+    };
+    Ok(linesight::bench::Access { tls, token: linesight::bench::Bearer(token) })
 }
 
 /// Input rows: `frame,-1,x,y,w,h,conf,-1,-1,-1[,e1..eK]`; output rows: `frame,id,x,y,w,h,conf,-1,-1,-1`.
@@ -214,7 +254,7 @@ fn main() -> Result<()> {
                 infer(common, &pipeline, out_dir.as_deref(), !no_annotate, &images).await
             }
             Command::Mot(_) => Ok(()),
-            Command::Bench(args) => bench(args).await,
+            Command::Bench(args) => bench(*args).await,
             #[cfg(feature = "cuda")]
             Command::GpuCheck { common, frames, iterations, out } => gpu_check(common, frames, iterations, out).await,
         }
@@ -275,6 +315,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
         compare_batching: args.compare_batching,
         bare_runs: args.bare_runs,
         progress: !args.quiet,
+        access: bench_access(&args)?,
     };
     let outcome = linesight::bench::run(options).await?;
     let report = &outcome.report;

@@ -182,3 +182,43 @@ async fn unreadable_certificates_stop_the_server_with_the_field_named() {
     let error = server.stop_result().await.expect_err("bad certificate");
     assert!(error.to_string().contains("server.tls.cert_path"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_loads_a_server_with_mutual_tls_and_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let mut config = test_config();
+    config.server.tls = Some(tls_config(dir.path(), &pki, true));
+    // SAFETY: this test alone reads or writes this variable.
+    unsafe { std::env::set_var("LINESIGHT_TEST_BENCH_TOKENS", "bench-token") };
+    config.server.auth = Some(AuthConfig { tokens_file: None, tokens_env: Some("LINESIGHT_TEST_BENCH_TOKENS".into()) });
+    let server = TestServer::start(config).await;
+    let out = dir.path().join("report.json");
+    let bench = |token: &'static str| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_linesight"));
+        command
+            .args(["bench", "--quiet", "--server", &format!("https://{}", server.addr)])
+            .args(["--cameras", "1", "--fps", "5", "--count", "3", "--warmup-s", "0", "--budget-ms", "20000"])
+            .arg("--ca-cert")
+            .arg(dir.path().join("ca.pem"))
+            .arg("--client-cert")
+            .arg(write(dir.path(), "client.pem", &pki.client.0))
+            .arg("--client-key")
+            .arg(write(dir.path(), "client.key", &pki.client.1))
+            .args(["--tls-domain", "localhost", "--out"])
+            .arg(&out)
+            .env("LINESIGHT_TOKEN", token)
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let refused = bench("not-the-token").output().await.expect("run bench");
+    assert!(!refused.status.success(), "a wrong token was let in");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bearer token is not accepted"));
+    let served = bench("bench-token").output().await.expect("run bench");
+    assert!(served.status.success(), "{}", String::from_utf8_lossy(&served.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("JSON");
+    assert_eq!(report["runs"][0]["frames"], 3);
+    assert_eq!(report["runs"][0]["within_budget"], 3);
+    server.stop().await;
+}

@@ -74,6 +74,10 @@ pub struct BatchQueue<T> {
     /// Smoothed time a batch spends in the model, µs, per batch size (index = items; 0 = not yet
     /// measured): an item that would finish after its deadline even if it ran next, alone, is shed.
     service_us: Vec<AtomicU64>,
+    /// Smoothed absolute deviation of that time, µs, per batch size. Admission counts on the mean
+    /// plus twice this (as TCP's retransmission timer does with round trips): on a busy CPU a batch
+    /// often runs well past its average, and a frame admitted on the average alone then misses.
+    service_dev_us: Vec<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -108,6 +112,7 @@ impl<T> BatchQueue<T> {
             state: Mutex::new(State { items: VecDeque::new(), closed: false, flows: HashMap::new() }),
             notify: Notify::new(),
             service_us: (0..=policy.max_batch.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            service_dev_us: (0..=policy.max_batch.max(1)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -148,28 +153,48 @@ impl<T> BatchQueue<T> {
     }
 
     /// Feeds the shedding estimate with the measured service time of a batch of `items`
-    /// (exponential average per batch size, α = 1/4).
+    /// (exponential averages per batch size, α = 1/4, of the time and of its deviation).
     pub fn record_service_time(&self, items: usize, took: Duration) {
-        let Some(slot) = self.service_us.get(items.clamp(1, self.service_us.len() - 1)) else { return };
+        let index = items.clamp(1, self.service_us.len() - 1);
+        let (Some(mean), Some(dev)) = (self.service_us.get(index), self.service_dev_us.get(index)) else { return };
         let sample = took.as_micros().min(u128::from(u64::MAX / 4)) as u64;
-        let old = slot.load(Ordering::Relaxed);
-        let new = if old == 0 { sample.max(1) } else { (old * 3 + sample) / 4 };
-        slot.store(new, Ordering::Relaxed);
+        let old = mean.load(Ordering::Relaxed);
+        if old == 0 {
+            mean.store(sample.max(1), Ordering::Relaxed);
+            dev.store(sample / 2, Ordering::Relaxed);
+        } else {
+            let old_dev = dev.load(Ordering::Relaxed);
+            dev.store((old_dev * 3 + sample.abs_diff(old)) / 4, Ordering::Relaxed);
+            mean.store((old * 3 + sample) / 4, Ordering::Relaxed);
+        }
     }
 
     /// Expected service time of a batch of `items`: its own average once measured, else the nearest
     /// smaller measured size scaled linearly, else the nearest larger one, else zero.
     pub fn service_estimate(&self, items: usize) -> Duration {
+        self.resolve(items, |k| self.service_us[k].load(Ordering::Relaxed))
+    }
+
+    /// The service time a batch of `items` is admitted on: the average plus twice its deviation,
+    /// resolved across batch sizes as [`Self::service_estimate`].
+    pub fn service_bound(&self, items: usize) -> Duration {
+        self.resolve(items, |k| {
+            let mean = self.service_us[k].load(Ordering::Relaxed);
+            if mean == 0 { 0 } else { mean.saturating_add(self.service_dev_us[k].load(Ordering::Relaxed) * 2) }
+        })
+    }
+
+    /// `per_size(k)` (µs, 0 = unmeasured) for `items`, from the nearest measured size.
+    fn resolve(&self, items: usize, per_size: impl Fn(usize) -> u64) -> Duration {
         let n = items.clamp(1, self.service_us.len() - 1);
-        let measured = |k: usize| self.service_us[k].load(Ordering::Relaxed);
-        if measured(n) > 0 {
-            return Duration::from_micros(measured(n));
+        if per_size(n) > 0 {
+            return Duration::from_micros(per_size(n));
         }
-        if let Some(k) = (1..n).rev().find(|&k| measured(k) > 0) {
-            return Duration::from_micros(measured(k).saturating_mul(n as u64) / k as u64);
+        if let Some(k) = (1..n).rev().find(|&k| per_size(k) > 0) {
+            return Duration::from_micros(per_size(k).saturating_mul(n as u64) / k as u64);
         }
-        let larger = (n + 1..self.service_us.len()).find(|&k| measured(k) > 0);
-        Duration::from_micros(larger.map_or(0, measured))
+        let larger = (n + 1..self.service_us.len()).find(|&k| per_size(k) > 0);
+        Duration::from_micros(larger.map_or(0, per_size))
     }
 
     /// The largest batch size up to `max` that pays: one not measured yet (so that it gets tried), or
@@ -198,7 +223,7 @@ impl<T> BatchQueue<T> {
             let wake_at = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                let finish_alone = now + self.service_estimate(1);
+                let finish_alone = now + self.service_bound(1);
                 let mut shed = Vec::new();
                 let mut i = 0;
                 while i < state.items.len() {
@@ -228,7 +253,7 @@ impl<T> BatchQueue<T> {
                             order.sort_by(|&a, &b| shares[a].total_cmp(&shares[b]).then(a.cmp(&b)));
                             let mut n = order.len().min(self.policy.max_batch);
                             while n > 1 {
-                                let finish = now + self.service_estimate(n);
+                                let finish = now + self.service_bound(n);
                                 if order[..n].iter().all(|&i| state.items[i].deadline >= finish) {
                                     break;
                                 }
@@ -272,6 +297,15 @@ impl<T> BatchQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Service times measured many times over: their deviation has decayed to nothing, so
+    /// admission counts on the time itself.
+    fn steady<T>(q: &BatchQueue<T>, items: usize, took: Duration) {
+        for _ in 0..40 {
+            q.record_service_time(items, took);
+        }
+        assert_eq!(q.service_bound(items), took);
+    }
 
     fn policy(max_batch: usize, delay_us: u64, size: usize) -> BatchPolicy {
         BatchPolicy { max_batch, max_queue_delay: Duration::from_micros(delay_us), max_queue_size: size }
@@ -386,9 +420,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batch_is_cut_short_so_its_oldest_items_still_make_their_deadline() {
         let q = BatchQueue::new(policy(4, 0, 16));
-        q.record_service_time(1, Duration::from_millis(20));
-        q.record_service_time(2, Duration::from_millis(30));
-        q.record_service_time(4, Duration::from_millis(60));
+        steady(&q, 1, Duration::from_millis(20));
+        steady(&q, 2, Duration::from_millis(30));
+        steady(&q, 4, Duration::from_millis(60));
         let now = Instant::now();
         // The oldest can wait 35 ms: a batch of two (30 ms) makes it, one of three (45 ms) does not.
         q.submit("a", 0, now + Duration::from_millis(35)).expect("room");
@@ -405,8 +439,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn under_contention_the_flow_shed_most_lately_rides_first() {
         let q = BatchQueue::new(policy(4, 0, 16));
-        q.record_service_time(1, Duration::from_millis(20));
-        q.record_service_time(2, Duration::from_millis(40));
+        steady(&q, 1, Duration::from_millis(20));
+        steady(&q, 2, Duration::from_millis(40));
         // Flow 7's last three items could not make it and were shed.
         for _ in 0..3 {
             q.submit("hopeless", 7, Instant::now() + Duration::from_millis(5)).expect("room");
@@ -469,7 +503,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_full_batch_ships_whole_when_every_item_makes_it() {
         let q = BatchQueue::new(policy(4, 0, 16));
-        q.record_service_time(1, Duration::from_millis(20));
+        steady(&q, 1, Duration::from_millis(20));
         let now = Instant::now();
         for item in 0..4 {
             q.submit(item, 0, now + Duration::from_millis(81)).expect("room");
@@ -485,5 +519,21 @@ mod tests {
         q.record_service_time(1, Duration::from_millis(40));
         q.record_service_time(1, Duration::from_millis(80));
         assert_eq!(q.service_estimate(1), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn admission_counts_on_the_mean_plus_twice_the_deviation() {
+        let q: BatchQueue<()> = BatchQueue::new(policy(4, 0, 8));
+        q.record_service_time(1, Duration::from_millis(40));
+        // First sample: deviation half of it.
+        assert_eq!(q.service_bound(1), Duration::from_millis(80));
+        q.record_service_time(1, Duration::from_millis(40));
+        // Steady: deviation 3/4 of 20 ms, mean unchanged.
+        assert_eq!(q.service_estimate(1), Duration::from_millis(40));
+        assert_eq!(q.service_bound(1), Duration::from_millis(40 + 2 * 15));
+        // Unmeasured sizes scale from the nearest measured one, as the mean does.
+        assert_eq!(q.service_bound(2), Duration::from_millis(140));
+        let fresh: BatchQueue<()> = BatchQueue::new(policy(4, 0, 8));
+        assert_eq!(fresh.service_bound(1), Duration::ZERO, "nothing measured: nothing shed on time");
     }
 }

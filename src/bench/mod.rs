@@ -19,7 +19,7 @@ use crate::config::{Config, PipelineKind};
 use crate::pipeline::Pipelines;
 pub use bare::BareTiming;
 pub use capacity::{CapacityReport, Probe};
-pub use load::{Frames, LoadSpec, Mode, Outcome, Sample};
+pub use load::{Access, Bearer, Frames, LoadSpec, Mode, Outcome, Sample};
 pub use report::{LoadReport, Percentiles};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,8 @@ pub struct BenchOptions {
     /// `Session::run` calls timed for the overhead ratio (own server only; 0 = none).
     pub bare_runs: usize,
     pub progress: bool,
+    /// TLS and token for a remote server.
+    pub access: Access,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -171,10 +173,10 @@ impl OwnServer {
 const SERVING_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Waits for the server's health to say SERVING (a server just started is still loading models).
-async fn wait_until_serving(endpoint: &str) -> Result<(), BenchError> {
+async fn wait_until_serving(endpoint: &str, access: &Access) -> Result<(), BenchError> {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let channel = load::connect_channel(endpoint).await?;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let channel = load::connect_channel(endpoint, access).await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::with_interceptor(channel, access.token.clone());
     let started = std::time::Instant::now();
     let mut said_waiting = false;
     loop {
@@ -200,8 +202,9 @@ async fn wait_until_serving(endpoint: &str) -> Result<(), BenchError> {
 }
 
 /// What the server says of the pipeline under test: its budget (ms) and where its model runs.
-async fn pipeline_facts(endpoint: &str, pipeline: &str) -> Result<(f64, String, String), BenchError> {
-    let mut client = load::connect(endpoint, 1).await?.pop().ok_or_else(|| BenchError::Start("no client".into()))?;
+async fn pipeline_facts(endpoint: &str, access: &Access, pipeline: &str) -> Result<(f64, String, String), BenchError> {
+    let mut client =
+        load::connect(endpoint, 1, access).await?.pop().ok_or_else(|| BenchError::Start("no client".into()))?;
     let listed = client
         .list_pipelines(ListPipelinesRequest {})
         .await
@@ -230,12 +233,13 @@ fn progress_bar(show: bool, label: &str, frames: u64) -> ProgressBar {
 /// Runs one load against `endpoint` and reports it against `budget_ms` (the one its frames carry).
 async fn load_run(
     endpoint: &str,
+    access: &Access,
     options: &BenchOptions,
     spec: &LoadSpec,
     label: &str,
     budget_ms: f64,
 ) -> Result<(LoadReport, Vec<Sample>), BenchError> {
-    let clients = load::connect(endpoint, spec.cameras).await?;
+    let clients = load::connect(endpoint, spec.cameras, access).await?;
     let bar = progress_bar(options.progress, label, spec.frames_per_camera() * spec.cameras as u64);
     let tag = format!("{}-{}", std::process::id(), label.replace(' ', "_"));
     let samples = load::run(clients, &options.frames, spec, &tag, &bar).await;
@@ -267,7 +271,9 @@ pub async fn run(options: BenchOptions) -> Result<BenchOutcome, BenchError> {
         }
         Target::Remote(url) => (None, None, url.clone()),
     };
-    let result = run_against(&endpoint, &options, own_config).await;
+    // The bench's own server runs without TLS or tokens; a remote one gets the caller's access.
+    let access = if own_server.is_some() { Access::default() } else { options.access.clone() };
+    let result = run_against(&endpoint, &access, &options, own_config).await;
     if let Some(server) = own_server {
         server.stop().await;
     }
@@ -287,11 +293,12 @@ pub async fn run(options: BenchOptions) -> Result<BenchOutcome, BenchError> {
 
 async fn run_against(
     endpoint: &str,
+    access: &Access,
     options: &BenchOptions,
     own_config: Option<&Config>,
 ) -> Result<(BenchReport, Vec<Vec<Sample>>), BenchError> {
-    wait_until_serving(endpoint).await?;
-    let (server_budget_ms, provider, pipeline) = pipeline_facts(endpoint, &options.load.pipeline).await?;
+    wait_until_serving(endpoint, access).await?;
+    let (server_budget_ms, provider, pipeline) = pipeline_facts(endpoint, access, &options.load.pipeline).await?;
     let spec = LoadSpec { pipeline, ..options.load.clone() };
     let budget_ms = if spec.budget_ms > 0 { f64::from(spec.budget_ms) } else { server_budget_ms };
     let mut runs = Vec::new();
@@ -302,7 +309,7 @@ async fn run_against(
         let found = capacity::search(search.max_cameras, async |cameras| {
             let spec = LoadSpec { cameras, ..probe_spec.clone() };
             let label = format!("probe {cameras} cameras");
-            let (report, samples) = load_run(endpoint, options, &spec, &label, budget_ms).await?;
+            let (report, samples) = load_run(endpoint, access, options, &spec, &label, budget_ms).await?;
             if options.progress {
                 eprint!("{}", report.summary());
             }
@@ -328,7 +335,7 @@ async fn run_against(
         });
     } else {
         let label = if options.compare_batching { "batching on" } else { "load" };
-        let (report, samples) = load_run(endpoint, options, &spec, label, budget_ms).await?;
+        let (report, samples) = load_run(endpoint, access, options, &spec, label, budget_ms).await?;
         runs.push(report);
         all_samples.push(samples);
     }
@@ -336,7 +343,7 @@ async fn run_against(
         && let Some(config) = own_config
     {
         let server = OwnServer::start(&without_batching(config)).await?;
-        let result = load_run(&server.endpoint, options, &spec, "batching off", budget_ms).await;
+        let result = load_run(&server.endpoint, &Access::default(), options, &spec, "batching off", budget_ms).await;
         server.stop().await;
         let (report, samples) = result?;
         runs.push(report);

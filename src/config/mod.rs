@@ -67,7 +67,7 @@ pub struct ServerConfig {
     pub metrics: Option<MetricsConfig>,
 }
 
-/// TLS for the gRPC port (and the metrics port). With `client_ca_path`, mutual TLS: every client
+/// TLS for the gRPC port. With `client_ca_path`, mutual TLS: every client
 /// must present a certificate signed by that CA.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
