@@ -85,7 +85,13 @@ struct State<T> {
     items: VecDeque<Queued<T>>,
     closed: bool,
     flows: HashMap<u64, FlowShare>,
+    /// When a batch's service time was last measured.
+    last_measured: Option<Instant>,
 }
+
+/// A service-time estimate older than this sheds nothing: if every frame were shed on it, no batch
+/// would run to correct it (one slow first batch would otherwise shed every frame from then on).
+const STALE_ESTIMATE: Duration = Duration::from_secs(1);
 
 impl<T> State<T> {
     fn share(&self, flow: u64) -> f32 {
@@ -109,7 +115,12 @@ impl<T> BatchQueue<T> {
     pub fn new(policy: BatchPolicy) -> Self {
         Self {
             policy,
-            state: Mutex::new(State { items: VecDeque::new(), closed: false, flows: HashMap::new() }),
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                closed: false,
+                flows: HashMap::new(),
+                last_measured: None,
+            }),
             notify: Notify::new(),
             service_us: (0..=policy.max_batch.max(1)).map(|_| AtomicU64::new(0)).collect(),
             service_dev_us: (0..=policy.max_batch.max(1)).map(|_| AtomicU64::new(0)).collect(),
@@ -159,9 +170,10 @@ impl<T> BatchQueue<T> {
         let (Some(mean), Some(dev)) = (self.service_us.get(index), self.service_dev_us.get(index)) else { return };
         let sample = took.as_micros().min(u128::from(u64::MAX / 4)) as u64;
         let old = mean.load(Ordering::Relaxed);
+        self.lock().last_measured = Some(Instant::now());
         if old == 0 {
             mean.store(sample.max(1), Ordering::Relaxed);
-            dev.store(sample / 2, Ordering::Relaxed);
+            dev.store(0, Ordering::Relaxed);
         } else {
             let old_dev = dev.load(Ordering::Relaxed);
             dev.store((old_dev * 3 + sample.abs_diff(old)) / 4, Ordering::Relaxed);
@@ -223,7 +235,9 @@ impl<T> BatchQueue<T> {
             let wake_at = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                let finish_alone = now + self.service_bound(1);
+                let fresh = state.last_measured.is_some_and(|at| now.saturating_duration_since(at) < STALE_ESTIMATE);
+                let bound = |n: usize| if fresh { self.service_bound(n) } else { Duration::ZERO };
+                let finish_alone = now + bound(1);
                 let mut shed = Vec::new();
                 let mut i = 0;
                 while i < state.items.len() {
@@ -253,7 +267,7 @@ impl<T> BatchQueue<T> {
                             order.sort_by(|&a, &b| shares[a].total_cmp(&shares[b]).then(a.cmp(&b)));
                             let mut n = order.len().min(self.policy.max_batch);
                             while n > 1 {
-                                let finish = now + self.service_bound(n);
+                                let finish = now + bound(n);
                                 if order[..n].iter().all(|&i| state.items[i].deadline >= finish) {
                                     break;
                                 }
@@ -521,16 +535,32 @@ mod tests {
         assert_eq!(q.service_estimate(1), Duration::from_millis(50));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_estimate_sheds_nothing_so_one_slow_batch_cannot_shed_every_frame() {
+        let q = BatchQueue::new(policy(1, 0, 16));
+        // One pathological first batch, far over any budget.
+        q.record_service_time(1, Duration::from_millis(500));
+        q.submit("late", 0, Instant::now() + Duration::from_millis(83)).expect("room");
+        let batch = q.next_batch().await.expect("batch");
+        assert_eq!(batch.shed.len(), 1, "a fresh estimate sheds what cannot make it");
+        // Nothing ran since: once the estimate is stale the next frame rides and re-measures.
+        tokio::time::advance(STALE_ESTIMATE).await;
+        q.submit("probe", 0, Instant::now() + Duration::from_millis(83)).expect("room");
+        let batch = q.next_batch().await.expect("batch");
+        assert!(batch.shed.is_empty());
+        assert_eq!(batch.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["probe"]);
+    }
+
     #[test]
     fn admission_counts_on_the_mean_plus_twice_the_deviation() {
         let q: BatchQueue<()> = BatchQueue::new(policy(4, 0, 8));
         q.record_service_time(1, Duration::from_millis(40));
-        // First sample: deviation half of it.
-        assert_eq!(q.service_bound(1), Duration::from_millis(80));
-        q.record_service_time(1, Duration::from_millis(40));
-        // Steady: deviation 3/4 of 20 ms, mean unchanged.
-        assert_eq!(q.service_estimate(1), Duration::from_millis(40));
-        assert_eq!(q.service_bound(1), Duration::from_millis(40 + 2 * 15));
+        // One sample: no deviation seen yet.
+        assert_eq!(q.service_bound(1), Duration::from_millis(40));
+        q.record_service_time(1, Duration::from_millis(80));
+        // Mean 50 ms, deviation a quarter of the 40 ms surprise.
+        assert_eq!(q.service_estimate(1), Duration::from_millis(50));
+        assert_eq!(q.service_bound(1), Duration::from_millis(50 + 2 * 10));
         // Unmeasured sizes scale from the nearest measured one, as the mean does.
         assert_eq!(q.service_bound(2), Duration::from_millis(140));
         let fresh: BatchQueue<()> = BatchQueue::new(policy(4, 0, 8));
