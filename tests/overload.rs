@@ -157,14 +157,8 @@ async fn three_times_capacity_sheds_the_excess_and_keeps_admitted_frames_in_budg
             let mut peak: f64 = 0.0;
             let started = Instant::now();
             while started.elapsed() < LOAD + Duration::from_secs(5) {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    && let Some(kb) = status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.split_whitespace().next())
-                        .and_then(|v| v.parse::<f64>().ok())
-                {
-                    peak = peak.max(kb / 1024.0);
+                if let Some(mib) = common::rss_mib(pid) {
+                    peak = peak.max(mib);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

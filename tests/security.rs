@@ -36,18 +36,14 @@ fn leaf(names: &[&str], issuer: &CertifiedIssuer<'static, KeyPair>) -> (String, 
 }
 
 fn pki() -> Pki {
-    let ca = ca("linesight test CA");
-    let rogue = ca_rogue();
+    let trusted = ca("linesight test CA");
+    let rogue = ca("rogue CA");
     Pki {
-        ca_pem: ca.pem(),
-        server: leaf(&["localhost", "127.0.0.1"], &ca),
-        client: leaf(&["camera-gateway"], &ca),
+        ca_pem: trusted.pem(),
+        server: leaf(&["localhost", "127.0.0.1"], &trusted),
+        client: leaf(&["camera-gateway"], &trusted),
         rogue_client: leaf(&["camera-gateway"], &rogue),
     }
-}
-
-fn ca_rogue() -> CertifiedIssuer<'static, KeyPair> {
-    ca("rogue CA")
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {

@@ -179,18 +179,18 @@ impl ServerProcess {
 
     /// Resident memory of the server process, in MiB.
     pub fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kb / 1024.0
+        rss_mib(self.pid()).expect("VmRSS of the server")
     }
 
     pub fn terminate(&self) {
         let killed = std::process::Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
         assert!(killed.expect("kill").success());
     }
+}
+
+/// Resident memory of process `pid`, in MiB (`None` once it has gone).
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kb / 1024.0)
 }
