@@ -3,6 +3,8 @@
 //! `Session::run` of the same model with the same threads, measured side by side in one run.
 //! Prints both medians and their ratio. Run: cargo bench --bench inspect_overhead
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,18 +56,7 @@ fn main() {
     let manifest = ModelManifest::load(&config.resolved_model_dir().join("nanodet-g")).expect("manifest");
     let runtime = OrtRuntime::init(None).expect("runtime");
     // Plain ort: the same builder options the engine uses, no output copies.
-    let mut session = ort::session::Session::builder(runtime.environment())
-        .expect("builder")
-        .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
-        .expect("optimisation")
-        .with_intra_threads(threads)
-        .expect("threads")
-        .with_inter_threads(1)
-        .expect("threads")
-        .with_intra_op_spinning(config.engine.intra_op_spinning)
-        .expect("spinning")
-        .commit_from_file(manifest.onnx_path())
-        .expect("session");
+    let mut session = common::bare_session(runtime, &manifest.onnx_path(), threads, config.engine.intra_op_spinning);
     let limits = DecodeLimits { max_pixels: 40_000_000, max_side: 16_384 };
     let img = imaging::decode(&jpeg, ImageEncoding::Jpeg, 0, 0, limits).expect("decode");
     let spec = tensor_spec(&manifest.input);

@@ -528,7 +528,14 @@ async fn infer(
                 "score": d.detection.score,
                 "box": [d.detection.bbox.x1, d.detection.bbox.y1, d.detection.bbox.x2, d.detection.bbox.y2],
                 "track_id": d.track_id,
+                "mask_pixels": d.shape.as_ref().map(|s| s.area),
+                "polygons": d.shape.as_ref().map(|s| s.polygons.iter().map(|p| p.points.clone()).collect::<Vec<_>>()),
             })).collect::<Vec<_>>(),
+            "cell": result.cell.map(|c| serde_json::json!({
+                "defective": c.defective,
+                "defect_area_fraction": c.defect_area_fraction,
+                "defects_counted": c.counted,
+            })),
         }));
     }
     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -135,7 +135,7 @@ fn wrong_pipeline_and_batching_comparison_on_a_remote_server_are_clear_errors() 
     let (output, _) = bench(&["--pipeline", "nope", "--cameras", "1", "--duration-s", "1", "--bare-runs", "0"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("the server has no pipeline \"nope\" (it serves: detect, track)"), "{stderr}");
+    assert!(stderr.contains("the server has no pipeline \"nope\" (it serves: detect, el-defect, track)"), "{stderr}");
 
     let (output, _) = bench(&["--server", "http://127.0.0.1:9", "--compare-batching", "--duration-s", "1"]);
     assert!(!output.status.success());

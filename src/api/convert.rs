@@ -10,6 +10,7 @@ use crate::imaging::ImageEncoding;
 use crate::pipeline::{
     FrameRequest, FrameResult, ImageInput, InspectError, PipelineInfo, StageTimings, TrackingStats, Verdict,
 };
+use crate::segment::encode_runs;
 use crate::track::FrameOrder;
 
 pub fn frame_request(
@@ -79,8 +80,13 @@ fn tracking(order: Option<FrameOrder>) -> (proto::Tracking, u64) {
     }
 }
 
+fn fraction(part: u64, whole: u64) -> f32 {
+    if whole == 0 { 0.0 } else { (part as f64 / whole as f64) as f32 }
+}
+
 pub fn inspect_response(result: FrameResult) -> proto::InspectResponse {
     let (tracking, last_applied_sequence) = tracking(result.tracking);
+    let image_pixels = u64::from(result.image_width) * u64::from(result.image_height);
     proto::InspectResponse {
         tracking: tracking as i32,
         last_applied_sequence,
@@ -100,8 +106,29 @@ pub fn inspect_response(result: FrameResult) -> proto::InspectResponse {
                 class_name: d.class_name,
                 score: d.detection.score,
                 track_id: d.track_id,
+                mask: d.shape.as_ref().map(|s| proto::Mask {
+                    left: s.mask.left,
+                    top: s.mask.top,
+                    width: s.mask.width,
+                    height: s.mask.height,
+                    runs: encode_runs(&s.mask.pixels),
+                }),
+                polygons: d.shape.as_ref().map_or_else(Vec::new, |s| {
+                    s.polygons
+                        .iter()
+                        .map(|p| proto::Polygon {
+                            points: p.points.iter().map(|&[x, y]| proto::Point { x, y }).collect(),
+                        })
+                        .collect()
+                }),
+                area_fraction: d.shape.as_ref().map_or(0.0, |s| fraction(u64::from(s.area), image_pixels)),
             })
             .collect(),
+        cell: result.cell.map(|c| proto::Cell {
+            verdict: if c.defective { proto::CellVerdict::Defective } else { proto::CellVerdict::Ok } as i32,
+            defect_area_fraction: c.defect_area_fraction,
+            defects_counted: c.counted,
+        }),
         timings: Some(timings(&result.timings)),
         verdict: verdict(result.verdict) as i32,
         annotated_jpeg: result.annotated_jpeg.unwrap_or_default(),

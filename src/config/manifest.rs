@@ -9,7 +9,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct ModelManifest {
     pub name: String,
-    /// `detect` (boxes and classes) or `embed` (one appearance vector per crop).
+    /// `detect` (boxes and classes), `segment` (boxes, classes and masks) or `embed` (one
+    /// appearance vector per crop).
     pub task: String,
     /// ONNX file, relative to the manifest's folder.
     pub file: PathBuf,
@@ -46,6 +47,10 @@ pub struct InputSpec {
     /// Fill of letterbox borders, in 0..255 pixel units before normalisation.
     #[serde(default)]
     pub pad_value: u8,
+    /// The model's fixed batch size, when its graph takes only that many images per run (1 for
+    /// torchvision's detection models, whose heads loop over images); absent = any batch.
+    #[serde(default)]
+    pub batch: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,6 +79,10 @@ pub enum DecoderSpec {
     Yolo { version: YoloVersion },
     /// Appearance embedder: `output` is [n, dim], one vector per input crop.
     Embedding { output: String, dim: usize },
+    /// torchvision Mask R-CNN without its in-graph mask paste, one image per run: `boxes` [n, 4]
+    /// in model-input pixels, `labels` [n] 1-based classes as f32, `scores` [n], `masks`
+    /// [n, 1, m, m] probabilities over each box.
+    Maskrcnn { boxes: String, labels: String, scores: String, masks: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -90,11 +99,18 @@ pub struct PostprocessSpec {
     pub score_threshold: f32,
     pub iou_threshold: f32,
     pub max_detections: usize,
+    /// Segmentation: a pixel is the instance's where its mask probability is at least this.
+    #[serde(default = "default_mask_threshold")]
+    pub mask_threshold: f32,
+}
+
+fn default_mask_threshold() -> f32 {
+    0.5
 }
 
 impl Default for PostprocessSpec {
     fn default() -> Self {
-        Self { score_threshold: 0.25, iou_threshold: 0.45, max_detections: 100 }
+        Self { score_threshold: 0.25, iou_threshold: 0.45, max_detections: 100, mask_threshold: 0.5 }
     }
 }
 
@@ -135,16 +151,29 @@ impl ModelManifest {
                     return Err("input.resize: detectors take `letterbox`".into());
                 }
             }
+            ("segment", DecoderSpec::Maskrcnn { .. }) => {
+                if self.classes.is_empty() {
+                    return Err("classes: a segmentation model needs at least one class".into());
+                }
+                if self.input.resize != ResizeMode::Letterbox {
+                    return Err("input.resize: segmentation models take `letterbox`".into());
+                }
+            }
             ("embed", DecoderSpec::Embedding { dim, .. }) => {
                 if *dim == 0 {
                     return Err("decoder.dim: must be positive".into());
                 }
             }
-            ("detect" | "embed", _) => return Err(format!("decoder: this kind cannot serve a `{}` model", self.task)),
-            (task, _) => return Err(format!("task: `{task}` is not a known task (detect, embed)")),
+            ("detect" | "segment" | "embed", _) => {
+                return Err(format!("decoder: this kind cannot serve a `{}` model", self.task));
+            }
+            (task, _) => return Err(format!("task: `{task}` is not a known task (detect, segment, embed)")),
         }
         if self.input.width == 0 || self.input.height == 0 {
             return Err("input: width and height must be positive".into());
+        }
+        if self.input.batch == Some(0) {
+            return Err("input.batch: must be positive".into());
         }
         if self.input.std.iter().any(|s| *s <= 0.0) {
             return Err("input.std: every value must be positive".into());

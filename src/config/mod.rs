@@ -20,6 +20,8 @@ pub const DEFAULT_PIPELINE: &str = "detect";
 pub const DEFAULT_DETECT_MODEL: &str = "nanodet-g";
 /// The appearance embedder bundled in `models/`, used by the default `track` pipeline.
 pub const DEFAULT_EMBED_MODEL: &str = "mobilenetv2-reid";
+/// The EL-cell defect segmenter of the default `el-defect` pipeline.
+pub const DEFAULT_SEGMENT_MODEL: &str = "el-maskrcnn";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -196,10 +198,10 @@ impl EngineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// `detect` or `track`.
+    /// `detect`, `track` or `segment`.
     pub kind: PipelineKind,
     /// Folder name under `model_dir`: the detector of a `detect` pipeline, the appearance embedder
-    /// of a `track` pipeline.
+    /// of a `track` pipeline, the instance segmenter of a `segment` pipeline.
     pub model: String,
     /// `track` only: the `detect` pipeline whose detections are tracked. Its queue and model
     /// instances are shared, so detect and track frames batch together.
@@ -220,6 +222,12 @@ pub struct PipelineConfig {
     pub iou_threshold: Option<f32>,
     #[serde(default)]
     pub max_detections: Option<usize>,
+    /// `segment` only: overrides the model's mask threshold.
+    #[serde(default)]
+    pub mask_threshold: Option<f32>,
+    /// `segment` only: when an image (a cell) is judged defective.
+    #[serde(default)]
+    pub verdict: VerdictConfig,
     /// Model instances, each a worker thread owning its own ONNX Runtime session.
     #[serde(default = "one")]
     pub instances: usize,
@@ -242,6 +250,8 @@ impl PipelineConfig {
             score_threshold: None,
             iou_threshold: None,
             max_detections: None,
+            mask_threshold: None,
+            verdict: VerdictConfig::default(),
             instances: 1,
         }
     }
@@ -252,6 +262,36 @@ impl PipelineConfig {
 pub enum PipelineKind {
     Detect,
     Track,
+    Segment,
+}
+
+/// A `segment` pipeline's image verdict: defective when at least one instance of a counted class
+/// scores at least `min_score` and the counted instances cover at least `min_area_fraction` of the
+/// image.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerdictConfig {
+    /// Default: the pipeline's score threshold.
+    pub min_score: Option<f32>,
+    pub min_area_fraction: f32,
+    /// Class names counted; empty = every class.
+    pub classes: Vec<String>,
+}
+
+impl Default for VerdictConfig {
+    fn default() -> Self {
+        Self { min_score: None, min_area_fraction: 0.0, classes: Vec::new() }
+    }
+}
+
+impl VerdictConfig {
+    /// The default `el-defect` rule: a crack or an inactive area scoring at least 0.2. Chosen on
+    /// the odd rows of ELPV (`eval/elpv_eval.py`, best F1 of the rules swept); finger interruptions
+    /// are found and returned but not counted, as on real cells they rarely made a cell defective
+    /// and the model confuses them with texture.
+    pub fn el_defect() -> Self {
+        Self { min_score: Some(0.2), min_area_fraction: 0.0, classes: vec!["crack".into(), "inactive".into()] }
+    }
 }
 
 /// DeepSORT parameters (defaults are the paper's), which detections to track, and the embedder's
@@ -396,6 +436,13 @@ impl Default for Config {
             PipelineConfig {
                 detector: Some(DEFAULT_PIPELINE.to_owned()),
                 ..PipelineConfig::new(PipelineKind::Track, DEFAULT_EMBED_MODEL)
+            },
+        );
+        pipelines.insert(
+            "el-defect".to_owned(),
+            PipelineConfig {
+                verdict: VerdictConfig::el_defect(),
+                ..PipelineConfig::new(PipelineKind::Segment, DEFAULT_SEGMENT_MODEL)
             },
         );
         Self {
@@ -558,7 +605,25 @@ impl Config {
                     Some(_) => problem(at("detector"), "must name a pipeline of kind `detect`"),
                     None => problem(at("detector"), "names no configured pipeline"),
                 },
-                (PipelineKind::Detect, None) => {}
+                (PipelineKind::Segment, Some(_)) => problem(at("detector"), "only `track` pipelines take a detector"),
+                (PipelineKind::Detect | PipelineKind::Segment, None) => {}
+            }
+            if let Some(t) = p.mask_threshold
+                && !(0.0..=1.0).contains(&t)
+            {
+                problem(at("mask_threshold"), "must be within 0..=1");
+            }
+            if p.kind != PipelineKind::Segment && (p.mask_threshold.is_some() || p.verdict != VerdictConfig::default())
+            {
+                problem(at("verdict"), "only `segment` pipelines take a mask threshold and a verdict rule");
+            }
+            if let Some(t) = p.verdict.min_score
+                && !(0.0..=1.0).contains(&t)
+            {
+                problem(at("verdict.min_score"), "must be within 0..=1");
+            }
+            if !(0.0..=1.0).contains(&p.verdict.min_area_fraction) {
+                problem(at("verdict.min_area_fraction"), "must be within 0..=1");
             }
             if p.kind == PipelineKind::Track {
                 let t = &p.tracker;
@@ -621,6 +686,27 @@ mod tests {
         assert!(config.validate().is_ok());
         assert_eq!(config.pipelines["detect"].model, "nanodet-g");
         assert_eq!(config.server.default_budget_ms, 83);
+    }
+
+    #[test]
+    fn verdict_rules_belong_to_segment_pipelines_and_stay_within_range() {
+        let mut config = Config::default();
+        assert_eq!(config.pipelines["el-defect"].kind, PipelineKind::Segment);
+        let el = config.pipelines.get_mut("el-defect").expect("el-defect");
+        el.mask_threshold = Some(1.5);
+        el.verdict.min_area_fraction = -0.1;
+        el.verdict.min_score = Some(2.0);
+        config.pipelines.get_mut("detect").expect("detect").verdict.min_area_fraction = 0.1;
+        let problems = config.validate().expect_err("invalid");
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "pipelines.el-defect.mask_threshold",
+            "pipelines.el-defect.verdict.min_area_fraction",
+            "pipelines.el-defect.verdict.min_score",
+            "pipelines.detect.verdict",
+        ] {
+            assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+        }
     }
 
     #[test]

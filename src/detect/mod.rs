@@ -78,7 +78,7 @@ impl Decoder {
                 input_height,
             }),
             DecoderSpec::Yolo { version } => Decoder::Yolo(Layout::for_version(*version, num_classes)),
-            DecoderSpec::Embedding { .. } => return None,
+            DecoderSpec::Embedding { .. } | DecoderSpec::Maskrcnn { .. } => return None,
         })
     }
 

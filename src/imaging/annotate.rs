@@ -31,6 +31,43 @@ const PALETTE: [[u8; 3]; 10] = [
     [0, 194, 255],
 ];
 
+/// A binary mask over the pixels `left..left + width`, `top..top + height` (non-zero = covered).
+pub struct MaskOverlay<'a> {
+    pub left: u32,
+    pub top: u32,
+    pub width: u32,
+    pub height: u32,
+    pub pixels: &'a [u8],
+    /// Picks the colour as [`Annotation::color_key`] does.
+    pub color_key: u32,
+}
+
+/// Tints every covered pixel with its mask's colour at `opacity` (0..=1), so the image under it
+/// stays readable; draw boxes and labels afterwards.
+pub fn overlay_masks(image: &mut RgbImage, masks: &[MaskOverlay<'_>], opacity: f32) {
+    let opacity = opacity.clamp(0.0, 1.0);
+    for m in masks {
+        let color = PALETTE[m.color_key as usize % PALETTE.len()];
+        for row in 0..m.height {
+            let y = m.top + row;
+            if y >= image.height() {
+                break;
+            }
+            for col in 0..m.width {
+                let x = m.left + col;
+                let covered = m.pixels.get((row * m.width + col) as usize).is_some_and(|&p| p != 0);
+                if x >= image.width() || !covered {
+                    continue;
+                }
+                let pixel = image.get_pixel_mut(x, y);
+                for (channel, tint) in pixel.0.iter_mut().zip(color) {
+                    *channel = (f32::from(*channel) * (1.0 - opacity) + f32::from(tint) * opacity).round() as u8;
+                }
+            }
+        }
+    }
+}
+
 pub fn annotate(image: &mut RgbImage, annotations: &[Annotation]) {
     let thickness = (image.width().max(image.height()) / 400).clamp(1, 4) as i64;
     let scale = if image.height() >= 480 { 2 } else { 1 };
@@ -93,6 +130,23 @@ fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, scale: i64, color
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod overlay_tests {
+    use super::*;
+
+    #[test]
+    fn a_mask_tints_only_its_covered_pixels_inside_the_image() {
+        let mut image = RgbImage::from_pixel(4, 4, Rgb([0, 0, 0]));
+        let pixels = [1u8, 0, 1, 1, 1, 1];
+        let mask = MaskOverlay { left: 2, top: 2, width: 3, height: 2, pixels: &pixels, color_key: 0 };
+        overlay_masks(&mut image, &[mask], 0.5);
+        assert_eq!(image.get_pixel(2, 2).0, [128, 28, 28]);
+        assert_eq!(image.get_pixel(3, 2).0, [0, 0, 0], "not covered");
+        assert_eq!(image.get_pixel(3, 3).0, [128, 28, 28]);
+        assert_eq!(image.get_pixel(1, 1).0, [0, 0, 0], "outside the mask");
     }
 }
 

@@ -1,4 +1,6 @@
-//! The `detect` pipeline: decode → letterbox → dynamic batch → ONNX Runtime → decode + NMS.
+//! The `detect` pipeline: decode → letterbox → dynamic batch → ONNX Runtime → decode + NMS. With a
+//! segmentation model (a `segment` pipeline, e.g. `el-defect`) the last stage decodes instances
+//! instead: masks pasted into the image, outlines, and the image's verdict.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
@@ -14,10 +16,11 @@ use super::{
     Verdict,
 };
 use crate::batching::BatchQueue;
-use crate::config::{ChannelOrder, InputSpec, ModelManifest, PipelineConfig};
+use crate::config::{ChannelOrder, DecoderSpec, InputSpec, ModelManifest, PipelineConfig};
 use crate::detect::{Decoder, NamedOutput, Thresholds};
 use crate::engine::{EngineError, Output, Provider};
 use crate::imaging::{self, Annotation, Preprocessor, TensorSpec};
+use crate::segment::{CellInspection, CellRule, SegmentDecoder, SegmentThresholds, judge_cell};
 
 /// A frame after detection, before anything a composing pipeline adds.
 pub(super) struct Detected {
@@ -29,7 +32,22 @@ pub(super) struct Detected {
     pub batch_size: u32,
     pub image_width: u32,
     pub image_height: u32,
+    /// Segmentation models: the image's verdict.
+    pub cell: Option<CellInspection>,
 }
+
+/// What the last stage makes of a frame's outputs.
+#[derive(Debug, Clone)]
+enum Postprocess {
+    /// Boxes: decode, NMS, map back.
+    Boxes { decoder: Decoder, thresholds: Thresholds },
+    /// Instances: boxes as above, each with its mask pasted and outlined; then the image's verdict.
+    Instances { decoder: SegmentDecoder, thresholds: SegmentThresholds, rule: CellRule },
+}
+
+/// Douglas–Peucker tolerance of instance outlines, in pixels: a one-pixel staircase becomes a
+/// straight edge, so outlines stay short without moving off the mask.
+const POLYGON_EPSILON: f64 = 1.0;
 
 /// When a frame must be done by, and which limit that is.
 #[derive(Debug, Clone, Copy)]
@@ -54,8 +72,7 @@ pub struct DetectPipeline {
     name: String,
     manifest: ModelManifest,
     tensor_spec: TensorSpec,
-    decoder: Decoder,
-    thresholds: Thresholds,
+    postprocess: Postprocess,
     budget: Duration,
     /// The manifest's class names, shared with every frame's postprocessing.
     classes: Arc<[String]>,
@@ -98,19 +115,8 @@ impl DetectPipeline {
         engine: &super::EngineSetup<'_>,
         context: Arc<StageContext>,
     ) -> Result<Self, EngineError> {
-        let input = &manifest.input;
-        let tensor_spec = tensor_spec(input);
-        let decoder = Decoder::from_spec(&manifest.decoder, manifest.classes.len(), input.width, input.height)
-            .ok_or_else(|| EngineError::Model {
-                model: manifest.name.clone(),
-                message: "its decoder is not a detector's".into(),
-            })?;
-        let post = manifest.postprocess.unwrap_or_default();
-        let thresholds = Thresholds {
-            score: config.score_threshold.unwrap_or(post.score_threshold),
-            iou: config.iou_threshold.unwrap_or(post.iou_threshold),
-            max_detections: config.max_detections.unwrap_or(post.max_detections),
-        };
+        let tensor_spec = tensor_spec(&manifest.input);
+        let postprocess = postprocess_for(config, &manifest)?;
         let policy = config.batching.policy();
         let queue = Arc::new(BatchQueue::new(policy));
         let Workers { handles, provider, device_preprocess, device_memory, health } = start_workers(
@@ -140,8 +146,7 @@ impl DetectPipeline {
             name: name.to_owned(),
             manifest,
             tensor_spec,
-            decoder,
-            thresholds,
+            postprocess,
             budget,
             queue,
             workers: Mutex::new(handles),
@@ -206,7 +211,7 @@ impl DetectPipeline {
         let deadline = FrameDeadline::new(&request, self.budget);
         let annotate = request.annotate;
         let detected = self.detect(&request, deadline, annotate).await?;
-        let Detected { detections, image, mut timings, batch_size, image_width, image_height } = detected;
+        let Detected { detections, image, mut timings, batch_size, image_width, image_height, cell } = detected;
         let (detections, annotated_jpeg) = self.annotate(image, detections, &mut timings).await?;
         timings.total = request.received.elapsed();
         Ok(FrameResult {
@@ -222,6 +227,7 @@ impl DetectPipeline {
             image_width,
             image_height,
             tracking: None,
+            cell,
         })
     }
 
@@ -294,24 +300,48 @@ impl DetectPipeline {
             .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
         let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
 
-        // Decode outputs + NMS on the CPU pool.
-        let decoder = self.decoder.clone();
-        let thresholds = self.thresholds;
+        // Decode outputs (+ NMS, + masks) on the CPU pool.
+        let postprocess = self.postprocess.clone();
         let classes = self.classes.clone();
-        let (detections, postprocess_time) = self
+        let (detections, cell, postprocess_time) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
                 let t0 = std::time::Instant::now();
                 let named = named_views(&inferred.outputs)?;
-                let found = decoder.detect(&named, inferred.first_row, &thresholds, &letterbox)?;
-                let detections: Vec<LabeledDetection> = found
-                    .into_iter()
-                    .map(|d| LabeledDetection {
-                        class_name: classes.get(d.class_id as usize).cloned().unwrap_or_default(),
-                        detection: d,
-                        track_id: 0,
-                    })
-                    .collect();
-                Ok((detections, t0.elapsed()))
+                let class_name = |id: u32| classes.get(id as usize).cloned().unwrap_or_default();
+                let (detections, cell) = match &postprocess {
+                    Postprocess::Boxes { decoder, thresholds } => {
+                        let found = decoder.detect(&named, inferred.first_row, thresholds, &letterbox)?;
+                        let detections = found
+                            .into_iter()
+                            .map(|d| LabeledDetection {
+                                class_name: class_name(d.class_id),
+                                detection: d,
+                                track_id: 0,
+                                shape: None,
+                            })
+                            .collect();
+                        (detections, None)
+                    }
+                    Postprocess::Instances { decoder, thresholds, rule } => {
+                        // The rule may count instances under the score the response shows.
+                        let decode_at =
+                            SegmentThresholds { score: thresholds.score.min(rule.min_score), ..*thresholds };
+                        let found = decoder.decode(&named, &decode_at, &letterbox)?;
+                        let cell = judge_cell(&found, letterbox.src_width, letterbox.src_height, rule);
+                        let detections = found
+                            .into_iter()
+                            .filter(|i| i.detection.score >= thresholds.score)
+                            .map(|i| LabeledDetection {
+                                class_name: class_name(i.detection.class_id),
+                                detection: i.detection,
+                                track_id: 0,
+                                shape: Some(Arc::new(i.shape)),
+                            })
+                            .collect();
+                        (detections, Some(cell))
+                    }
+                };
+                Ok((detections, cell, t0.elapsed()))
             })
             .await??;
 
@@ -329,6 +359,7 @@ impl DetectPipeline {
             batch_size: inferred.batch_frames as u32,
             image_width: width,
             image_height: height,
+            cell,
         })
     }
 
@@ -346,9 +377,68 @@ fn annotate_jpeg(image: &mut RgbImage, detections: &[LabeledDetection]) -> Resul
     imaging::encode_jpeg(image, 85).map_err(|e| InspectError::Internal(format!("JPEG encoding failed: {e}")))
 }
 
+/// How a pipeline's configuration and its model's manifest set up the last stage.
+fn postprocess_for(config: &PipelineConfig, manifest: &ModelManifest) -> Result<Postprocess, EngineError> {
+    let post = manifest.postprocess.unwrap_or_default();
+    let input = &manifest.input;
+    let score = config.score_threshold.unwrap_or(post.score_threshold);
+    let max_detections = config.max_detections.unwrap_or(post.max_detections);
+    if let DecoderSpec::Maskrcnn { boxes, labels, scores, masks } = &manifest.decoder {
+        let class_id = |name: &String| {
+            manifest.classes.iter().position(|c| c == name).map(|i| i as u32).ok_or_else(|| EngineError::Model {
+                model: manifest.name.clone(),
+                message: format!("verdict.classes: `{name}` is not one of its classes {:?}", manifest.classes),
+            })
+        };
+        let rule = CellRule {
+            min_score: config.verdict.min_score.unwrap_or(score),
+            min_area_fraction: config.verdict.min_area_fraction,
+            classes: config.verdict.classes.iter().map(class_id).collect::<Result<_, _>>()?,
+        };
+        return Ok(Postprocess::Instances {
+            decoder: SegmentDecoder {
+                boxes: boxes.clone(),
+                labels: labels.clone(),
+                scores: scores.clone(),
+                masks: masks.clone(),
+                num_classes: manifest.classes.len(),
+            },
+            thresholds: SegmentThresholds {
+                score,
+                iou: config.iou_threshold.unwrap_or(post.iou_threshold),
+                mask: config.mask_threshold.unwrap_or(post.mask_threshold),
+                max_instances: max_detections,
+                polygon_epsilon: POLYGON_EPSILON,
+            },
+            rule,
+        });
+    }
+    let decoder =
+        Decoder::from_spec(&manifest.decoder, manifest.classes.len(), input.width, input.height).ok_or_else(|| {
+            EngineError::Model { model: manifest.name.clone(), message: "its decoder is not a detector's".into() }
+        })?;
+    let thresholds = Thresholds { score, iou: config.iou_threshold.unwrap_or(post.iou_threshold), max_detections };
+    Ok(Postprocess::Boxes { decoder, thresholds })
+}
+
 /// Boxes with "class score" labels, one colour per class; tracked objects get "#id class" and one
-/// colour per track.
+/// colour per track; instance masks are tinted in their class's colour under the boxes.
 pub fn draw_detections(image: &mut RgbImage, detections: &[LabeledDetection]) {
+    let masks: Vec<imaging::MaskOverlay<'_>> = detections
+        .iter()
+        .filter_map(|d| {
+            let m = &d.shape.as_ref()?.mask;
+            Some(imaging::MaskOverlay {
+                left: m.left,
+                top: m.top,
+                width: m.width,
+                height: m.height,
+                pixels: &m.pixels,
+                color_key: d.detection.class_id,
+            })
+        })
+        .collect();
+    imaging::overlay_masks(image, &masks, 0.45);
     let annotations: Vec<Annotation> = detections
         .iter()
         .map(|d| Annotation {

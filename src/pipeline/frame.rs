@@ -38,6 +38,8 @@ pub struct LabeledDetection {
     pub class_name: String,
     /// 0 = not tracked.
     pub track_id: u64,
+    /// Segmentation pipelines: the instance's mask and outline in the image.
+    pub shape: Option<std::sync::Arc<crate::segment::InstanceShape>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,6 +86,8 @@ pub struct FrameResult {
     pub image_height: u32,
     /// `track` pipelines: whether the frame was applied to its camera's tracker in order.
     pub tracking: Option<FrameOrder>,
+    /// Segmentation pipelines: the image's verdict by the pipeline's rule.
+    pub cell: Option<crate::segment::CellInspection>,
 }
 
 /// What `ListPipelines` reports for one pipeline.

@@ -314,6 +314,13 @@ impl Pipelines {
         }
         let mut by_name: BTreeMap<String, Pipeline> =
             detectors.iter().map(|(name, p)| (name.clone(), Pipeline::Detect(p.clone()))).collect();
+        // Segmenters run as detect pipelines whose last stage decodes instances.
+        for (name, pipeline) in config.pipelines.iter().filter(|(_, p)| p.kind == PipelineKind::Segment) {
+            let manifest = load(name, pipeline, "segment", "segment")?;
+            let started = DetectPipeline::start(name, pipeline, manifest, &engine, context.clone())
+                .map_err(engine_error(name))?;
+            by_name.insert(name.clone(), Pipeline::Detect(Arc::new(started)));
+        }
         for (name, pipeline) in config.pipelines.iter().filter(|(_, p)| p.kind == PipelineKind::Track) {
             let manifest = load(name, pipeline, "embed", "track")?;
             let detector = pipeline

@@ -181,7 +181,7 @@ impl TrackPipeline {
     pub async fn inspect(&self, request: FrameRequest, admission: Admission) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
         let detected = self.detector.detect(&request, deadline, true).await?;
-        let Detected { detections, image, mut timings, batch_size, image_width, image_height } = detected;
+        let Detected { detections, image, mut timings, batch_size, image_width, image_height, .. } = detected;
         let image = image.ok_or_else(|| InspectError::Internal("decoded frame was not kept".into()))?;
         let kept: Vec<LabeledDetection> = detections
             .into_iter()
@@ -217,6 +217,7 @@ impl TrackPipeline {
                         class_name: classes.get(o.class_id as usize).cloned().unwrap_or_default(),
                         detection: Detection { bbox: o.bbox, class_id: o.class_id, score: o.score },
                         track_id: o.track_id,
+                        shape: None,
                     })
                     .collect();
                 (tracked, FrameOrder::Applied)
@@ -239,6 +240,7 @@ impl TrackPipeline {
             image_width,
             image_height,
             tracking: Some(tracking),
+            cell: None,
         })
     }
 

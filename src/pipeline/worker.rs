@@ -87,6 +87,15 @@ struct Worker {
     sessions: Vec<(usize, ModelSession)>,
     spec: TensorSpec,
     preprocess: Preprocess,
+    /// The model takes one image per run (manifest `input.batch = 1`): a batch runs image by image
+    /// and each frame gets its own outputs.
+    one_per_run: bool,
+}
+
+/// A batch's outputs: one set of [n, …] tensors for the whole batch, or one set per frame.
+enum BatchOutputs {
+    Stacked(Vec<Output>),
+    PerFrame(Vec<Vec<Output>>),
 }
 
 impl Worker {
@@ -108,7 +117,33 @@ fn pick<S>(sessions: &mut [(usize, S)], n: usize) -> Result<(usize, &mut S), Eng
 
 impl Worker {
     /// Runs one batch of jobs; returns the outputs and the time spent preprocessing on the device.
-    fn run(&mut self, jobs: &[&Job]) -> Result<(Vec<Output>, Duration), EngineError> {
+    fn run(&mut self, jobs: &[&Job]) -> Result<(BatchOutputs, Duration), EngineError> {
+        if self.one_per_run {
+            return self.run_one_by_one(jobs).map(|outputs| (BatchOutputs::PerFrame(outputs), Duration::ZERO));
+        }
+        self.run_stacked(jobs).map(|(outputs, device)| (BatchOutputs::Stacked(outputs), device))
+    }
+
+    /// Each frame's rows in runs of one (CPU preprocessing only).
+    fn run_one_by_one(&mut self, jobs: &[&Job]) -> Result<Vec<Vec<Output>>, EngineError> {
+        let (c, h, w) = (3, self.spec.height as usize, self.spec.width as usize);
+        let (_, session) = pick(&mut self.sessions, 1)?;
+        let mut outputs = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match &job.input {
+                JobInput::Tensor(t) if job.rows == 1 => outputs.push(session.run([1, c, h, w], t)?),
+                _ => {
+                    return Err(EngineError::Run {
+                        model: session.name().to_owned(),
+                        message: "a model that takes one image per run got a job of several rows or of pixels".into(),
+                    });
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    fn run_stacked(&mut self, jobs: &[&Job]) -> Result<(Vec<Output>, Duration), EngineError> {
         let (c, h, w) = (3, self.spec.height as usize, self.spec.width as usize);
         let n: usize = jobs.iter().map(|j| j.rows).sum();
         let (run_rows, session) = pick(&mut self.sessions, n)?;
@@ -202,20 +237,32 @@ fn model_worker(
         match result {
             Ok((outputs, device_preprocess)) => {
                 health.succeeded();
-                let outputs = Arc::new(outputs);
-                let mut first_row = 0;
-                for q in batch.items {
-                    let rows = q.item.rows;
+                // Each frame's outputs and its first row in them.
+                let shares: Vec<(Arc<Vec<Output>>, usize)> = match outputs {
+                    BatchOutputs::Stacked(outputs) => {
+                        let outputs = Arc::new(outputs);
+                        let mut first_row = 0;
+                        batch
+                            .items
+                            .iter()
+                            .map(|q| {
+                                first_row += q.item.rows;
+                                (outputs.clone(), first_row - q.item.rows)
+                            })
+                            .collect()
+                    }
+                    BatchOutputs::PerFrame(per_frame) => per_frame.into_iter().map(|o| (Arc::new(o), 0)).collect(),
+                };
+                for (q, (outputs, first_row)) in batch.items.into_iter().zip(shares) {
                     let _ = q.item.reply.send(Ok(Inferred {
-                        outputs: outputs.clone(),
+                        outputs,
                         first_row,
-                        rows,
+                        rows: q.item.rows,
                         batch_frames: frames,
                         queue_wait: started - q.enqueued,
                         device_preprocess,
                         inference: elapsed.saturating_sub(device_preprocess),
                     }));
-                    first_row += rows;
                 }
             }
             Err(error) => {
@@ -291,14 +338,22 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
     for instance in 0..setup.instances {
         let first = ModelSession::load(engine.runtime, model, &onnx, engine.options)?;
         provider = first.provider();
-        let preprocess = preprocess_for(&first, engine.gpu_preprocess, engine.options.provider.device_id)?;
+        let one_per_run = setup.manifest.input.batch == Some(1);
+        let preprocess =
+            preprocess_for(&first, engine.gpu_preprocess && !one_per_run, engine.options.provider.device_id)?;
         device_preprocess = preprocess.on_device();
-        let buckets = if provider.on_gpu() && engine.fixed_shapes { setup.row_buckets.clone() } else { Vec::new() };
+        let buckets = if one_per_run {
+            vec![1]
+        } else if provider.on_gpu() && engine.fixed_shapes {
+            setup.row_buckets.clone()
+        } else {
+            Vec::new()
+        };
         let mut sessions = vec![(buckets.first().copied().unwrap_or(0), first)];
         for &rows in buckets.iter().skip(1) {
             sessions.push((rows, ModelSession::load(engine.runtime, model, &onnx, engine.options)?));
         }
-        let mut worker = Worker { sessions, spec: setup.spec, preprocess };
+        let mut worker = Worker { sessions, spec: setup.spec, preprocess, one_per_run };
         // First runs allocate per shape: pay before the first frame. A GPU session with dynamic
         // shapes is warmed at every size up to the largest.
         let largest = setup.warm_batches.iter().copied().max().unwrap_or(1);

@@ -1,0 +1,117 @@
+"""Trains the el-defect Mask R-CNN (models/tools/el_maskrcnn.py) from scratch on synthetic cells.
+
+Every training cell is drawn fresh by models/tools/el_synth.py from seed 1_000_000 + its index, so
+the run needs no dataset on disk and never sees a cell twice. Seeds below 1_000_000 are kept for
+validation and test fixtures. No real EL image is used.
+
+    python models/tools/train_el_maskrcnn.py --out /tmp/el-train --iterations 6000
+
+A run can start from another run's weights (--init, e.g. after the generator changed) and draw its
+cells from further on (--first-cell), so no cell repeats across the two.
+
+Writes checkpoint.pt (and checkpoint-<iteration>.pt every --save-every iterations) and
+training_log.tsv (iteration, seconds, learning rate, each loss) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from el_maskrcnn import MEAN, STD, build_model  # noqa: E402
+from el_synth import boxes_of, make_cell  # noqa: E402
+
+TRAIN_SEED_BASE = 1_000_000
+
+
+def sample(index: int, generator_version: int):
+    img, instances, _ = make_cell(TRAIN_SEED_BASE + index, version=generator_version)
+    x = torch.from_numpy((img.astype(np.float32) - MEAN) / STD)[None]
+    target = {
+        "boxes": torch.from_numpy(boxes_of(instances)),
+        "labels": torch.tensor([i.class_id for i in instances], dtype=torch.int64),
+        "masks": torch.from_numpy(np.stack([i.mask for i in instances]).astype(np.uint8))
+        if instances
+        else torch.zeros((0, img.shape[0], img.shape[1]), dtype=torch.uint8),
+    }
+    return x, target
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--iterations", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", help="start from this checkpoint's weights (optimiser state is not kept)")
+    ap.add_argument("--first-cell", type=int, default=0, help="index of the first training cell")
+    ap.add_argument("--generator-version", type=int, default=2, help="el_synth.make_cell's version")
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    model = build_model()
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location="cpu")["model"])
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+
+    def lr_at(it: int) -> float:
+        if it < args.warmup:
+            return args.lr * (0.1 + 0.9 * it / args.warmup)
+        progress = (it - args.warmup) / max(1, args.iterations - args.warmup)
+        return args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    log = open(os.path.join(args.out, "training_log.tsv"), "a")
+    start = time.time()
+    running: dict[str, float] = {}
+    header_written = os.path.getsize(os.path.join(args.out, "training_log.tsv")) > 0
+    for it in range(args.iterations):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it)
+        batch = [sample(args.first_cell + it * args.batch + k, args.generator_version) for k in range(args.batch)]
+        images = [b[0] for b in batch]
+        targets = [b[1] for b in batch]
+        losses = model(images, targets)
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        for k, v in losses.items():
+            running[k] = running.get(k, 0.0) + v.item()
+        running["total"] = running.get("total", 0.0) + total.item()
+        if (it + 1) % 50 == 0:
+            names = sorted(running)
+            if not header_written:
+                log.write("iteration\tseconds\tlr\t" + "\t".join(names) + "\n")
+                header_written = True
+            log.write(
+                f"{it + 1}\t{time.time() - start:.0f}\t{lr_at(it):.6f}\t"
+                + "\t".join(f"{running[n] / 50:.4f}" for n in names)
+                + "\n"
+            )
+            log.flush()
+            running = {}
+        if (it + 1) % args.save_every == 0 or it + 1 == args.iterations:
+            state = {"model": model.state_dict(), "iteration": it + 1, "args": vars(args)}
+            torch.save(state, os.path.join(args.out, "checkpoint.pt.tmp"))
+            os.replace(os.path.join(args.out, "checkpoint.pt.tmp"), os.path.join(args.out, "checkpoint.pt"))
+    log.close()
+
+
+if __name__ == "__main__":
+    main()

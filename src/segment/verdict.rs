@@ -1,0 +1,78 @@
+//! The cell verdict of `el-defect`: defective or not, by a configurable rule over the instances.
+
+use super::Instance;
+use super::instances::union_area;
+
+/// A cell is defective when it has at least one counted instance — of a counted class, with a score
+/// of at least `min_score` — and the counted instances together cover at least `min_area_fraction`
+/// of the image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellRule {
+    pub min_score: f32,
+    pub min_area_fraction: f32,
+    /// Counted classes (0-based ids); empty = every class.
+    pub classes: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CellInspection {
+    pub defective: bool,
+    /// Pixels covered by the counted instances (their union) over the image's pixels.
+    pub defect_area_fraction: f32,
+    /// Instances the rule counted.
+    pub counted: u32,
+}
+
+pub fn judge_cell(instances: &[Instance], width: u32, height: u32, rule: &CellRule) -> CellInspection {
+    let counted: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| i.detection.score >= rule.min_score)
+        .filter(|i| rule.classes.is_empty() || rule.classes.contains(&i.detection.class_id))
+        .collect();
+    let pixels = u64::from(width) * u64::from(height);
+    let area = union_area(counted.iter().map(|i| &i.shape.mask), width, height);
+    let fraction = if pixels == 0 { 0.0 } else { (area as f64 / pixels as f64) as f32 };
+    CellInspection {
+        defective: !counted.is_empty() && fraction >= rule.min_area_fraction,
+        defect_area_fraction: fraction,
+        counted: counted.len() as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{BBox, Detection};
+    use crate::segment::{InstanceShape, PastedMask};
+
+    fn instance(class_id: u32, score: f32, left: u32, side: u32) -> Instance {
+        Instance {
+            detection: Detection { bbox: BBox { x1: 0., y1: 0., x2: 1., y2: 1. }, class_id, score },
+            shape: InstanceShape {
+                mask: PastedMask { left, top: 0, width: side, height: side, pixels: vec![1; (side * side) as usize] },
+                polygons: Vec::new(),
+                area: side * side,
+            },
+        }
+    }
+
+    #[test]
+    fn the_rule_counts_classes_scores_and_area() {
+        let found = [instance(0, 0.9, 0, 10), instance(2, 0.4, 50, 20)];
+        let any = CellRule { min_score: 0.5, min_area_fraction: 0.0, classes: vec![] };
+        let judged = judge_cell(&found, 100, 100, &any);
+        assert!(judged.defective);
+        assert_eq!(judged.counted, 1);
+        assert!((judged.defect_area_fraction - 0.01).abs() < 1e-6);
+        let large_only = CellRule { min_area_fraction: 0.02, ..any.clone() };
+        assert!(!judge_cell(&found, 100, 100, &large_only).defective);
+        let low_score = CellRule { min_score: 0.3, ..large_only };
+        let judged = judge_cell(&found, 100, 100, &low_score);
+        assert!(judged.defective && judged.counted == 2 && (judged.defect_area_fraction - 0.05).abs() < 1e-6);
+        let cracks_of_class_1 = CellRule { classes: vec![1], ..any };
+        assert!(!judge_cell(&found, 100, 100, &cracks_of_class_1).defective);
+        assert!(
+            !judge_cell(&[], 100, 100, &CellRule { min_score: 0.0, min_area_fraction: 0.0, classes: vec![] }).defective
+        );
+    }
+}
