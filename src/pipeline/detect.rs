@@ -72,7 +72,8 @@ pub struct DetectPipeline {
     name: String,
     manifest: ModelManifest,
     tensor_spec: TensorSpec,
-    postprocess: Postprocess,
+    /// Shared with every frame's postprocessing.
+    postprocess: Arc<Postprocess>,
     budget: Duration,
     /// The manifest's class names, shared with every frame's postprocessing.
     classes: Arc<[String]>,
@@ -116,7 +117,7 @@ impl DetectPipeline {
         context: Arc<StageContext>,
     ) -> Result<Self, EngineError> {
         let tensor_spec = tensor_spec(&manifest.input);
-        let postprocess = postprocess_for(config, &manifest)?;
+        let postprocess = Arc::new(postprocess_for(config, &manifest)?);
         let policy = config.batching.policy();
         let queue = Arc::new(BatchQueue::new(policy));
         let Workers { handles, provider, device_preprocess, device_memory, health } = start_workers(
@@ -308,7 +309,7 @@ impl DetectPipeline {
                 let t0 = std::time::Instant::now();
                 let named = named_views(&inferred.outputs)?;
                 let class_name = |id: u32| classes.get(id as usize).cloned().unwrap_or_default();
-                let (detections, cell) = match &postprocess {
+                let (detections, cell) = match postprocess.as_ref() {
                     Postprocess::Boxes { decoder, thresholds } => {
                         let found = decoder.detect(&named, inferred.first_row, thresholds, &letterbox)?;
                         let detections = found

@@ -90,7 +90,11 @@ impl SegmentDecoder {
             [rows, 1, h, w] if *rows == n && h == w && *h > 0 => *h,
             shape => return Err(bad(&self.masks, shape, &format!("[{n}, 1, m, m]"))),
         };
-        let masks = masks.as_slice().map(<[f32]>::to_vec).unwrap_or_else(|| masks.iter().copied().collect());
+        // Read in place; copied only when the output is not contiguous.
+        let masks: std::borrow::Cow<'_, [f32]> = match masks.as_slice() {
+            Some(slice) => slice.into(),
+            None => masks.iter().copied().collect::<Vec<_>>().into(),
+        };
         let (width, height) = (letterbox.src_width, letterbox.src_height);
 
         let mut order: Vec<usize> = (0..n).filter(|&i| scores[i] >= thresholds.score).collect();
@@ -128,26 +132,6 @@ impl SegmentDecoder {
         }
         Ok(instances)
     }
-}
-
-/// The union of `masks` over an image `width` × `height`, in object pixels.
-pub(super) fn union_area<'a>(masks: impl Iterator<Item = &'a PastedMask>, width: u32, height: u32) -> u64 {
-    let mut covered = vec![false; width as usize * height as usize];
-    for m in masks {
-        for row in 0..m.height {
-            let (y, start) = ((m.top + row) as usize, (row * m.width) as usize);
-            if y >= height as usize {
-                break;
-            }
-            for (col, &p) in m.pixels[start..start + m.width as usize].iter().enumerate() {
-                let x = m.left as usize + col;
-                if p != 0 && x < width as usize {
-                    covered[y * width as usize + x] = true;
-                }
-            }
-        }
-    }
-    covered.iter().filter(|&&c| c).count() as u64
 }
 
 #[cfg(test)]
@@ -204,13 +188,5 @@ mod tests {
         assert!(matches!(err, DetectError::BadShape { ref name, .. } if name == "labels"), "{err}");
         let err = decoder().decode(&outputs[..2], &THRESHOLDS, &letterbox).unwrap_err();
         assert_eq!(err, DetectError::MissingOutput("scores".into()));
-    }
-
-    #[test]
-    fn the_union_counts_overlapping_pixels_once() {
-        let a = PastedMask { left: 0, top: 0, width: 4, height: 2, pixels: vec![1; 8] };
-        let b = PastedMask { left: 2, top: 1, width: 4, height: 2, pixels: vec![1; 8] };
-        assert_eq!(union_area([&a, &b].into_iter(), 10, 10), 8 + 8 - 2);
-        assert_eq!(union_area([&b].into_iter(), 5, 2), 3, "clipped to the image");
     }
 }

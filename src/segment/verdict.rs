@@ -1,7 +1,6 @@
 //! The cell verdict of `el-defect`: defective or not, by a configurable rule over the instances.
 
-use super::Instance;
-use super::instances::union_area;
+use super::{Instance, PastedMask};
 
 /// A cell is defective when it has at least one counted instance — of a counted class, with a score
 /// of at least `min_score` — and the counted instances together cover at least `min_area_fraction`
@@ -39,11 +38,31 @@ pub fn judge_cell(instances: &[Instance], width: u32, height: u32, rule: &CellRu
     }
 }
 
+/// The union of `masks` over an image `width` × `height`, in object pixels.
+fn union_area<'a>(masks: impl Iterator<Item = &'a PastedMask>, width: u32, height: u32) -> u64 {
+    let mut covered = vec![false; width as usize * height as usize];
+    for m in masks {
+        for row in 0..m.height {
+            let (y, start) = ((m.top + row) as usize, (row * m.width) as usize);
+            if y >= height as usize {
+                break;
+            }
+            for (col, &p) in m.pixels[start..start + m.width as usize].iter().enumerate() {
+                let x = m.left as usize + col;
+                if p != 0 && x < width as usize {
+                    covered[y * width as usize + x] = true;
+                }
+            }
+        }
+    }
+    covered.iter().filter(|&&c| c).count() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::detect::{BBox, Detection};
-    use crate::segment::{InstanceShape, PastedMask};
+    use crate::segment::InstanceShape;
 
     fn instance(class_id: u32, score: f32, left: u32, side: u32) -> Instance {
         Instance {
@@ -74,5 +93,13 @@ mod tests {
         assert!(
             !judge_cell(&[], 100, 100, &CellRule { min_score: 0.0, min_area_fraction: 0.0, classes: vec![] }).defective
         );
+    }
+
+    #[test]
+    fn the_union_counts_overlapping_pixels_once() {
+        let a = PastedMask { left: 0, top: 0, width: 4, height: 2, pixels: vec![1; 8] };
+        let b = PastedMask { left: 2, top: 1, width: 4, height: 2, pixels: vec![1; 8] };
+        assert_eq!(union_area([&a, &b].into_iter(), 10, 10), 8 + 8 - 2);
+        assert_eq!(union_area([&b].into_iter(), 5, 2), 3, "clipped to the image");
     }
 }
