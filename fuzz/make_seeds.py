@@ -79,6 +79,14 @@ def main():
         "unknown-encoding": request("cam-1", 2, "detect", image_msg(png, 42)),
         "long-camera": request("c" * 300, 3, "detect", image_msg(png, 0)),
         "timeout-header": b"250m",
+        # Not protobuf, or not an InspectRequest: the server answers INVALID_ARGUMENT.
+        "camera-not-utf8": field(1, 2, b"\xff\xfe") + field(2, 0, 1),
+        "pipeline-not-utf8": request("cam-1", 4, "", None) + field(3, 2, b"det\xc3\x28ct"),
+        "random-bytes": bytes((i * 73 + 41) % 256 for i in range(64)),
+        "truncated-varint": field(1, 2, b"cam-1") + b"\x10\xff\xff",
+        "length-past-end": b"\x0a\x10cam",
+        "wrong-wire-type": b"\x08\x01" + field(2, 0, 5),
+        "image-not-a-message": field(1, 2, b"cam-1") + field(4, 2, b"\xff\xff\xff"),
     }
     for target, seeds in [("decode_preprocess", images), ("validate_request", requests)]:
         folder = ROOT / "corpus" / target

@@ -2,9 +2,9 @@
 //! committed corpus through exactly the same code (`tests/fuzz_replay.rs`). Each takes arbitrary
 //! bytes and panics only on a real bug: an error for bad input is the expected outcome.
 
-use prost::Message;
-
-use crate::api::{frame_request, parse_grpc_timeout, proto, to_status};
+use crate::api::{
+    WireRequest, decode_inspect_request, frame_request, parse_grpc_timeout, to_status, undecodable_status,
+};
 use crate::imaging::{CropBox, DecodeLimits, ImageEncoding, Preprocessor, TensorSpec, decode};
 use crate::pipeline::check_camera_id;
 
@@ -54,12 +54,19 @@ pub fn decode_and_preprocess(input: &[u8]) {
     assert!(tensor.iter().all(|v| v.is_finite()));
 }
 
-/// Request validation: protobuf decode of an `InspectRequest`, its mapping to a frame, the
-/// camera check and every error's gRPC status; the input as text is also a `grpc-timeout` header.
+/// Request validation: the server's lenient decode of an `InspectRequest` (bytes that do not
+/// decode must map to INVALID_ARGUMENT), its mapping to a frame, the camera check and every
+/// error's gRPC status; the input as text is also a `grpc-timeout` header.
 pub fn validate_request(input: &[u8]) {
     let _ = parse_grpc_timeout(&String::from_utf8_lossy(input));
-    let Ok(request) = proto::InspectRequest::decode(input) else {
-        return;
+    let request = match decode_inspect_request(bytes::Bytes::copy_from_slice(input)) {
+        WireRequest::Decoded(request) => request,
+        WireRequest::Undecodable(error) => {
+            let status = undecodable_status(&error);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{error}");
+            assert!(status.message().contains("could not be decoded"), "{error}");
+            return;
+        }
     };
     let outcome = frame_request(request, tokio::time::Instant::now(), None)
         .and_then(|frame| check_camera_id(&frame.camera_id).map(|()| frame));

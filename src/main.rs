@@ -66,6 +66,15 @@ enum Command {
     Bench(Box<BenchArgs>),
     /// Track MOTChallenge detections offline with the service's DeepSORT tracker.
     Mot(MotArgs),
+    /// Spin THREADS busy threads for at most SECONDS: `bench --background-load` runs this in a
+    /// process of its own.
+    #[command(hide = true)]
+    Busy {
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+    },
     /// On an NVIDIA GPU: check the kernels against the CPU path, then time the service end to end
     /// on each provider next to the CPU baseline (`scripts/gpu-check.sh` runs this).
     #[cfg(feature = "cuda")]
@@ -135,6 +144,14 @@ struct BenchArgs {
     /// Bare `Session::run` calls timed for the overhead ratio (own server only; 0 = skip).
     #[arg(long, default_value_t = 100)]
     bare_runs: usize,
+    /// Open loop at this multiple of the server's capacity: a closed-loop run of one client is
+    /// made first, and --cameras becomes what offers FACTOR times its goodput at --fps.
+    #[arg(long, conflicts_with_all = ["capacity", "compare_batching"])]
+    overload: Option<f64>,
+    /// Keep this many CPU cores busy from another process while the bench runs (a shared machine,
+    /// on purpose).
+    #[arg(long, default_value_t = 0)]
+    background_load: usize,
     /// Write the full report (every figure, per run) as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -246,6 +263,10 @@ fn main() -> Result<()> {
     if let Command::Mot(args) = &cli.command {
         return mot(args);
     }
+    if let Command::Busy { threads, seconds } = cli.command {
+        busy(threads, std::time::Duration::from_secs_f64(seconds.clamp(0.0, BUSY_LIMIT.as_secs_f64())));
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
@@ -253,7 +274,7 @@ fn main() -> Result<()> {
             Command::Infer { common, pipeline, out_dir, no_annotate, images } => {
                 infer(common, &pipeline, out_dir.as_deref(), !no_annotate, &images).await
             }
-            Command::Mot(_) => Ok(()),
+            Command::Mot(_) | Command::Busy { .. } => Ok(()),
             Command::Bench(args) => bench(*args).await,
             #[cfg(feature = "cuda")]
             Command::GpuCheck { common, frames, iterations, out } => gpu_check(common, frames, iterations, out).await,
@@ -276,6 +297,55 @@ async fn gpu_check(common: Common, frames: Vec<PathBuf>, iterations: usize, out:
     let report = linesight::gpu_check::run(options).await.map_err(|e| anyhow::anyhow!(e))?;
     print!("{}", linesight::gpu_check::table(&report));
     if report.passed() { Ok(()) } else { anyhow::bail!("gpu-check failed") }
+}
+
+/// The longest a background load runs, should the bench that started it die without stopping it.
+const BUSY_LIMIT: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
+
+/// Keeps `threads` threads computing for `length`.
+fn busy(threads: usize, length: std::time::Duration) {
+    let until = std::time::Instant::now() + length;
+    let spinners: Vec<_> = (0..threads)
+        .map(|seed| {
+            std::thread::spawn(move || {
+                let mut x = seed as u64 | 1;
+                while std::time::Instant::now() < until {
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+                    }
+                }
+            })
+        })
+        .collect();
+    for spinner in spinners {
+        let _ = spinner.join();
+    }
+}
+
+/// Busy threads in another process (`linesight busy`), stopped when this is dropped.
+struct BackgroundLoad(std::process::Child);
+
+impl BackgroundLoad {
+    fn start(threads: usize) -> Result<Option<Self>> {
+        if threads == 0 {
+            return Ok(None);
+        }
+        let exe = std::env::current_exe().context("cannot find this executable to start the background load")?;
+        let child = std::process::Command::new(exe)
+            .args(["busy", "--threads", &threads.to_string(), "--seconds", &BUSY_LIMIT.as_secs().to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start the background load")?;
+        Ok(Some(Self(child)))
+    }
+}
+
+impl Drop for BackgroundLoad {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn bench(args: BenchArgs) -> Result<()> {
@@ -316,8 +386,12 @@ async fn bench(args: BenchArgs) -> Result<()> {
         bare_runs: args.bare_runs,
         progress: !args.quiet,
         access: bench_access(&args)?,
+        overload: args.overload,
     };
-    let outcome = linesight::bench::run(options).await?;
+    let background = BackgroundLoad::start(args.background_load)?;
+    let outcome = linesight::bench::run(options).await;
+    drop(background);
+    let outcome = outcome?;
     let report = &outcome.report;
     println!(
         "machine: {} CPUs ({}), {} {}, model on {}; target: {}",
@@ -361,6 +435,15 @@ async fn bench(args: BenchArgs) -> Result<()> {
             "bare Session::run {} batch {}: median {:.2} ms ({} runs)",
             bare.model, bare.batch, bare.median_ms, bare.runs
         );
+    }
+    if let Some(capacity) = report.one_client_capacity_fps {
+        println!("one-client capacity: {capacity:.1} frames/s within budget");
+    }
+    if let Some(ratio) = report.goodput_over_capacity {
+        println!("goodput / one-client capacity: {ratio:.3}");
+    }
+    if args.background_load > 0 {
+        println!("background load: {} busy threads in another process", args.background_load);
     }
     if let Some(ratio) = report.overhead_ratio {
         println!("overhead ratio (end-to-end p50 of the first run / bare batch 1, last line above): {ratio:.3}");

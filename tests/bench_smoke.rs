@@ -130,6 +130,60 @@ fn a_frame_count_sends_exactly_that_many_frames_per_camera_by_unary_calls() {
     assert_eq!(run["fairness"]["worst_camera_within_budget"], 1.0);
 }
 
+/// Processes running `linesight busy` (the background load).
+fn busy_processes() -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.len() > 1 && args[0].ends_with(b"linesight") && args[1] == b"busy"
+        })
+        .count()
+}
+
+#[test]
+fn a_closed_loop_under_background_load_reports_goodput_against_one_clients_capacity() {
+    let (stdout, report, _) = bench_ok(&[
+        "--cameras",
+        "2",
+        "--mode",
+        "closed",
+        "--duration-s",
+        "2",
+        "--bare-runs",
+        "0",
+        "--background-load",
+        "1",
+    ]);
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "the load and the one-client reference");
+    assert_eq!(runs[0]["spec"]["mode"], "closed");
+    assert_eq!(runs[0]["spec"]["cameras"], 2);
+    assert_eq!(runs[1]["label"], "one client back to back");
+    assert_eq!(runs[1]["spec"]["cameras"], 1);
+    let goodput = runs[0]["goodput_fps"].as_f64().expect("goodput");
+    let capacity = report["one_client_capacity_fps"].as_f64().expect("capacity");
+    assert!(goodput > 0.0 && capacity > 0.0, "{report}");
+    // A generous budget: every frame is within it, so goodput is throughput.
+    assert_eq!(runs[0]["goodput_fps"], runs[0]["throughput_fps"]);
+    let ratio = report["goodput_over_capacity"].as_f64().expect("ratio");
+    assert!((ratio - goodput / capacity).abs() < 1e-9);
+    assert!(stdout.contains("2 clients back to back"), "{stdout}");
+    assert!(stdout.contains("background load: 1 busy threads in another process"), "{stdout}");
+    assert_eq!(busy_processes(), 0, "the background load outlived the bench");
+}
+
+#[test]
+fn an_overload_factor_sizes_the_open_loop_from_the_measured_capacity() {
+    let (_, report, _) =
+        bench_ok(&["--overload", "2", "--fps", "5", "--mode", "unary", "--duration-s", "2", "--bare-runs", "0"]);
+    let capacity = report["one_client_capacity_fps"].as_f64().expect("capacity");
+    let cameras = report["runs"][0]["spec"]["cameras"].as_u64().expect("cameras") as f64;
+    assert_eq!(cameras, (2.0 * capacity / 5.0).ceil().max(1.0), "{report}");
+}
+
 #[test]
 fn wrong_pipeline_and_batching_comparison_on_a_remote_server_are_clear_errors() {
     let (output, _) = bench(&["--pipeline", "nope", "--cameras", "1", "--duration-s", "1", "--bare-runs", "0"]);

@@ -33,3 +33,31 @@ fn decode_preprocess_corpus_replays_without_a_panic() {
 fn validate_request_corpus_replays_without_a_panic() {
     replay("validate_request", linesight::fuzzing::validate_request);
 }
+
+#[test]
+fn undecodable_requests_in_the_corpus_map_to_invalid_argument() {
+    use linesight::api::{WireRequest, decode_inspect_request, undecodable_status};
+    let seeds = [
+        "seed-camera-not-utf8",
+        "seed-pipeline-not-utf8",
+        "seed-random-bytes",
+        "seed-truncated-varint",
+        "seed-length-past-end",
+        "seed-wrong-wire-type",
+        "seed-image-not-a-message",
+    ];
+    let inputs = corpus("validate_request");
+    for seed in seeds {
+        let (path, data) = inputs.iter().find(|(path, _)| path.ends_with(seed)).expect("seed in the corpus");
+        let WireRequest::Undecodable(error) = decode_inspect_request(data.clone().into()) else {
+            panic!("{} decodes", path.display());
+        };
+        let status = undecodable_status(&error);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{}", path.display());
+        assert!(status.message().contains("could not be decoded as a linesight.v1.InspectRequest: "), "{status:?}");
+    }
+    let undecodable = inputs
+        .iter()
+        .filter(|(_, data)| matches!(decode_inspect_request(data.clone().into()), WireRequest::Undecodable(_)));
+    assert!(undecodable.count() > seeds.len(), "the grown corpus has undecodable inputs too");
+}

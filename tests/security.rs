@@ -218,3 +218,29 @@ async fn the_bench_loads_a_server_with_mutual_tls_and_a_token() {
     assert_eq!(report["runs"][0]["within_budget"], 3);
     server.stop().await;
 }
+
+/// Under TLS, sockets that never begin a handshake are closed after the preface timeout (long
+/// before the handshake timeout) and take no place under max_connections meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_on_tls_are_closed_and_keep_no_client_out() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = pki();
+    let mut config = test_config();
+    config.server.tls = Some(TlsConfig { handshake_timeout_ms: 60_000, ..tls_config(dir.path(), &pki, false) });
+    config.server.max_connections = 2;
+    config.server.preface_timeout_ms = 500;
+    let server = TestServer::start(config).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    let channel = tls_channel(&server, &pki, None).await.expect("TLS connect past silent sockets");
+    assert!(list(channel).await.expect("ListPipelines over TLS") >= 1);
+    for (i, stream) in silent.iter_mut().enumerate() {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "silent socket {i}: {read:?}");
+    }
+    server.stop().await;
+}

@@ -5,7 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::proto;
-use super::status::code_of;
+use super::status::{code_of, code_of_undecodable};
+use super::wire::UndecodableMessage;
 use crate::imaging::ImageEncoding;
 use crate::pipeline::{
     FrameRequest, FrameResult, ImageInput, InspectError, PipelineInfo, StageTimings, TrackingStats, Verdict,
@@ -156,6 +157,16 @@ pub fn error_response(
         verdict: if error.is_shed() { proto::Verdict::Shed } else { proto::Verdict::Unspecified } as i32,
         error: Some(proto::FrameError { code: code_of(error) as i32, message: error.to_string() }),
         pipeline,
+        ..Default::default()
+    }
+}
+
+/// A stream's message that did not decode, answered in its place in the order. Its camera_id and
+/// sequence are unknown: the response carries an empty camera_id, sequence 0 and no pipeline.
+pub fn undecodable_response(error: &UndecodableMessage, total: Duration) -> proto::InspectResponse {
+    proto::InspectResponse {
+        timings: Some(proto::StageTimings { total_us: micros(total), ..Default::default() }),
+        error: Some(proto::FrameError { code: code_of_undecodable(error) as i32, message: error.to_string() }),
         ..Default::default()
     }
 }

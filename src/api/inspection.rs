@@ -3,18 +3,22 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::future::Either;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{error_response, frame_request, inspect_response, pipeline_info, pipeline_tracking};
+use super::convert::{
+    error_response, frame_request, inspect_response, pipeline_info, pipeline_tracking, undecodable_response,
+};
 use super::deadline::parse_grpc_timeout;
 use super::observe::{self, UNKNOWN_PIPELINE};
 use super::proto::{self, inspection_server::Inspection};
 use super::state::ServerState;
-use super::status::{oversized_message, to_status};
+use super::status::{oversized_message, to_status, undecodable_status};
+use super::wire::WireRequest;
 use crate::config::ServerConfig;
 use crate::pipeline::{InspectError, Pipelines};
 use crate::telemetry::Metrics;
@@ -62,15 +66,23 @@ fn client_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant
 fn answer(
     pipelines: Arc<Pipelines>,
     metrics: Arc<Metrics>,
-    request: proto::InspectRequest,
+    request: WireRequest,
     received: Instant,
 ) -> impl std::future::Future<Output = proto::InspectResponse> + Send + 'static {
+    let request = match request {
+        WireRequest::Decoded(request) => request,
+        WireRequest::Undecodable(error) => {
+            tracing::debug!(message = "Message undecodable.", %error);
+            observe::message_undecodable(&metrics);
+            return Either::Left(std::future::ready(undecodable_response(&error, received.elapsed())));
+        }
+    };
     let (camera_id, sequence, pipeline) = (request.camera_id.clone(), request.sequence, request.pipeline.clone());
     let inspected = match frame_request(request, received, None) {
         Ok(frame) => pipelines.inspect(frame),
         Err(e) => Box::pin(std::future::ready(Err(e))),
     };
-    async move {
+    Either::Right(async move {
         match inspected.await {
             Ok(result) => {
                 observe::frame_served(&metrics, &result);
@@ -83,22 +95,26 @@ fn answer(
                 error_response(camera_id, sequence, pipeline, &error, received.elapsed())
             }
         }
-    }
+    })
 }
 
 type ResponseStream = Pin<Box<dyn futures::Stream<Item = Result<proto::InspectResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Inspection for InspectionService {
-    async fn inspect(
-        &self,
-        request: Request<proto::InspectRequest>,
-    ) -> Result<Response<proto::InspectResponse>, Status> {
+    async fn inspect(&self, request: Request<WireRequest>) -> Result<Response<proto::InspectResponse>, Status> {
         let received = Instant::now();
         let pipelines = self.pipelines()?;
         let metrics = &self.state.metrics;
         let deadline = client_deadline(&request, received);
-        let request = request.into_inner();
+        let request = match request.into_inner() {
+            WireRequest::Decoded(request) => request,
+            WireRequest::Undecodable(error) => {
+                tracing::debug!(message = "Message undecodable.", %error);
+                observe::message_undecodable(metrics);
+                return Err(undecodable_status(&error));
+            }
+        };
         let label = pipeline_label(&pipelines, &request.pipeline);
         let frame = frame_request(request, received, deadline).map_err(|e| {
             observe::frame_failed(metrics, &label, &e);
@@ -122,7 +138,7 @@ impl Inspection for InspectionService {
 
     async fn inspect_stream(
         &self,
-        request: Request<Streaming<proto::InspectRequest>>,
+        request: Request<Streaming<WireRequest>>,
     ) -> Result<Response<Self::InspectStreamStream>, Status> {
         let pipelines = self.pipelines()?;
         let mut inbound = request.into_inner();
@@ -150,7 +166,9 @@ impl Inspection for InspectionService {
                     }
                     message = inbound.message(), if inbound_open && in_flight.len() < window => match message {
                         Ok(Some(request)) => {
-                            last_read = Some(request.sequence);
+                            if let WireRequest::Decoded(decoded) = &request {
+                                last_read = Some(decoded.sequence);
+                            }
                             in_flight.push_back(answer(pipelines.clone(), metrics.clone(), request, Instant::now()));
                         }
                         Ok(None) => inbound_open = false,

@@ -10,6 +10,7 @@ mod observe;
 mod state;
 mod status;
 mod tls;
+mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,8 +24,9 @@ pub use convert::frame_request;
 pub use deadline::parse_grpc_timeout;
 pub use inspection::InspectionService;
 pub use state::ServerState;
-pub use status::{oversized_message_layer, to_status};
+pub use status::{oversized_message_layer, to_status, undecodable_status};
 pub use tls::TlsError;
+pub use wire::{InspectCodec, UndecodableMessage, WireDecoder, WireRequest, decode_inspect_request};
 
 use crate::config::{Config, ServerConfig};
 use crate::pipeline::{Pipelines, StartError};
@@ -34,6 +36,8 @@ use crate::telemetry::Metrics;
 pub mod proto {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     tonic::include_proto!("linesight.v1");
+    // The server side of `Inspection`, declared in build.rs with the API's request codec.
+    include!(concat!(env!("OUT_DIR"), "/linesight.v1.Inspection.rs"));
 
     /// Encoded descriptor set of the API, served through reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/linesight_v1_descriptor.bin"));
@@ -134,12 +138,23 @@ pub async fn serve_with(
     let mut builder = tonic::transport::Server::builder()
         .initial_stream_window_size(stream_window)
         .initial_connection_window_size(stream_window.saturating_mul(4))
-        .max_concurrent_streams(config.max_concurrent_streams);
+        .max_concurrent_streams(config.max_concurrent_streams)
+        // hyper pings a connection silent for the interval, idle or not, and closes it when the
+        // ping goes unanswered: a vanished peer frees its place under max_connections.
+        .http2_keepalive_interval(Some(Duration::from_millis(config.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(config.keepalive_timeout_ms)));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     let auth = auth::GrpcAuth { tokens: tokens.clone(), metrics: metrics.clone() };
-    let incoming = connections::accept_capped(listeners.grpc, config.max_connections, metrics.connections_open.clone());
+    let limits = connections::Limits {
+        max_open: config.max_connections,
+        // A waiting socket costs a task and its kernel buffers, no more than one in use.
+        max_waiting: config.max_connections,
+        preface_timeout: Duration::from_millis(config.preface_timeout_ms),
+        tls: config.tls.is_some(),
+    };
+    let incoming = connections::accept_capped(listeners.grpc, limits, metrics.clone());
     let grpc = builder
         .layer(tonic::service::InterceptorLayer::new(auth))
         .layer(oversized_message_layer(config.max_message_bytes))

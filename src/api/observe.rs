@@ -60,3 +60,8 @@ pub fn frame_failed(metrics: &Metrics, pipeline: &str, error: &InspectError) {
     let outcome = if reason.is_some() { "shed" } else { "error" };
     metrics.frames.get_or_create(&OutcomeLabels { pipeline, outcome }).inc();
 }
+
+/// A request message that did not decode: an error of no known pipeline.
+pub fn message_undecodable(metrics: &Metrics) {
+    metrics.frames.get_or_create(&OutcomeLabels { pipeline: UNKNOWN_PIPELINE.to_owned(), outcome: "error" }).inc();
+}

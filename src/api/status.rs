@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use super::wire::UndecodableMessage;
 use crate::pipeline::InspectError;
 
 pub fn code_of(error: &InspectError) -> Code {
@@ -23,6 +24,16 @@ pub fn code_of(error: &InspectError) -> Code {
 
 pub fn to_status(error: &InspectError) -> Status {
     Status::new(code_of(error), error.to_string())
+}
+
+/// A message that is not protobuf is the client's bytes, not the server's failure (tonic's own
+/// codec says INTERNAL).
+pub fn code_of_undecodable(_: &UndecodableMessage) -> Code {
+    Code::InvalidArgument
+}
+
+pub fn undecodable_status(error: &UndecodableMessage) -> Status {
+    Status::new(code_of_undecodable(error), error.to_string())
 }
 
 /// tonic refuses an oversized request with OUT_OF_RANGE before any handler runs; gRPC's convention
@@ -140,6 +151,11 @@ mod tests {
             assert_eq!(status.code(), code, "{error}");
             assert_eq!(status.message(), error.to_string());
         }
+        let undecodable = UndecodableMessage("failed to decode Protobuf message: invalid wire type".into());
+        let status = undecodable_status(&undecodable);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), undecodable.to_string());
+        assert!(status.message().contains("could not be decoded") && status.message().contains("invalid wire type"));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum Mode {
     Stream,
     /// One `Inspect` call per frame.
     Unary,
+    /// Closed loop: each client calls `Inspect` back to back, its next frame sent as soon as the
+    /// last is answered (`fps` is ignored).
+    Closed,
 }
 
 /// Encoded frames every camera cycles through, each camera from its own starting point.
@@ -80,7 +83,8 @@ fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S
 }
 
 impl LoadSpec {
-    /// Frames each camera sends, warm-up included.
+    /// Frames each camera sends, warm-up included (open loop; a closed loop sends as fast as it is
+    /// answered).
     pub fn frames_per_camera(&self) -> u64 {
         ((self.warmup + self.duration).as_secs_f64() * self.fps).ceil() as u64
     }
@@ -223,6 +227,7 @@ pub async fn run(
                 match camera_run.spec.mode {
                     Mode::Stream => camera_run.stream(client).await,
                     Mode::Unary => camera_run.unary(client).await,
+                    Mode::Closed => camera_run.closed(client).await,
                 }
             })
         })
@@ -281,8 +286,19 @@ impl CameraRun {
         answered: Instant,
         answer: Result<&InspectResponse, &tonic::Status>,
     ) -> Option<Sample> {
+        self.sample_due(sequence, self.due(sequence), sent, answered, answer)
+    }
+
+    /// As [`Self::sample`], for a frame that was due at `due`.
+    fn sample_due(
+        &self,
+        sequence: u64,
+        due: Instant,
+        sent: Instant,
+        answered: Instant,
+        answer: Result<&InspectResponse, &tonic::Status>,
+    ) -> Option<Sample> {
         self.progress.inc(1);
-        let due = self.due(sequence);
         if due < self.measured_from {
             return None;
         }
@@ -350,6 +366,29 @@ impl CameraRun {
         }
         while let Some((seq, sent, answered, answer)) = in_flight.next().await {
             samples.extend(self.sample(seq, sent, answered, answer.as_ref().map(tonic::Response::get_ref)));
+        }
+        samples
+    }
+
+    /// Back to back until the measured window closes: each frame is due when the last is answered.
+    async fn closed(self, mut client: Client) -> Vec<Sample> {
+        let end = self.measured_from + self.spec.duration;
+        tokio::time::sleep_until(self.start).await;
+        let mut samples = Vec::new();
+        let mut sequence = 0;
+        while Instant::now() < end {
+            let request = self.request(sequence);
+            let sent = Instant::now();
+            let answer = client.inspect(request).await;
+            let answered = Instant::now();
+            samples.extend(self.sample_due(
+                sequence,
+                sent,
+                sent,
+                answered,
+                answer.as_ref().map(tonic::Response::get_ref),
+            ));
+            sequence += 1;
         }
         samples
     }

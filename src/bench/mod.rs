@@ -63,6 +63,9 @@ pub struct BenchOptions {
     pub progress: bool,
     /// TLS and token for a remote server.
     pub access: Access,
+    /// Open loop at this multiple of the one-client capacity: the camera count is chosen from a
+    /// closed-loop run of one client made first.
+    pub overload: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +113,11 @@ pub struct BenchReport {
     /// End-to-end p50 of the first run over the bare model's median at batch 1, paced at the run's
     /// frame interval where it was (`detect` pipelines on the bench's own server).
     pub overhead_ratio: Option<f64>,
+    /// Goodput of one client calling back to back, measured in the same bench (with `--overload`,
+    /// or a closed loop of several clients): the run labelled "one client back to back".
+    pub one_client_capacity_fps: Option<f64>,
+    /// The first run's goodput over that capacity.
+    pub goodput_over_capacity: Option<f64>,
 }
 
 /// A finished bench: the report and, per run, its frames (for the plot).
@@ -240,7 +248,11 @@ async fn load_run(
     budget_ms: f64,
 ) -> Result<(LoadReport, Vec<Sample>), BenchError> {
     let clients = load::connect(endpoint, spec.cameras, access).await?;
-    let bar = progress_bar(options.progress, label, spec.frames_per_camera() * spec.cameras as u64);
+    let frames = match spec.mode {
+        Mode::Closed => 0,
+        Mode::Stream | Mode::Unary => spec.frames_per_camera() * spec.cameras as u64,
+    };
+    let bar = progress_bar(options.progress, label, frames);
     let tag = format!("{}-{}", std::process::id(), label.replace(' ', "_"));
     let samples = load::run(clients, &options.frames, spec, &tag, &bar).await;
     bar.finish_and_clear();
@@ -304,6 +316,27 @@ async fn run_against(
     let mut runs = Vec::new();
     let mut all_samples = Vec::new();
     let mut capacity = None;
+    // One client back to back first, when the load is sized or judged against it.
+    let wants_reference = options.overload.is_some() || (spec.mode == Mode::Closed && spec.cameras > 1);
+    let mut reference = None;
+    if wants_reference && options.capacity.is_none() {
+        let reference_spec = LoadSpec { cameras: 1, mode: Mode::Closed, ..spec.clone() };
+        let label = "one client back to back";
+        let run = load_run(endpoint, access, options, &reference_spec, label, budget_ms).await?;
+        if options.progress {
+            eprint!("{}", run.0.summary());
+        }
+        reference = Some(run);
+        // Let the server drain before the measured load.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let one_client_capacity_fps = reference.as_ref().map(|(r, _)| r.goodput_fps);
+    let spec = match (options.overload, one_client_capacity_fps) {
+        (Some(factor), Some(capacity)) => {
+            LoadSpec { cameras: ((factor * capacity / spec.fps).ceil() as usize).max(1), ..spec }
+        }
+        _ => spec,
+    };
     if let Some(search) = options.capacity {
         let probe_spec = LoadSpec { duration: search.probe, ..spec.clone() };
         let found = capacity::search(search.max_cameras, async |cameras| {
@@ -349,6 +382,14 @@ async fn run_against(
         runs.push(report);
         all_samples.push(samples);
     }
+    let goodput_over_capacity = match (runs.first(), one_client_capacity_fps) {
+        (Some(run), Some(capacity)) if capacity > 0.0 => Some(run.goodput_fps / capacity),
+        _ => None,
+    };
+    if let Some((report, samples)) = reference {
+        runs.push(report);
+        all_samples.push(samples);
+    }
     let report = BenchReport {
         machine: Machine::here(provider),
         target: if own_config.is_some() {
@@ -360,6 +401,8 @@ async fn run_against(
         capacity,
         bare: Vec::new(),
         overhead_ratio: None,
+        one_client_capacity_fps,
+        goodput_over_capacity,
     };
     Ok((report, all_samples))
 }

@@ -58,8 +58,17 @@ pub struct ServerConfig {
     /// Frames in flight in the whole server; more are refused with RESOURCE_EXHAUSTED. Bounds the
     /// memory held by decoded frames whatever the number of clients.
     pub max_frames_in_flight: usize,
-    /// Open connections; further clients wait in the listen backlog until one closes.
+    /// Connections in use (their HTTP/2 preface, or under TLS their first byte, has arrived). Up
+    /// to as many again may be waiting for their first bytes; past that the oldest waiting one is
+    /// closed.
     pub max_connections: usize,
+    /// A new connection must send the HTTP/2 client preface (under TLS: start its handshake)
+    /// within this, or it is closed.
+    pub preface_timeout_ms: u64,
+    /// How long an established connection may stay silent before the server sends an HTTP/2 PING.
+    pub keepalive_interval_ms: u64,
+    /// A PING not acknowledged within this closes the connection.
+    pub keepalive_timeout_ms: u64,
     /// Concurrent gRPC calls (HTTP/2 streams) per connection.
     pub max_concurrent_streams: u32,
     /// On SIGTERM/SIGINT: how long in-flight frames may take to finish before connections are cut.
@@ -400,6 +409,9 @@ impl Default for ServerConfig {
             max_in_flight_per_camera: 16,
             max_frames_in_flight: 256,
             max_connections: 512,
+            preface_timeout_ms: 5_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
             max_concurrent_streams: 128,
             shutdown_grace_ms: 10_000,
             tls: None,
@@ -527,6 +539,15 @@ impl Config {
         }
         if s.max_connections == 0 {
             problem("server.max_connections".into(), "must be positive");
+        }
+        for (key, value) in [
+            ("server.preface_timeout_ms", s.preface_timeout_ms),
+            ("server.keepalive_interval_ms", s.keepalive_interval_ms),
+            ("server.keepalive_timeout_ms", s.keepalive_timeout_ms),
+        ] {
+            if value == 0 {
+                problem(key.into(), "must be positive");
+            }
         }
         if s.max_concurrent_streams == 0 {
             problem("server.max_concurrent_streams".into(), "must be positive");
@@ -728,6 +749,9 @@ mod tests {
 default_pipeline = "nope"
 [server]
 default_budget_ms = 0
+preface_timeout_ms = 0
+keepalive_interval_ms = 0
+keepalive_timeout_ms = 0
 [pipelines.detect]
 kind = "detect"
 model = ""
@@ -740,6 +764,9 @@ score_threshold = 1.5
         let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
         for expected in [
             "server.default_budget_ms",
+            "server.preface_timeout_ms",
+            "server.keepalive_interval_ms",
+            "server.keepalive_timeout_ms",
             "default_pipeline",
             "pipelines.detect.model",
             "pipelines.detect.batching.max_batch",

@@ -15,7 +15,7 @@ use super::{
     FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext, StageTimings,
     Verdict,
 };
-use crate::batching::BatchQueue;
+use crate::batching::{BatchQueue, Deadlines};
 use crate::config::{ChannelOrder, DecoderSpec, InputSpec, ModelManifest, PipelineConfig};
 use crate::detect::{Decoder, NamedOutput, Thresholds};
 use crate::engine::{EngineError, Output, Provider};
@@ -55,16 +55,26 @@ pub(super) struct FrameDeadline {
     pub budget: Duration,
     pub at: Instant,
     pub limit: ShedLimit,
+    /// The client's gRPC deadline: past it nobody waits for the answer.
+    pub expires: Option<Instant>,
 }
 
 impl FrameDeadline {
     pub fn new(request: &FrameRequest, budget: Duration) -> Self {
         let budget = request.budget.unwrap_or(budget);
         let budget_deadline = request.received + budget;
+        let expires = request.client_deadline;
         match request.client_deadline {
-            Some(client) if client < budget_deadline => Self { budget, at: client, limit: ShedLimit::ClientDeadline },
-            _ => Self { budget, at: budget_deadline, limit: ShedLimit::Budget(budget) },
+            Some(client) if client < budget_deadline => {
+                Self { budget, at: client, limit: ShedLimit::ClientDeadline, expires }
+            }
+            _ => Self { budget, at: budget_deadline, limit: ShedLimit::Budget(budget), expires },
         }
+    }
+
+    /// What the batcher holds the frame to.
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines { due: self.at, expires: self.expires }
     }
 }
 
@@ -261,6 +271,10 @@ impl DetectPipeline {
         keep_image: bool,
     ) -> Result<Detected, InspectError> {
         let image = request.image.clone().ok_or(InspectError::MissingImage)?;
+        // Behind a queue it cannot clear in time, the frame is refused before it costs a decode.
+        if self.queue.refuse_on_arrival(super::flow_of(&request.camera_id), deadline.deadlines()) {
+            return Err(InspectError::Shed { limit: deadline.limit, waited: Duration::ZERO });
+        }
 
         // Decode + letterbox on the bounded CPU pool.
         let spec = self.tensor_spec;
@@ -296,7 +310,7 @@ impl DetectPipeline {
             .submit(
                 Job { input, rows: 1, limit: deadline.limit, reply },
                 super::flow_of(&request.camera_id),
-                deadline.at,
+                deadline.deadlines(),
             )
             .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
         let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;

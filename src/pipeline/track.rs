@@ -276,7 +276,7 @@ impl TrackPipeline {
         };
         let (reply, answer) = oneshot::channel();
         self.queue
-            .submit(Job { input, rows, limit: deadline.limit, reply }, flow, deadline.at)
+            .submit(Job { input, rows, limit: deadline.limit, reply }, flow, deadline.deadlines())
             .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
         let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
         self.embeddings(&inferred)

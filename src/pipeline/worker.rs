@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{InspectError, ShedLimit};
-use crate::batching::BatchQueue;
+use crate::batching::{BatchQueue, ShedReason};
 use crate::engine::{EngineError, ModelSession, Output, Provider};
 use crate::imaging::{RowSource, TensorSpec};
 
@@ -216,8 +216,12 @@ fn model_worker(
     while let Some(batch) = handle.block_on(queue.next_batch()) {
         let now = Instant::now();
         for shed in batch.shed {
-            let waited = now - shed.enqueued;
-            let _ = shed.item.reply.send(Err(InspectError::Shed { limit: shed.item.limit, waited }));
+            let waited = now - shed.queued.enqueued;
+            let limit = match shed.reason {
+                ShedReason::Expired => ShedLimit::ClientDeadline,
+                ShedReason::Unreachable => shed.queued.item.limit,
+            };
+            let _ = shed.queued.item.reply.send(Err(InspectError::Shed { limit, waited }));
         }
         if batch.items.is_empty() {
             continue;
@@ -374,6 +378,7 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
             .map_err(|e| EngineError::Model { model: model.to_owned(), message: e.to_string() })?;
         handles.push(thread);
     }
+    queue.set_workers(setup.instances);
     let device_memory = engine.device_memory.finish_measuring(model, measure, provider)?;
     Ok(Workers { handles, provider, device_preprocess, device_memory, health })
 }

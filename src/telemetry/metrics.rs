@@ -55,6 +55,12 @@ pub struct ServiceLabels {
     pub service: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// `preface_timeout`, `not_http2`, `not_tls` or `pending_full`.
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds_histogram() -> Histogram {
@@ -82,6 +88,7 @@ pub struct Metrics {
     pub model_state: Family<ModelStateLabels, Gauge>,
     pub frames_in_flight: Gauge,
     pub connections_open: Gauge,
+    pub connections_closed: Family<CloseLabels, Counter>,
     pub unauthenticated: Family<ServiceLabels, Counter>,
 }
 
@@ -139,7 +146,17 @@ impl Metrics {
         let frames_in_flight = Gauge::default();
         registry.register("frames_in_flight", "Frames admitted and not yet answered", frames_in_flight.clone());
         let connections_open = Gauge::default();
-        registry.register("connections_open", "Open gRPC connections", connections_open.clone());
+        registry.register(
+            "connections_open",
+            "gRPC connections in use (their HTTP/2 preface or TLS handshake has begun)",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<CloseLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server closed before they were in use, by reason (preface_timeout, not_http2, not_tls, pending_full)",
+            connections_closed.clone(),
+        );
         let unauthenticated = Family::<ServiceLabels, Counter>::default();
         registry.register(
             "requests_unauthenticated",
@@ -159,6 +176,7 @@ impl Metrics {
             model_state,
             frames_in_flight,
             connections_open,
+            connections_closed,
             unauthenticated,
         }
     }
