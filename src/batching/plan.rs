@@ -226,8 +226,7 @@ pub fn plan<T>(state: &mut State<T>, policy: &BatchPolicy, now: Instant) -> Plan
     let unreachable: Vec<usize> =
         if candidates.is_empty() { Vec::new() } else { (0..state.items.len()).filter(|&i| !viable(i)).collect() };
 
-    let mut chosen = chosen;
-    chosen.sort_unstable();
+    // Taken in queue order, so that a flow's own items keep theirs.
     let mut leaving: Vec<(usize, bool)> =
         chosen.iter().map(|&i| (i, true)).chain(unreachable.iter().map(|&i| (i, false))).collect();
     leaving.sort_unstable();
