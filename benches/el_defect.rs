@@ -8,6 +8,8 @@
 //!   * the bare model (`Session::run` of one cell's tensor), for the pipeline's overhead.
 //!
 //! Prints the per-cell medians. Run: cargo bench --bench el_defect
+// A benchmark stops at the first broken expectation, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod common;
 
@@ -16,9 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::Criterion;
-use linesight::config::{Config, ModelManifest, PipelineKind};
+use linesight::config::Config;
 use linesight::engine::OrtRuntime;
 use linesight::imaging::{ImageEncoding, Preprocessor};
+use linesight::model::ModelManifest;
+use linesight::pipeline::PipelineSettings;
 use linesight::pipeline::{FrameRequest, ImageInput, Pipelines, tensor_spec};
 
 fn median_ns(name: &str) -> Option<f64> {
@@ -50,13 +54,15 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut config = Config::default();
     config.engine.intra_threads = threads;
-    config.pipelines.retain(|_, p| p.kind == PipelineKind::Segment);
+    config.pipelines.retain(|_, p| matches!(p, PipelineSettings::Segment(_)));
     config.default_pipeline = "el-defect".into();
     let mut batched = config.pipelines.get("el-defect").expect("the el-defect pipeline").clone();
-    batched.batching.max_batch = 8;
-    batched.batching.max_queue_delay_us = 5_000;
+    batched.batching_mut().max_batch = 8;
+    batched.batching_mut().max_queue_delay = Duration::from_micros(5_000);
     config.pipelines.insert(BATCHED.into(), batched);
-    let pipelines = rt.block_on(async { Arc::new(Pipelines::start(&config).expect("pipelines (run scripts/setup)")) });
+    let pipelines = rt.block_on(async {
+        Arc::new(Pipelines::start(&config.service_settings()).expect("pipelines (run scripts/setup)"))
+    });
     let cells: Vec<Vec<u8>> = (0..8)
         .map(|k| std::fs::read(root.join(format!("tests/fixtures/el/cell_{}.png", 900000 + k))).expect("cell"))
         .collect();

@@ -2,6 +2,8 @@
 //! batcher → model worker → decode + NMS → response) for a 768x576 JPEG, against a bare
 //! `Session::run` of the same model with the same threads, measured side by side in one run.
 //! Prints both medians and their ratio. Run: cargo bench --bench inspect_overhead
+// A benchmark stops at the first broken expectation, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod common;
 
@@ -12,9 +14,10 @@ use std::time::Duration;
 use criterion::Criterion;
 use linesight::api::proto::inspection_client::InspectionClient;
 use linesight::api::proto::{Image, InspectRequest};
-use linesight::config::{Config, ModelManifest};
+use linesight::config::Config;
 use linesight::engine::OrtRuntime;
 use linesight::imaging::{self, DecodeLimits, ImageEncoding, Preprocessor};
+use linesight::model::ModelManifest;
 use linesight::pipeline::{Pipelines, tensor_spec};
 
 const BARE: &str = "bare_session_run_nanodet-g_b1";
@@ -37,11 +40,11 @@ fn main() {
     let mut config = Config::default();
     config.engine.intra_threads = threads;
     config.engine.intra_op_spinning = spinning;
-    config.server.default_budget_ms = 10_000;
+    config.server.default_budget = std::time::Duration::from_millis(10_000);
 
     let jpeg = std::fs::read(root.join("tests/fixtures/vtest/frame_0250.jpg")).expect("frame");
     let (addr, mut client) = rt.block_on(async {
-        let pipelines = Arc::new(Pipelines::start(&config).expect("pipelines (run scripts/setup)"));
+        let pipelines = Arc::new(Pipelines::start(&config.service_settings()).expect("pipelines (run scripts/setup)"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server_config = config.server.clone();

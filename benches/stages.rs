@@ -1,13 +1,16 @@
 //! Per-stage CPU costs outside the model: decode, letterbox, NanoDet decode + NMS, YOLO decode + NMS.
 //! Run: cargo bench --bench stages
+// A benchmark stops at the first broken expectation, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use linesight::config::{ModelManifest, YoloVersion};
+use linesight::detect::YoloVersion;
 use linesight::detect::{Decoder, Layout, NamedOutput, Thresholds};
 use linesight::engine::{ModelSession, OrtRuntime, SessionOptions};
 use linesight::imaging::{self, DecodeLimits, ImageEncoding, Letterbox, Preprocessor};
+use linesight::model::ModelManifest;
 use linesight::pipeline::tensor_spec;
 use ndarray::{ArrayD, IxDyn};
 
@@ -59,7 +62,7 @@ fn postprocess(c: &mut Criterion) {
     let lb = Preprocessor::new().letterbox_into(&img, &spec, &mut tensor).expect("letterbox");
     let outputs = session.run([1, 3, 416, 416], &tensor).expect("run");
     let named: Vec<NamedOutput<'_>> = outputs.iter().map(|o| (o.name.as_str(), o.view().expect("f32"))).collect();
-    let decoder = Decoder::from_spec(&manifest.decoder, 80, 416, 416).expect("a detector");
+    let decoder = manifest.decoder.detector(80, 416, 416).expect("a detector");
     let thresholds = Thresholds { score: 0.35, iou: 0.6, max_detections: 100 };
     group.bench_function("nanodet_decode_nms_vtest_250", |b| {
         b.iter(|| decoder.detect(&named, 0, &thresholds, &lb).expect("detect"))

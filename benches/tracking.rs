@@ -1,6 +1,8 @@
 //! Tracking costs: one DeepSORT step at 10 / 50 / 200 tracks (embedder excluded), the embedder on a
 //! frame's crops, and per-camera state maps under 1…8 threads.
 //! Run: cargo bench --bench tracking
+// A benchmark stops at the first broken expectation, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -8,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dashmap::DashMap;
-use linesight::config::ModelManifest;
 use linesight::detect::BBox;
 use linesight::engine::{ModelSession, OrtRuntime, SessionOptions};
 use linesight::imaging::{self, CropBox, DecodeLimits, ImageEncoding, Preprocessor, TensorSpec};
+use linesight::model::ModelManifest;
 use linesight::pipeline::tensor_spec;
-use linesight::track::{Admission, Observation, Registry, Tracker, TrackerParams};
+use linesight::track::{Observation, Placement, Registry, Tracker, TrackerParams};
 
 /// The pipeline's embedding size (MobileNetV2).
 const DIM: usize = 1280;
@@ -219,7 +221,7 @@ fn camera_maps(c: &mut Criterion) {
                                 for op in 0..TOTAL / threads {
                                     let camera = own[op % own.len()];
                                     let seq = (op / own.len()) as u64;
-                                    if let Admission::Accepted(ticket) = registry.admit(camera, seq, Instant::now()) {
+                                    if let Placement::Accepted(ticket) = registry.admit(camera, seq, Instant::now()) {
                                         drop(ticket.complete(frames[seq as usize % frames.len()].clone()));
                                     }
                                 }

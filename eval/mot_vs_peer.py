@@ -17,7 +17,7 @@ Both trackers get the same noisy detections, made from the ground truth by this 
 - confidence: uniform in [0.5, 1] (neither tracker uses it; nms_max_overlap is 1.0 in the peer).
 
 linesight runs twice: with its default gallery policy (`consistent`: a confirmed track's gallery
-takes only embeddings that agree with it) and with `--gallery-update every` (the paper's reference
+takes only embeddings that agree with it) and with `--tracker gallery_update=every` (the paper's reference
 behaviour). Both trackers run with the same parameters: max_age 30, n_init 3, max_iou_distance 0.7,
 max_cosine_distance 0.2, nn_budget 100, every frame from the first to the last stepped, and both
 report the confirmed tracks updated in each frame with their Kalman-filtered boxes. Scores:
@@ -118,7 +118,7 @@ def run_peer(rows, path):
 
 def run_linesight(binary, det_path, out_path, gallery_update="consistent"):
     started = time.perf_counter()
-    args = [binary, "mot", "--detections", det_path, "--out", out_path, "--gallery-update", gallery_update]
+    args = [binary, "mot", "--detections", det_path, "--out", out_path, "--tracker", f"gallery_update={gallery_update}"]
     for k, v in PARAMS.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     subprocess.run(args, check=True, capture_output=True)

@@ -8,6 +8,8 @@
 //! ```
 //! Starts its own server on 127.0.0.1 with the default config (or `--config`), unless `--server`
 //! names a running one.
+// An example stops at the first broken expectation, by design.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,10 +70,10 @@ async fn main() -> Result<()> {
                 Some(p) => Config::from_file(p)?,
                 None => Config::default(),
             };
-            if let Some(track) = config.pipelines.get_mut("track") {
+            if let Some(track) = config.pipelines.get_mut("track").and_then(|p| p.as_track_mut()) {
                 track.tracker.classes = args.classes.split(',').map(str::trim).map(str::to_owned).collect();
             }
-            let pipelines = Arc::new(Pipelines::start(&config)?);
+            let pipelines = Arc::new(Pipelines::start(&config.service_settings())?);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let server_config = config.server.clone();

@@ -1,6 +1,8 @@
 //! The bodies of the `cargo fuzz` targets (`fuzz/`), here so the normal test suite replays the
 //! committed corpus through exactly the same code (`tests/fuzz_replay.rs`). Each takes arbitrary
 //! bytes and panics only on a real bug: an error for bad input is the expected outcome.
+// A fuzz target reports a broken invariant by panicking.
+#![allow(clippy::expect_used)]
 
 use crate::api::{
     WireRequest, decode_inspect_request, frame_request, parse_grpc_timeout, to_status, undecodable_status,

@@ -6,15 +6,16 @@
 
 pub mod api;
 pub mod batching;
-pub mod bench;
 pub mod config;
+pub mod cuda;
 pub mod detect;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
-#[cfg(feature = "cuda")]
-pub mod gpu_check;
 pub mod imaging;
+#[cfg(test)]
+mod layers;
+pub mod model;
 pub mod pipeline;
 pub mod segment;
 pub mod telemetry;

@@ -24,6 +24,7 @@ pub use convert::frame_request;
 pub use deadline::parse_grpc_timeout;
 pub use inspection::InspectionService;
 pub use state::ServerState;
+pub use status::is_shed_code;
 pub use status::{oversized_message_layer, to_status, undecodable_status};
 pub use tls::TlsError;
 pub use wire::{InspectCodec, UndecodableMessage, WireDecoder, WireRequest, decode_inspect_request};
@@ -91,6 +92,50 @@ pub async fn serve(
     serve_with(Models::Loaded(pipelines), config, Listeners { grpc: listener, metrics: None }, shutdown).await
 }
 
+/// Reflection over the Inspection and Health services.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// The HTTP/2 server with the configured windows, streams and keepalive.
+fn transport(config: &ServerConfig) -> tonic::transport::Server {
+    // HTTP/2's default 64 KiB windows make every frame larger than that wait a round trip for a
+    // WINDOW_UPDATE: let a client send a few frames' worth before waiting.
+    let stream_window = u32::try_from(config.max_message_bytes.clamp(1 << 20, 16 << 20)).unwrap_or(16 << 20);
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(stream_window.saturating_mul(4))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        // hyper pings a connection silent for the interval, idle or not, and closes it when the
+        // ping goes unanswered: a vanished peer frees its place under max_connections.
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+}
+
+/// Loads the configured models on the blocking pool and hands them to `state`; resolves only if
+/// they fail to load (with nothing to load, never).
+async fn load_models(state: Arc<ServerState>, to_load: Option<Box<Config>>) -> StartError {
+    let Some(config) = to_load else { return std::future::pending().await };
+    let loading = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let loaded = Pipelines::start(&config.service_settings());
+        if loaded.is_ok() {
+            tracing::info!(message = "Models loaded.", seconds = started.elapsed().as_secs_f64());
+        }
+        loaded
+    });
+    match loading.await {
+        Ok(Ok(pipelines)) => {
+            state.set_pipelines(Arc::new(pipelines));
+            std::future::pending().await
+        }
+        Ok(Err(error)) => error,
+        Err(join) => StartError::Internal(join.to_string()),
+    }
+}
+
 /// Serves Inspection, Health and Reflection (and `/metrics` on its own port) until `shutdown`
 /// resolves. Then: health turns NOT_SERVING, no new connection is accepted, every stream stops
 /// reading, answers the frames it holds and ends with UNAVAILABLE; after `shutdown_grace_ms`
@@ -102,14 +147,14 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let (configured_models, to_load) = match models {
-        Models::Loaded(pipelines) => (Vec::new(), Err(pipelines)),
-        Models::Load(config) => (configured_models(&config), Ok(config)),
+    let (state, to_load) = match models {
+        Models::Loaded(pipelines) => {
+            let state = Arc::new(ServerState::new(Vec::new(), metrics.clone()));
+            state.set_pipelines(pipelines);
+            (state, None)
+        }
+        Models::Load(config) => (Arc::new(ServerState::new(configured_models(&config), metrics.clone())), Some(config)),
     };
-    let state = Arc::new(ServerState::new(configured_models, metrics.clone()));
-    if let Err(pipelines) = &to_load {
-        state.set_pipelines(pipelines.clone());
-    }
     let tokens = config.auth.as_ref().map(Tokens::load).transpose()?;
     let tls = config.tls.as_ref().map(tls::server_tls).transpose()?;
 
@@ -123,26 +168,10 @@ pub async fn serve_with(
     let inspection = proto::inspection_server::InspectionServer::new(InspectionService::new(state.clone(), config))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection_v1 = reflection().build_v1()?;
     // grpcio's reflection client (Python) still speaks v1alpha.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    // HTTP/2's default 64 KiB windows make every frame larger than that wait a round trip for a
-    // WINDOW_UPDATE: let a client send a few frames' worth before waiting.
-    let stream_window = u32::try_from(config.max_message_bytes.clamp(1 << 20, 16 << 20)).unwrap_or(16 << 20);
-    let mut builder = tonic::transport::Server::builder()
-        .initial_stream_window_size(stream_window)
-        .initial_connection_window_size(stream_window.saturating_mul(4))
-        .max_concurrent_streams(config.max_concurrent_streams)
-        // hyper pings a connection silent for the interval, idle or not, and closes it when the
-        // ping goes unanswered: a vanished peer frees its place under max_connections.
-        .http2_keepalive_interval(Some(Duration::from_millis(config.keepalive_interval_ms)))
-        .http2_keepalive_timeout(Some(Duration::from_millis(config.keepalive_timeout_ms)));
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let mut builder = transport(config);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
@@ -151,7 +180,7 @@ pub async fn serve_with(
         max_open: config.max_connections,
         // A waiting socket costs a task and its kernel buffers, no more than one in use.
         max_waiting: config.max_connections,
-        preface_timeout: Duration::from_millis(config.preface_timeout_ms),
+        preface_timeout: config.preface_timeout,
         tls: config.tls.is_some(),
     };
     let incoming = connections::accept_capped(listeners.grpc, limits, metrics.clone());
@@ -167,39 +196,14 @@ pub async fn serve_with(
         tokio::spawn(metrics_http::serve_metrics(listener, state.clone(), tokens, shutdown_begun(&state)))
     });
     let health_task = tokio::spawn(report_health(state.clone(), health, serving_at_start));
-    let loading = to_load.ok().map(|config| {
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let loaded = Pipelines::start(&config);
-            if loaded.is_ok() {
-                tracing::info!(message = "Models loaded.", seconds = started.elapsed().as_secs_f64());
-            }
-            loaded
-        })
-    });
-    let loaded = {
-        let state = state.clone();
-        async move {
-            match loading {
-                None => std::future::pending::<StartError>().await,
-                Some(task) => match task.await {
-                    Ok(Ok(pipelines)) => {
-                        state.set_pipelines(Arc::new(pipelines));
-                        std::future::pending::<StartError>().await
-                    }
-                    Ok(Err(error)) => error,
-                    Err(join) => StartError::Internal(join.to_string()),
-                },
-            }
-        }
-    };
+    let loaded = load_models(state.clone(), to_load);
 
     tokio::pin!(grpc);
-    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let grace = config.shutdown_grace;
     let outcome = tokio::select! {
         served = &mut grpc => served.map_err(ServeError::from),
         () = shutdown => {
-            tracing::info!(message = "Shutting down.", grace_ms = config.shutdown_grace_ms);
+            tracing::info!(message = "Shutting down.", grace_ms = config.shutdown_grace.as_millis());
             state.begin_shutdown();
             finish(&mut grpc, grace).await
         }
@@ -277,7 +281,7 @@ async fn report_health(state: Arc<ServerState>, health: tonic_health::server::He
 
 /// Every model folder the config's pipelines load.
 fn configured_models(config: &Config) -> Vec<String> {
-    let mut models: Vec<String> = config.pipelines.values().map(|p| p.model.clone()).collect();
+    let mut models: Vec<String> = config.pipelines.values().map(|p| p.model().to_owned()).collect();
     models.sort();
     models.dedup();
     models

@@ -1,31 +1,24 @@
 //! Metrics of each answered frame: stage times, batch size, outcome, shed reason.
 
-use crate::pipeline::{FrameResult, InspectError, ShedLimit, Verdict};
+use crate::pipeline::{FrameResult, InspectError, ShedCause, Verdict};
 use crate::telemetry::{Metrics, ModelLabels, OutcomeLabels, PipelineLabels, ReasonLabels, StageLabels};
 
 /// Label for a frame whose pipeline does not exist (the name is the client's and unbounded).
 pub const UNKNOWN_PIPELINE: &str = "(unknown)";
 
 pub fn frame_served(metrics: &Metrics, result: &FrameResult) {
-    let t = &result.timings;
-    let stages = [
-        ("decode", t.decode),
-        ("preprocess", t.preprocess),
-        ("queue_wait", t.queue_wait),
-        ("inference", t.inference),
-        ("postprocess", t.postprocess),
-        ("embed", t.embed),
-        ("track", t.track),
-        ("total", t.total),
-    ];
-    for (stage, took) in stages {
+    for (stage, took) in result.timings.iter() {
         // A track stage is zero on a detect pipeline: not a measurement.
-        if took.is_zero() && matches!(stage, "embed" | "track") {
+        if took.is_zero() && stage.is_optional() {
             continue;
         }
         metrics
             .stage_seconds
-            .get_or_create(&StageLabels { pipeline: result.pipeline.clone(), model: result.model.clone(), stage })
+            .get_or_create(&StageLabels {
+                pipeline: result.pipeline.clone(),
+                model: result.model.clone(),
+                stage: stage.name(),
+            })
             .observe(took.as_secs_f64());
     }
     metrics
@@ -46,14 +39,7 @@ pub fn frame_served(metrics: &Metrics, result: &FrameResult) {
 /// `pipeline`: the served pipeline the frame asked for, or [`UNKNOWN_PIPELINE`].
 pub fn frame_failed(metrics: &Metrics, pipeline: &str, error: &InspectError) {
     let pipeline = pipeline.to_owned();
-    let reason = match error {
-        InspectError::QueueFull { .. } => Some("queue_full"),
-        InspectError::Shed { limit: ShedLimit::Budget(_), .. } => Some("budget"),
-        InspectError::Shed { limit: ShedLimit::ClientDeadline, .. } => Some("client_deadline"),
-        InspectError::CameraBusy { .. } => Some("camera_in_flight"),
-        InspectError::ServerBusy { .. } => Some("server_in_flight"),
-        _ => None,
-    };
+    let reason = error.shed_cause().map(ShedCause::name);
     if let Some(reason) = reason {
         metrics.frames_shed.get_or_create(&ReasonLabels { pipeline: pipeline.clone(), reason }).inc();
     }

@@ -22,6 +22,11 @@ pub fn code_of(error: &InspectError) -> Code {
     }
 }
 
+/// A status a client reads as "shed": the frame was refused or dropped to keep the budget.
+pub fn is_shed_code(code: Code) -> bool {
+    matches!(code, Code::ResourceExhausted | Code::DeadlineExceeded)
+}
+
 pub fn to_status(error: &InspectError) -> Status {
     Status::new(code_of(error), error.to_string())
 }
@@ -142,13 +147,37 @@ mod tests {
             (InspectError::Loading, Code::Unavailable),
             (InspectError::CameraBusy { camera_id: "cam".into(), max: 16 }, Code::ResourceExhausted),
             (InspectError::ServerBusy { max: 256 }, Code::ResourceExhausted),
-            (InspectError::Engine("boom".into()), Code::Internal),
+            (InspectError::Engine(crate::engine::EngineError::NoSession), Code::Internal),
             (InspectError::Detect(crate::detect::DetectError::MissingOutput("cls".into())), Code::Internal),
             (InspectError::Internal("x".into()), Code::Internal),
         ];
+        // Every variant is in the table: `variant` has no catch-all arm, so a new variant does not
+        // compile here until it is given a row.
+        fn variant(error: &InspectError) -> usize {
+            match error {
+                InspectError::EmptyCameraId => 0,
+                InspectError::CameraIdTooLong { .. } => 1,
+                InspectError::UnknownPipeline { .. } => 2,
+                InspectError::MissingImage => 3,
+                InspectError::UnknownEncoding(_) => 4,
+                InspectError::Decode(_) => 5,
+                InspectError::QueueFull { .. } => 6,
+                InspectError::CameraBusy { .. } => 7,
+                InspectError::ServerBusy { .. } => 8,
+                InspectError::Loading => 9,
+                InspectError::Shed { .. } => 10,
+                InspectError::Engine(_) => 11,
+                InspectError::Detect(_) => 12,
+                InspectError::ShuttingDown => 13,
+                InspectError::Internal(_) => 14,
+            }
+        }
+        let covered: std::collections::BTreeSet<usize> = table.iter().map(|(e, _)| variant(e)).collect();
+        assert_eq!(covered, (0..15).collect(), "every InspectError variant needs a row");
         for (error, code) in table {
             let status = to_status(&error);
             assert_eq!(status.code(), code, "{error}");
+            assert_eq!(is_shed_code(code), error.is_shed(), "{error}");
             assert_eq!(status.message(), error.to_string());
         }
         let undecodable = UndecodableMessage("failed to decode Protobuf message: invalid wire type".into());

@@ -1,7 +1,6 @@
 //! TLS and mutual TLS for the gRPC port (rustls through tonic).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -27,9 +26,7 @@ fn read_pem(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 pub fn server_tls(config: &TlsConfig) -> Result<ServerTlsConfig, TlsError> {
     let cert = read_pem("cert_path", &config.cert_path)?;
     let key = read_pem("key_path", &config.key_path)?;
-    let mut tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .timeout(Duration::from_millis(config.handshake_timeout_ms));
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key)).timeout(config.handshake_timeout);
     if let Some(ca) = &config.client_ca_path {
         tls = tls.client_ca_root(Certificate::from_pem(read_pem("client_ca_path", ca)?)).client_auth_optional(false);
     }

@@ -24,11 +24,25 @@ pub use estimate::Figure;
 use plan::State;
 pub use plan::{Batch, Plan, Queued, Shed, ShedReason};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Dynamic batching, as Triton's dynamic batcher: a batch ships when it holds `max_batch` items or
+/// when its oldest item has waited `max_queue_delay_us`; at most `max_queue_size` items wait. The
+/// default delay is 0, as Triton's: a lone item costs no wait, and under load batches still form
+/// from the items that queue while the model is busy.
+#[serde_with::serde_as]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BatchPolicy {
     pub max_batch: usize,
+    #[serde(rename = "max_queue_delay_us")]
+    #[serde_as(as = "serde_with::DurationMicroSeconds<u64>")]
     pub max_queue_delay: Duration,
     pub max_queue_size: usize,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        Self { max_batch: 8, max_queue_delay: Duration::ZERO, max_queue_size: 64 }
+    }
 }
 
 /// The queue was full; the item is handed back so its owner can answer it.

@@ -1,18 +1,21 @@
 //! Service configuration: a TOML file (see `linesight.example.toml`) layered over defaults that are
 //! good enough for `linesight serve` to need no file at all.
 
-mod manifest;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_with::{DurationMilliSeconds, serde_as};
 
-pub use manifest::{
-    ChannelOrder, DecoderSpec, InputSpec, ManifestError, ModelManifest, PostprocessSpec, ResizeMode, YoloVersion,
+use crate::imaging::DecodeLimits;
+use crate::pipeline::{
+    CellRuleSettings, DetectSettings, PipelineSettings, SegmentSettings, ServiceSettings, TrackSettings,
 };
+
+mod validate;
+pub use validate::{ConfigProblem, Validate};
 
 /// The pipeline served when a request leaves `pipeline` empty and the config names none.
 pub const DEFAULT_PIPELINE: &str = "detect";
@@ -32,9 +35,11 @@ pub struct Config {
     pub model_dir: Option<PathBuf>,
     /// Pipeline used when a request's `pipeline` is empty.
     pub default_pipeline: String,
-    pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// One table per pipeline, tagged by `kind`.
+    pub pipelines: BTreeMap<String, PipelineSettings>,
 }
 
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -47,7 +52,9 @@ pub struct ServerConfig {
     /// Largest accepted width or height, in pixels.
     pub max_image_side: u32,
     /// Budget for a frame whose request says `budget_ms = 0`.
-    pub default_budget_ms: u32,
+    #[serde(rename = "default_budget_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub default_budget: Duration,
     /// Frames decoded / pre- / post-processed at once (bounded blocking pool).
     pub cpu_workers: usize,
     /// Frames of one `InspectStream` in flight at once; responses still leave in request order.
@@ -64,15 +71,23 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A new connection must send the HTTP/2 client preface (under TLS: start its handshake)
     /// within this, or it is closed.
-    pub preface_timeout_ms: u64,
+    #[serde(rename = "preface_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub preface_timeout: Duration,
     /// How long an established connection may stay silent before the server sends an HTTP/2 PING.
-    pub keepalive_interval_ms: u64,
+    #[serde(rename = "keepalive_interval_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub keepalive_interval: Duration,
     /// A PING not acknowledged within this closes the connection.
-    pub keepalive_timeout_ms: u64,
+    #[serde(rename = "keepalive_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub keepalive_timeout: Duration,
     /// Concurrent gRPC calls (HTTP/2 streams) per connection.
     pub max_concurrent_streams: u32,
     /// On SIGTERM/SIGINT: how long in-flight frames may take to finish before connections are cut.
-    pub shutdown_grace_ms: u64,
+    #[serde(rename = "shutdown_grace_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub shutdown_grace: Duration,
     pub tls: Option<TlsConfig>,
     pub auth: Option<AuthConfig>,
     pub metrics: Option<MetricsConfig>,
@@ -80,6 +95,7 @@ pub struct ServerConfig {
 
 /// TLS for the gRPC port. With `client_ca_path`, mutual TLS: every client
 /// must present a certificate signed by that CA.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -91,12 +107,13 @@ pub struct TlsConfig {
     #[serde(default)]
     pub client_ca_path: Option<PathBuf>,
     /// A TLS handshake must finish within this.
-    #[serde(default = "default_handshake_timeout_ms")]
-    pub handshake_timeout_ms: u64,
+    #[serde(default = "default_handshake_timeout", rename = "handshake_timeout_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub handshake_timeout: Duration,
 }
 
-fn default_handshake_timeout_ms() -> u64 {
-    5_000
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Bearer-token authentication on every gRPC service and on the metrics endpoint. Tokens come from
@@ -138,7 +155,8 @@ pub struct EngineConfig {
     /// `default`.
     pub cuda_conv_search: crate::engine::ConvSearch,
     /// Refuse to start when the models' device memory, measured as each loads, exceeds this many MiB.
-    pub gpu_memory_budget_mb: Option<u64>,
+    #[serde(alias = "gpu_memory_budget_mb")]
+    pub gpu_memory_budget_mib: Option<u64>,
     /// On a GPU provider: `fixed` (default) keeps one session per batch size bucket (a detector:
     /// 1 and `max_batch` frames; an embedder: 16 and 16 × `max_batch` crops), each always run at
     /// its size, padding a batch up to the smallest bucket that holds it; `dynamic` runs one
@@ -172,12 +190,13 @@ pub struct TensorRtConfig {
     /// on a GPU builds them, which takes minutes.
     pub engine_cache_dir: Option<PathBuf>,
     /// Scratch memory TensorRT may use while building and running, in MiB.
-    pub workspace_mb: u64,
+    #[serde(alias = "workspace_mb")]
+    pub workspace_mib: u64,
 }
 
 impl Default for TensorRtConfig {
     fn default() -> Self {
-        Self { fp16: true, engine_cache_dir: None, workspace_mb: 2048 }
+        Self { fp16: true, engine_cache_dir: None, workspace_mib: 2048 }
     }
 }
 
@@ -197,202 +216,10 @@ impl EngineConfig {
             tensorrt: crate::engine::TensorRtOptions {
                 fp16: self.tensorrt.fp16,
                 engine_cache_dir,
-                workspace_bytes: usize::try_from(self.tensorrt.workspace_mb.saturating_mul(1 << 20))
+                workspace_bytes: usize::try_from(self.tensorrt.workspace_mib.saturating_mul(1 << 20))
                     .unwrap_or(usize::MAX),
             },
         }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// `detect`, `track` or `segment`.
-    pub kind: PipelineKind,
-    /// Folder name under `model_dir`: the detector of a `detect` pipeline, the appearance embedder
-    /// of a `track` pipeline, the instance segmenter of a `segment` pipeline.
-    pub model: String,
-    /// `track` only: the `detect` pipeline whose detections are tracked. Its queue and model
-    /// instances are shared, so detect and track frames batch together.
-    #[serde(default)]
-    pub detector: Option<String>,
-    /// `track` only.
-    #[serde(default)]
-    pub tracker: TrackerConfig,
-    #[serde(default)]
-    pub batching: BatchingConfig,
-    /// Default budget for this pipeline's frames; falls back to `server.default_budget_ms`.
-    #[serde(default)]
-    pub budget_ms: Option<u32>,
-    /// Overrides of the model's own thresholds.
-    #[serde(default)]
-    pub score_threshold: Option<f32>,
-    #[serde(default)]
-    pub iou_threshold: Option<f32>,
-    #[serde(default)]
-    pub max_detections: Option<usize>,
-    /// `segment` only: overrides the model's mask threshold.
-    #[serde(default)]
-    pub mask_threshold: Option<f32>,
-    /// `segment` only: when an image (a cell) is judged defective.
-    #[serde(default)]
-    pub verdict: VerdictConfig,
-    /// Model instances, each a worker thread owning its own ONNX Runtime session.
-    #[serde(default = "one")]
-    pub instances: usize,
-}
-
-fn one() -> usize {
-    1
-}
-
-impl PipelineConfig {
-    /// A pipeline of `kind` on `model` with every other setting at its default.
-    pub fn new(kind: PipelineKind, model: &str) -> Self {
-        Self {
-            kind,
-            model: model.to_owned(),
-            detector: None,
-            tracker: TrackerConfig::default(),
-            batching: BatchingConfig::default(),
-            budget_ms: None,
-            score_threshold: None,
-            iou_threshold: None,
-            max_detections: None,
-            mask_threshold: None,
-            verdict: VerdictConfig::default(),
-            instances: 1,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PipelineKind {
-    Detect,
-    Track,
-    Segment,
-}
-
-/// A `segment` pipeline's image verdict: defective when at least one instance of a counted class
-/// scores at least `min_score` and the counted instances cover at least `min_area_fraction` of the
-/// image.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VerdictConfig {
-    /// Default: the pipeline's score threshold.
-    pub min_score: Option<f32>,
-    pub min_area_fraction: f32,
-    /// Class names counted; empty = every class.
-    pub classes: Vec<String>,
-}
-
-impl Default for VerdictConfig {
-    fn default() -> Self {
-        Self { min_score: None, min_area_fraction: 0.0, classes: Vec::new() }
-    }
-}
-
-impl VerdictConfig {
-    /// The default `el-defect` rule: a crack or an inactive area scoring at least 0.2. Chosen on
-    /// the odd rows of ELPV (`eval/elpv_eval.py`, best F1 of the rules swept); finger interruptions
-    /// are found and returned but not counted, as on real cells they rarely made a cell defective
-    /// and the model confuses them with texture.
-    pub fn el_defect() -> Self {
-        Self { min_score: Some(0.2), min_area_fraction: 0.0, classes: vec!["crack".into(), "inactive".into()] }
-    }
-}
-
-/// DeepSORT parameters (defaults are the paper's), which detections to track, and the embedder's
-/// crop size.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrackerConfig {
-    pub max_age: u32,
-    pub n_init: u32,
-    pub max_iou_distance: f64,
-    pub max_cosine_distance: f64,
-    pub nn_budget: usize,
-    /// `consistent` (default): a confirmed track's gallery takes only embeddings that agree with
-    /// it; `every`: every matched embedding, as the paper's reference code.
-    pub gallery_update: crate::track::GalleryUpdate,
-    /// Detector classes to track, by name; empty = all.
-    pub classes: Vec<String>,
-    /// Embedder input size for each crop; default: the embedder manifest's input size.
-    pub crop_width: Option<u32>,
-    pub crop_height: Option<u32>,
-    /// A camera with no frame for this long loses its tracks (memory stays bounded).
-    pub camera_idle_s: u64,
-    /// Embedder batching: a batch holds the crops of up to `max_batch` frames.
-    pub embedder_batching: BatchingConfig,
-}
-
-impl Default for TrackerConfig {
-    fn default() -> Self {
-        let p = crate::track::TrackerParams::default();
-        Self {
-            max_age: p.max_age,
-            n_init: p.n_init,
-            max_iou_distance: p.max_iou_distance,
-            max_cosine_distance: p.max_cosine_distance,
-            nn_budget: p.nn_budget,
-            gallery_update: p.gallery_update,
-            classes: Vec::new(),
-            crop_width: None,
-            crop_height: None,
-            camera_idle_s: 60,
-            embedder_batching: BatchingConfig::default(),
-        }
-    }
-}
-
-impl TrackerConfig {
-    pub fn params(&self) -> crate::track::TrackerParams {
-        crate::track::TrackerParams {
-            max_age: self.max_age,
-            n_init: self.n_init,
-            max_iou_distance: self.max_iou_distance,
-            max_cosine_distance: self.max_cosine_distance,
-            nn_budget: self.nn_budget,
-            gallery_update: self.gallery_update,
-        }
-    }
-
-    pub fn camera_idle(&self) -> Duration {
-        Duration::from_secs(self.camera_idle_s)
-    }
-}
-
-/// Dynamic batching, as Triton's dynamic batcher: a batch ships when it holds `max_batch` frames or
-/// when its oldest frame has waited `max_queue_delay_us`; at most `max_queue_size` frames wait.
-/// The default delay is 0, as Triton's: a lone frame costs no wait, and under load batches still
-/// form from the frames that queue while the model is busy.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BatchingConfig {
-    pub max_batch: usize,
-    pub max_queue_delay_us: u64,
-    pub max_queue_size: usize,
-}
-
-impl BatchingConfig {
-    pub fn max_queue_delay(&self) -> Duration {
-        Duration::from_micros(self.max_queue_delay_us)
-    }
-
-    /// The batcher's policy these settings describe.
-    pub fn policy(&self) -> crate::batching::BatchPolicy {
-        crate::batching::BatchPolicy {
-            max_batch: self.max_batch,
-            max_queue_delay: self.max_queue_delay(),
-            max_queue_size: self.max_queue_size,
-        }
-    }
-}
-
-impl Default for BatchingConfig {
-    fn default() -> Self {
-        Self { max_batch: 8, max_queue_delay_us: 0, max_queue_size: 64 }
     }
 }
 
@@ -403,17 +230,17 @@ impl Default for ServerConfig {
             max_message_bytes: 32 * 1024 * 1024,
             max_decoded_pixels: 40_000_000,
             max_image_side: 16_384,
-            default_budget_ms: 83,
+            default_budget: Duration::from_millis(83),
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             stream_window: 4,
             max_in_flight_per_camera: 16,
             max_frames_in_flight: 256,
             max_connections: 512,
-            preface_timeout_ms: 5_000,
-            keepalive_interval_ms: 30_000,
-            keepalive_timeout_ms: 10_000,
+            preface_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 128,
-            shutdown_grace_ms: 10_000,
+            shutdown_grace: Duration::from_secs(10),
             tls: None,
             auth: None,
             metrics: None,
@@ -430,7 +257,7 @@ impl Default for EngineConfig {
             allow_fallback: false,
             device_id: 0,
             cuda_conv_search: crate::engine::ConvSearch::default(),
-            gpu_memory_budget_mb: None,
+            gpu_memory_budget_mib: None,
             gpu_preprocess: true,
             gpu_batch_shapes: BatchShapes::Fixed,
             tensorrt: TensorRtConfig::default(),
@@ -442,20 +269,18 @@ impl Default for EngineConfig {
 impl Default for Config {
     fn default() -> Self {
         let mut pipelines = BTreeMap::new();
-        pipelines.insert(DEFAULT_PIPELINE.to_owned(), PipelineConfig::new(PipelineKind::Detect, DEFAULT_DETECT_MODEL));
+        pipelines
+            .insert(DEFAULT_PIPELINE.to_owned(), PipelineSettings::Detect(DetectSettings::new(DEFAULT_DETECT_MODEL)));
         pipelines.insert(
             "track".to_owned(),
-            PipelineConfig {
-                detector: Some(DEFAULT_PIPELINE.to_owned()),
-                ..PipelineConfig::new(PipelineKind::Track, DEFAULT_EMBED_MODEL)
-            },
+            PipelineSettings::Track(TrackSettings::new(DEFAULT_EMBED_MODEL, DEFAULT_PIPELINE)),
         );
         pipelines.insert(
             "el-defect".to_owned(),
-            PipelineConfig {
-                verdict: VerdictConfig::el_defect(),
-                ..PipelineConfig::new(PipelineKind::Segment, DEFAULT_SEGMENT_MODEL)
-            },
+            PipelineSettings::Segment(SegmentSettings {
+                cell_rule: CellRuleSettings::el_defect(),
+                ..SegmentSettings::new(DEFAULT_SEGMENT_MODEL)
+            }),
         );
         Self {
             server: ServerConfig::default(),
@@ -464,19 +289,6 @@ impl Default for Config {
             default_pipeline: DEFAULT_PIPELINE.to_owned(),
             pipelines,
         }
-    }
-}
-
-/// One problem found in a configuration, with its TOML path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
     }
 }
 
@@ -510,177 +322,33 @@ impl Config {
     /// Every problem in the configuration, each with its TOML path.
     pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        let mut problem =
-            |path: String, message: &str| problems.push(ConfigProblem { path, message: message.to_owned() });
-        let s = &self.server;
-        if s.max_message_bytes < 1024 {
-            problem("server.max_message_bytes".into(), "must be at least 1024");
-        }
-        if s.max_decoded_pixels == 0 {
-            problem("server.max_decoded_pixels".into(), "must be positive");
-        }
-        if s.max_image_side == 0 {
-            problem("server.max_image_side".into(), "must be positive");
-        }
-        if s.default_budget_ms == 0 {
-            problem("server.default_budget_ms".into(), "must be positive");
-        }
-        if s.cpu_workers == 0 {
-            problem("server.cpu_workers".into(), "must be positive");
-        }
-        if s.stream_window == 0 {
-            problem("server.stream_window".into(), "must be positive");
-        }
-        if s.max_in_flight_per_camera == 0 {
-            problem("server.max_in_flight_per_camera".into(), "must be positive");
-        }
-        if s.max_frames_in_flight == 0 {
-            problem("server.max_frames_in_flight".into(), "must be positive");
-        }
-        if s.max_connections == 0 {
-            problem("server.max_connections".into(), "must be positive");
-        }
-        for (key, value) in [
-            ("server.preface_timeout_ms", s.preface_timeout_ms),
-            ("server.keepalive_interval_ms", s.keepalive_interval_ms),
-            ("server.keepalive_timeout_ms", s.keepalive_timeout_ms),
-        ] {
-            if value == 0 {
-                problem(key.into(), "must be positive");
-            }
-        }
-        if s.max_concurrent_streams == 0 {
-            problem("server.max_concurrent_streams".into(), "must be positive");
-        }
-        if let Some(tls) = &s.tls
-            && tls.handshake_timeout_ms == 0
-        {
-            problem("server.tls.handshake_timeout_ms".into(), "must be positive");
-        }
-        if let Some(auth) = &s.auth
-            && auth.tokens_file.is_none()
-            && auth.tokens_env.is_none()
-        {
-            problem("server.auth".into(), "needs tokens_file, tokens_env or both");
-        }
-        if let Some(metrics) = &s.metrics
-            && metrics.listen == s.listen
-        {
-            problem("server.metrics.listen".into(), "must differ from server.listen");
-        }
-        if self.engine.intra_threads == 0 {
-            problem("engine.intra_threads".into(), "must be positive");
-        }
-        if self.engine.tensorrt.workspace_mb == 0 {
-            problem("engine.tensorrt.workspace_mb".into(), "must be positive");
-        }
-        if self.engine.gpu_memory_budget_mb == Some(0) {
-            problem("engine.gpu_memory_budget_mb".into(), "must be positive (leave it out for no budget)");
-        }
-        if self.pipelines.is_empty() {
-            problem("pipelines".into(), "at least one pipeline is required");
-        }
-        if !self.pipelines.contains_key(&self.default_pipeline) {
-            problem("default_pipeline".into(), "names no configured pipeline");
-        }
-        for (name, p) in &self.pipelines {
-            let at = |field: &str| format!("pipelines.{name}.{field}");
-            if name.is_empty() {
-                problem("pipelines".into(), "pipeline names must not be empty");
-            }
-            if p.model.is_empty() {
-                problem(at("model"), "must name a model folder");
-            }
-            if p.batching.max_batch == 0 {
-                problem(at("batching.max_batch"), "must be positive");
-            }
-            if p.batching.max_queue_size < p.batching.max_batch {
-                problem(at("batching.max_queue_size"), "must be at least max_batch");
-            }
-            if p.instances == 0 {
-                problem(at("instances"), "must be positive");
-            }
-            if p.budget_ms == Some(0) {
-                problem(at("budget_ms"), "must be positive");
-            }
-            if let Some(t) = p.score_threshold
-                && !(0.0..=1.0).contains(&t)
-            {
-                problem(at("score_threshold"), "must be within 0..=1");
-            }
-            if let Some(t) = p.iou_threshold
-                && !(0.0..=1.0).contains(&t)
-            {
-                problem(at("iou_threshold"), "must be within 0..=1");
-            }
-            if p.max_detections == Some(0) {
-                problem(at("max_detections"), "must be positive");
-            }
-            match (p.kind, &p.detector) {
-                (PipelineKind::Detect, Some(_)) => problem(at("detector"), "only `track` pipelines take a detector"),
-                (PipelineKind::Track, None) => {
-                    problem(at("detector"), "a `track` pipeline must name a `detect` pipeline")
-                }
-                (PipelineKind::Track, Some(d)) => match self.pipelines.get(d) {
-                    Some(target) if target.kind == PipelineKind::Detect => {}
-                    Some(_) => problem(at("detector"), "must name a pipeline of kind `detect`"),
-                    None => problem(at("detector"), "names no configured pipeline"),
-                },
-                (PipelineKind::Segment, Some(_)) => problem(at("detector"), "only `track` pipelines take a detector"),
-                (PipelineKind::Detect | PipelineKind::Segment, None) => {}
-            }
-            if let Some(t) = p.mask_threshold
-                && !(0.0..=1.0).contains(&t)
-            {
-                problem(at("mask_threshold"), "must be within 0..=1");
-            }
-            if p.kind != PipelineKind::Segment && (p.mask_threshold.is_some() || p.verdict != VerdictConfig::default())
-            {
-                problem(at("verdict"), "only `segment` pipelines take a mask threshold and a verdict rule");
-            }
-            if let Some(t) = p.verdict.min_score
-                && !(0.0..=1.0).contains(&t)
-            {
-                problem(at("verdict.min_score"), "must be within 0..=1");
-            }
-            if !(0.0..=1.0).contains(&p.verdict.min_area_fraction) {
-                problem(at("verdict.min_area_fraction"), "must be within 0..=1");
-            }
-            if p.kind == PipelineKind::Track {
-                let t = &p.tracker;
-                if t.n_init == 0 {
-                    problem(at("tracker.n_init"), "must be positive");
-                }
-                if t.max_age == 0 {
-                    problem(at("tracker.max_age"), "must be positive");
-                }
-                if !(0.0..=1.0).contains(&t.max_iou_distance) {
-                    problem(at("tracker.max_iou_distance"), "must be within 0..=1");
-                }
-                if !(0.0..=2.0).contains(&t.max_cosine_distance) {
-                    problem(at("tracker.max_cosine_distance"), "must be within 0..=2");
-                }
-                if t.nn_budget == 0 {
-                    problem(at("tracker.nn_budget"), "must be positive");
-                }
-                if t.crop_width.is_some_and(|v| !(16..=1024).contains(&v)) {
-                    problem(at("tracker.crop_width"), "must be within 16..=1024");
-                }
-                if t.crop_height.is_some_and(|v| !(16..=1024).contains(&v)) {
-                    problem(at("tracker.crop_height"), "must be within 16..=1024");
-                }
-                if t.camera_idle_s == 0 {
-                    problem(at("tracker.camera_idle_s"), "must be positive");
-                }
-                if t.embedder_batching.max_batch == 0 {
-                    problem(at("tracker.embedder_batching.max_batch"), "must be positive");
-                }
-                if t.embedder_batching.max_queue_size < t.embedder_batching.max_batch {
-                    problem(at("tracker.embedder_batching.max_queue_size"), "must be at least max_batch");
-                }
-            }
-        }
+        self.validate_into("", &mut problems);
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// What `Pipelines::start` is given: the engine, the stage limits and every pipeline.
+    pub fn service_settings(&self) -> ServiceSettings {
+        let (server, engine) = (&self.server, &self.engine);
+        ServiceSettings {
+            ort_dylib_path: engine.ort_dylib_path.clone(),
+            session: crate::engine::SessionOptions {
+                intra_threads: engine.intra_threads,
+                intra_op_spinning: engine.intra_op_spinning,
+                provider: engine.provider_choice(),
+            },
+            gpu_preprocess: engine.gpu_preprocess,
+            fixed_shapes: engine.gpu_batch_shapes == BatchShapes::Fixed,
+            gpu_memory_budget_bytes: engine.gpu_memory_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
+            device_id: engine.device_id,
+            cpu_workers: server.cpu_workers,
+            decode_limits: DecodeLimits { max_pixels: server.max_decoded_pixels, max_side: server.max_image_side },
+            default_budget: server.default_budget,
+            max_in_flight_per_camera: server.max_in_flight_per_camera,
+            max_frames_in_flight: server.max_frames_in_flight,
+            model_dir: self.resolved_model_dir(),
+            pipelines: self.pipelines.clone(),
+            default_pipeline: self.default_pipeline.clone(),
+        }
     }
 
     /// The model directory: the configured one, else `./models` when it exists, else the `models/`
@@ -705,29 +373,61 @@ mod tests {
     fn defaults_are_valid_and_serve_nanodet() {
         let config = Config::default();
         assert!(config.validate().is_ok());
-        assert_eq!(config.pipelines["detect"].model, "nanodet-g");
-        assert_eq!(config.server.default_budget_ms, 83);
+        assert_eq!(config.pipelines["detect"].model(), "nanodet-g");
+        assert_eq!(config.server.default_budget, Duration::from_millis(83));
     }
 
     #[test]
     fn verdict_rules_belong_to_segment_pipelines_and_stay_within_range() {
         let mut config = Config::default();
-        assert_eq!(config.pipelines["el-defect"].kind, PipelineKind::Segment);
-        let el = config.pipelines.get_mut("el-defect").expect("el-defect");
+        assert_eq!(config.pipelines["el-defect"].kind(), "segment");
+        let Some(PipelineSettings::Segment(el)) = config.pipelines.get_mut("el-defect") else {
+            panic!("el-defect is a segment pipeline");
+        };
         el.mask_threshold = Some(1.5);
-        el.verdict.min_area_fraction = -0.1;
-        el.verdict.min_score = Some(2.0);
-        config.pipelines.get_mut("detect").expect("detect").verdict.min_area_fraction = 0.1;
+        el.cell_rule.min_area_fraction = -0.1;
+        el.cell_rule.min_score = Some(2.0);
         let problems = config.validate().expect_err("invalid");
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
         for expected in [
             "pipelines.el-defect.mask_threshold",
-            "pipelines.el-defect.verdict.min_area_fraction",
-            "pipelines.el-defect.verdict.min_score",
-            "pipelines.detect.verdict",
+            "pipelines.el-defect.cell_rule.min_area_fraction",
+            "pipelines.el-defect.cell_rule.min_score",
         ] {
             assert!(paths.contains(&expected), "{expected} not in {paths:?}");
         }
+        // A cell rule on a detect pipeline is not a key of that kind: refused as the file is read,
+        // with the keys a detect pipeline takes.
+        let err = Config::from_toml(
+            "[pipelines.detect]\nkind = \"detect\"\nmodel = \"nanodet-g\"\n[pipelines.detect.verdict]\nmin_area_fraction = 0.1\n",
+        )
+        .expect_err("a verdict on a detect pipeline");
+        let text = err.to_string();
+        assert!(text.contains("pipelines.detect") && text.contains("`verdict`"), "{text}");
+        assert!(text.contains("score_threshold"), "names the keys a detect pipeline takes: {text}");
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_refused_naming_the_keys_this_kind_takes() {
+        let err =
+            Config::from_toml("[pipelines.detect]\nkind = \"detect\"\nmodel = \"nanodet-g\"\ndetector = \"detect\"\n")
+                .expect_err("detector on a detect pipeline");
+        let text = err.to_string();
+        assert!(text.contains("unknown field `detector`") && text.contains("batching"), "{text}");
+        let err = Config::from_toml(
+            "[pipelines.t]\nkind = \"track\"\nmodel = \"m\"\ndetector = \"d\"\n[pipelines.t.tracker]\nmax_agee = 3\n",
+        )
+        .expect_err("misspelt tracker key");
+        assert!(err.to_string().contains("max_agee"), "{err}");
+    }
+
+    #[test]
+    fn old_mb_names_still_read_as_mib() {
+        let config =
+            Config::from_toml("[engine]\ngpu_memory_budget_mb = 6000\n[engine.tensorrt]\nworkspace_mb = 512\n")
+                .expect("old names");
+        assert_eq!(config.engine.gpu_memory_budget_mib, Some(6000));
+        assert_eq!(config.engine.tensorrt.workspace_mib, 512);
     }
 
     #[test]

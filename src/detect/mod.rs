@@ -9,9 +9,8 @@ use ndarray::ArrayViewD;
 
 pub use nanodet::NanoDetDecoder;
 pub use nms::{iou, nms_class_aware};
-pub use yolo::Layout;
+pub use yolo::{Layout, YoloVersion};
 
-use crate::config::DecoderSpec;
 use crate::imaging::Letterbox;
 
 /// Axis-aligned box, (x1, y1) top-left, (x2, y2) bottom-right.
@@ -66,22 +65,6 @@ pub enum Decoder {
 }
 
 impl Decoder {
-    /// `None` for a spec that is not a detector's.
-    pub fn from_spec(spec: &DecoderSpec, num_classes: usize, input_width: u32, input_height: u32) -> Option<Self> {
-        Some(match spec {
-            DecoderSpec::Nanodet { strides, reg_bins, center_offset } => Decoder::NanoDet(NanoDetDecoder {
-                strides: strides.clone(),
-                reg_bins: *reg_bins,
-                center_offset: *center_offset,
-                num_classes,
-                input_width,
-                input_height,
-            }),
-            DecoderSpec::Yolo { version } => Decoder::Yolo(Layout::for_version(*version, num_classes)),
-            DecoderSpec::Embedding { .. } | DecoderSpec::Maskrcnn { .. } => return None,
-        })
-    }
-
     /// Candidates of frame `index` of the batch whose best-class score is above `score_threshold`.
     pub fn candidates(
         &self,
@@ -114,7 +97,8 @@ impl Decoder {
     }
 }
 
-fn find_output<'o, 'a>(outputs: &'o [NamedOutput<'a>], name: &str) -> Result<&'o ArrayViewD<'a, f32>, DetectError> {
+/// The output named `name` of a batch.
+pub fn find_output<'o, 'a>(outputs: &'o [NamedOutput<'a>], name: &str) -> Result<&'o ArrayViewD<'a, f32>, DetectError> {
     outputs.iter().find(|(n, _)| *n == name).map(|(_, a)| a).ok_or_else(|| DetectError::MissingOutput(name.to_owned()))
 }
 

@@ -1,7 +1,15 @@
 //! Ultralytics YOLO export layouts (one output tensor, boxes as cx, cy, w, h in model-input pixels).
 
 use super::{BBox, DetectError, Detection, NamedOutput, frame_2d};
-use crate::config::YoloVersion;
+
+/// The Ultralytics export families, as a manifest names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum YoloVersion {
+    V5,
+    V8,
+    V11,
+}
 
 /// Where boxes and scores sit in the single output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

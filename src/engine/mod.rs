@@ -1,14 +1,10 @@
 //! ONNX Runtime: loading the shared library, sessions, running batches. Tensors in, tensors out;
 //! nothing here knows about images or gRPC.
 
-#[cfg(feature = "cuda")]
-mod device;
 mod provider;
 mod runtime;
 mod session;
 
-#[cfg(feature = "cuda")]
-pub use device::{DeviceError, GpuDevice};
 pub use provider::{ConvSearch, Provider, ProviderChoice, TensorRtOptions, provider_compiled_in};
 pub use runtime::{OrtRuntime, RuntimeError, default_library_dir, library_candidates};
 pub use session::{InputElement, ModelSession, SessionOptions};
@@ -31,22 +27,27 @@ impl Output {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot load model {path}: {message}")]
     Load { path: std::path::PathBuf, message: String },
-    #[error("model {model}: {message}")]
-    Model { model: String, message: String },
+    #[error("model {model}: no execution provider to try")]
+    NoProvider { model: String },
+    #[error("model {model}: expected one input, found {found}")]
+    Inputs { model: String, found: usize },
+    #[error("a model worker has no session")]
+    NoSession,
+    #[error("model {model}: cannot start its worker thread: {message}")]
+    Thread { model: String, message: String },
+    #[error("model {model}: {operation}: {message}")]
+    Device { model: String, operation: &'static str, message: String },
     #[error(
         "execution provider `{provider}` cannot run model {model}: {message}{}",
         if *fallback { "" } else { " (set engine.allow_fallback = true to run on the next provider instead: tensorrt → cuda → cpu)" }
     )]
     Provider { model: String, provider: Provider, message: String, fallback: bool },
-    #[error(
-        "model {model} would exceed the GPU memory budget: the models take {total_mib} MiB ({by_model}), \
-         engine.gpu_memory_budget_mb is {budget_mib}"
-    )]
-    DeviceMemory { model: String, total_mib: u64, budget_mib: u64, by_model: String },
+    #[error(transparent)]
+    Memory(#[from] crate::cuda::MemoryError),
     #[error("inference failed on model {model}: {message}")]
     Run { model: String, message: String },
     #[error("model output {name}: {message}")]

@@ -59,7 +59,7 @@ impl ModelSession {
                 Err(other) => return Err(other),
             }
         }
-        Err(EngineError::Model { model: name.to_owned(), message: "no execution provider to try".into() })
+        Err(EngineError::NoProvider { model: name.to_owned() })
     }
 
     fn load_on(
@@ -120,10 +120,7 @@ impl ModelSession {
                 (only.name().to_owned(), element)
             }
             other => {
-                return Err(EngineError::Model {
-                    model: name.to_owned(),
-                    message: format!("expected one input, found {}", other.len()),
-                });
+                return Err(EngineError::Inputs { model: name.to_owned(), found: other.len() });
             }
         };
         tracing::info!(message = "Model loaded.", model = name, provider = %provider);
@@ -200,13 +197,14 @@ impl ModelSession {
         let name = self.name.clone();
         let run_err = move |e: ort::Error| EngineError::Run { model: name.clone(), message: e.to_string() };
         let dims = Shape::new(shape.map(|d| d as i64));
-        // SAFETY: the caller guarantees the pointer, its size and element type, and its lifetime.
         let outputs = match self.input_element {
             InputElement::F32 => {
+                // SAFETY: the caller guarantees the pointer, its size and element type, and its lifetime.
                 let tensor = unsafe { TensorRefMut::<f32>::from_raw(memory, data, dims) }.map_err(&run_err)?;
                 self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(&run_err)?
             }
             InputElement::F16 => {
+                // SAFETY: as above.
                 let tensor = unsafe { TensorRefMut::<half::f16>::from_raw(memory, data, dims) }.map_err(&run_err)?;
                 self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(&run_err)?
             }

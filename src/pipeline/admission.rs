@@ -1,4 +1,4 @@
-//! Admission: caps on frames in flight, per camera and in the whole server. A frame holds its
+//! InFlightCaps: caps on frames in flight, per camera and in the whole server. A frame holds its
 //! [`Admitted`] ticket until it is answered; the counts are the only state, and a camera's entry
 //! goes away with its last frame, so memory is bounded by the frames in flight.
 
@@ -11,7 +11,7 @@ use dashmap::mapref::entry::Entry;
 use super::InspectError;
 
 #[derive(Debug)]
-pub struct Admission {
+pub struct InFlightCaps {
     per_camera: DashMap<String, usize>,
     in_flight: AtomicUsize,
     max_per_camera: usize,
@@ -21,11 +21,11 @@ pub struct Admission {
 /// A frame's place in flight; released on drop.
 #[derive(Debug)]
 pub struct Admitted {
-    admission: Arc<Admission>,
+    admission: Arc<InFlightCaps>,
     camera_id: String,
 }
 
-impl Admission {
+impl InFlightCaps {
     pub fn new(max_per_camera: usize, max_in_flight: usize) -> Self {
         Self { per_camera: DashMap::new(), in_flight: AtomicUsize::new(0), max_per_camera, max_in_flight }
     }
@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn a_camera_gets_its_cap_and_no_more_until_a_frame_is_answered() {
-        let admission = Arc::new(Admission::new(2, 100));
+        let admission = Arc::new(InFlightCaps::new(2, 100));
         let first = admission.admit("cam-1").expect("first");
         let _second = admission.admit("cam-1").expect("second");
         let refused = admission.admit("cam-1").expect_err("third is over the cap");
@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn the_server_cap_holds_across_cameras_and_refusals_leak_nothing() {
-        let admission = Arc::new(Admission::new(5, 3));
+        let admission = Arc::new(InFlightCaps::new(5, 3));
         let tickets: Vec<_> = (0..3).map(|i| admission.admit(&format!("cam-{i}")).expect("admitted")).collect();
         for _ in 0..10 {
             let refused = admission.admit("cam-9").expect_err("server full");

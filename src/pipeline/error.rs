@@ -31,13 +31,48 @@ pub enum InspectError {
     #[error("frame shed: it could no longer finish {} (waited {} ms)", limit, waited.as_millis())]
     Shed { limit: ShedLimit, waited: Duration },
     #[error("inference failed: {0}")]
-    Engine(String),
+    Engine(#[from] EngineError),
     #[error("decoding model outputs failed: {0}")]
     Detect(#[from] DetectError),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why a frame was shed: the one list, used by the metrics' `reason` label and the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShedCause {
+    /// Its pipeline's queue was full.
+    QueueFull,
+    /// It could no longer finish within its budget.
+    Budget,
+    /// It could no longer finish before its client's gRPC deadline.
+    ClientDeadline,
+    /// Its camera had `server.max_in_flight_per_camera` frames in flight.
+    CameraInFlight,
+    /// The server had `server.max_frames_in_flight` frames in flight.
+    ServerInFlight,
+}
+
+impl ShedCause {
+    pub const ALL: [ShedCause; 5] = [
+        ShedCause::QueueFull,
+        ShedCause::Budget,
+        ShedCause::ClientDeadline,
+        ShedCause::CameraInFlight,
+        ShedCause::ServerInFlight,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ShedCause::QueueFull => "queue_full",
+            ShedCause::Budget => "budget",
+            ShedCause::ClientDeadline => "client_deadline",
+            ShedCause::CameraInFlight => "camera_in_flight",
+            ShedCause::ServerInFlight => "server_in_flight",
+        }
+    }
 }
 
 /// Which deadline a shed frame could not meet.
@@ -56,21 +91,21 @@ impl std::fmt::Display for ShedLimit {
     }
 }
 
-impl From<EngineError> for InspectError {
-    fn from(e: EngineError) -> Self {
-        InspectError::Engine(e.to_string())
-    }
-}
-
 impl InspectError {
     /// Frames refused for lack of time or room are answered with the `shed` verdict.
     pub fn is_shed(&self) -> bool {
-        matches!(
-            self,
-            InspectError::QueueFull { .. }
-                | InspectError::Shed { .. }
-                | InspectError::CameraBusy { .. }
-                | InspectError::ServerBusy { .. }
-        )
+        self.shed_cause().is_some()
+    }
+
+    /// Why a shed frame was shed; `None` for every other error.
+    pub fn shed_cause(&self) -> Option<ShedCause> {
+        match self {
+            InspectError::QueueFull { .. } => Some(ShedCause::QueueFull),
+            InspectError::Shed { limit: ShedLimit::Budget(_), .. } => Some(ShedCause::Budget),
+            InspectError::Shed { limit: ShedLimit::ClientDeadline, .. } => Some(ShedCause::ClientDeadline),
+            InspectError::CameraBusy { .. } => Some(ShedCause::CameraInFlight),
+            InspectError::ServerBusy { .. } => Some(ShedCause::ServerInFlight),
+            _ => None,
+        }
     }
 }

@@ -56,6 +56,73 @@ pub struct StageTimings {
     pub total: Duration,
 }
 
+/// The stages a frame's time is measured in, in the order a frame passes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Decode,
+    Preprocess,
+    QueueWait,
+    Inference,
+    Postprocess,
+    /// `track` only.
+    Embed,
+    /// `track` only.
+    Track,
+    Total,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] = [
+        Stage::Decode,
+        Stage::Preprocess,
+        Stage::QueueWait,
+        Stage::Inference,
+        Stage::Postprocess,
+        Stage::Embed,
+        Stage::Track,
+        Stage::Total,
+    ];
+
+    /// The stage's name in metrics labels and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Preprocess => "preprocess",
+            Stage::QueueWait => "queue_wait",
+            Stage::Inference => "inference",
+            Stage::Postprocess => "postprocess",
+            Stage::Embed => "embed",
+            Stage::Track => "track",
+            Stage::Total => "total",
+        }
+    }
+
+    /// Stages only some pipeline kinds have: zero there is no measurement.
+    pub fn is_optional(self) -> bool {
+        matches!(self, Stage::Embed | Stage::Track)
+    }
+}
+
+impl StageTimings {
+    pub fn get(&self, stage: Stage) -> Duration {
+        match stage {
+            Stage::Decode => self.decode,
+            Stage::Preprocess => self.preprocess,
+            Stage::QueueWait => self.queue_wait,
+            Stage::Inference => self.inference,
+            Stage::Postprocess => self.postprocess,
+            Stage::Embed => self.embed,
+            Stage::Track => self.track,
+            Stage::Total => self.total,
+        }
+    }
+
+    /// Every stage with its time, in [`Stage::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Stage, Duration)> + '_ {
+        Stage::ALL.into_iter().map(|stage| (stage, self.get(stage)))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     WithinBudget,

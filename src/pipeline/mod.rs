@@ -6,6 +6,9 @@ mod detect;
 mod error;
 mod frame;
 mod health;
+mod segment;
+pub mod settings;
+mod stage;
 mod track;
 mod worker;
 
@@ -16,16 +19,22 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
-pub use admission::{Admission, Admitted};
-pub use detect::{DetectPipeline, draw_detections, tensor_spec};
-pub use error::{InspectError, ShedLimit};
-pub use frame::{FrameRequest, FrameResult, ImageInput, LabeledDetection, PipelineInfo, StageTimings, Verdict};
+pub use admission::{Admitted, InFlightCaps};
+pub use detect::DetectPipeline;
+pub use error::{InspectError, ShedCause, ShedLimit};
+pub use frame::{FrameRequest, FrameResult, ImageInput, LabeledDetection, PipelineInfo, Stage, StageTimings, Verdict};
 pub use health::{ModelHealth, ModelState};
+pub use segment::SegmentPipeline;
+pub use settings::{
+    CellRuleSettings, DetectSettings, PipelineSettings, SegmentSettings, ServiceSettings, TrackSettings,
+    TrackerSettings,
+};
+pub use stage::{draw_detections, tensor_spec};
 pub use track::TrackPipeline;
 
-use crate::config::{Config, ManifestError, ModelManifest, PipelineKind};
-use crate::engine::{EngineError, OrtRuntime, Provider, RuntimeError, SessionOptions};
+use crate::engine::{EngineError, OrtRuntime, RuntimeError, SessionOptions};
 use crate::imaging::DecodeLimits;
+use crate::model::{ManifestError, ModelManifest, Task};
 use crate::track::RegistryStats;
 
 /// Longest accepted `camera_id`, in bytes.
@@ -40,9 +49,13 @@ pub enum StartError {
     #[error("pipeline `{pipeline}`: {source}")]
     Engine { pipeline: String, source: EngineError },
     #[error("pipeline `{pipeline}`: model `{model}` is a `{task}` model, not usable by a `{kind}` pipeline")]
-    WrongTask { pipeline: String, model: String, task: String, kind: String },
+    WrongTask { pipeline: String, model: String, task: Task, kind: &'static str },
     #[error("pipeline `{pipeline}`: its detector is not a configured `detect` pipeline")]
     NoDetector { pipeline: String },
+    #[error("pipeline `{pipeline}`: model `{model}`'s decoder is not {expected}'s")]
+    WrongDecoder { pipeline: String, model: String, expected: &'static str },
+    #[error("pipeline `{pipeline}`: {key}: `{class}` is not one of its classes {known:?}")]
+    UnknownClass { pipeline: String, key: &'static str, class: String, known: Vec<String> },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -63,133 +76,7 @@ pub struct EngineSetup<'a> {
     pub gpu_preprocess: bool,
     /// GPU sessions keep fixed batch shapes.
     pub fixed_shapes: bool,
-    pub device_memory: &'a DeviceMemory,
-}
-
-/// Device memory the models take, measured around each model's load, against the configured
-/// budget. The measure is the device's used memory before and after (any other process's
-/// allocations in between count too), so models are loaded one at a time.
-pub struct DeviceMemory {
-    budget: Option<u64>,
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    device_id: u32,
-    #[cfg(feature = "cuda")]
-    device: std::sync::OnceLock<Result<crate::engine::GpuDevice, String>>,
-    taken: std::sync::Mutex<Vec<(String, u64)>>,
-}
-
-/// A measurement in progress: the device's used bytes before a model loaded.
-pub(crate) struct Measuring {
-    before: Option<u64>,
-}
-
-impl DeviceMemory {
-    pub fn new(budget_mb: Option<u64>, device_id: u32) -> Self {
-        Self {
-            budget: budget_mb.map(|mb| mb.saturating_mul(1 << 20)),
-            device_id,
-            #[cfg(feature = "cuda")]
-            device: std::sync::OnceLock::new(),
-            taken: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Every measured model and the bytes it took.
-    pub fn taken(&self) -> Vec<(String, u64)> {
-        self.taken.lock().map(|t| t.clone()).unwrap_or_default()
-    }
-
-    #[cfg(feature = "cuda")]
-    fn used_bytes(&self, model: &str) -> Result<u64, EngineError> {
-        let device =
-            self.device.get_or_init(|| crate::engine::GpuDevice::open(self.device_id).map_err(|e| e.to_string()));
-        let device_err = |message: String| EngineError::Model { model: model.to_owned(), message };
-        let device = device.as_ref().map_err(|e| device_err(format!("measuring device memory: {e}")))?;
-        device.used_bytes().map_err(|e| device_err(format!("measuring device memory: {e}")))
-    }
-
-    /// Takes the device's used memory before a model loads on `provider` (the configured one).
-    pub(crate) fn start_measuring(&self, model: &str, provider: Provider) -> Result<Measuring, EngineError> {
-        if !provider.on_gpu() {
-            return Ok(Measuring { before: None });
-        }
-        #[cfg(feature = "cuda")]
-        {
-            // No device (the provider may yet fall back to the CPU): nothing to measure.
-            Ok(Measuring { before: self.used_bytes(model).ok() })
-        }
-        #[cfg(not(feature = "cuda"))]
-        {
-            if self.budget.is_some() {
-                return Err(EngineError::Model {
-                    model: model.to_owned(),
-                    message: "engine.gpu_memory_budget_mb needs a build with the `cuda` feature, which measures \
-                              device memory"
-                        .into(),
-                });
-            }
-            Ok(Measuring { before: None })
-        }
-    }
-
-    /// Records what the model took on `running_on` (the provider its sessions ended up on) and
-    /// refuses it if the models together exceed the budget.
-    pub(crate) fn finish_measuring(
-        &self,
-        model: &str,
-        measuring: Measuring,
-        running_on: Provider,
-    ) -> Result<Option<u64>, EngineError> {
-        if !running_on.on_gpu() {
-            return Ok(None);
-        }
-        let Some(_before) = measuring.before else {
-            if self.budget.is_some() {
-                return Err(EngineError::Model {
-                    model: model.to_owned(),
-                    message: "runs on the GPU but its device memory cannot be measured, so \
-                              engine.gpu_memory_budget_mb cannot be enforced"
-                        .into(),
-                });
-            }
-            return Ok(None);
-        };
-        #[cfg(feature = "cuda")]
-        {
-            let took = self.used_bytes(model)?.saturating_sub(_before);
-            self.record(model, took).map(Some)
-        }
-        #[cfg(not(feature = "cuda"))]
-        {
-            Ok(None)
-        }
-    }
-
-    /// Adds what `model` took to the ledger; an error when the models together exceed the budget.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    fn record(&self, model: &str, took: u64) -> Result<u64, EngineError> {
-        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        taken.push((model.to_owned(), took));
-        let total: u64 = taken.iter().map(|(_, b)| b).sum();
-        tracing::info!(
-            message = "Model loaded on the GPU.",
-            model,
-            device_memory_mib = took >> 20,
-            all_models_mib = total >> 20
-        );
-        match self.budget {
-            Some(budget) if total > budget => {
-                let by_model = taken.iter().map(|(m, b)| format!("{m} {} MiB", b >> 20)).collect::<Vec<_>>().join(", ");
-                Err(EngineError::DeviceMemory {
-                    model: model.to_owned(),
-                    total_mib: total >> 20,
-                    budget_mib: budget >> 20,
-                    by_model,
-                })
-            }
-            _ => Ok(took),
-        }
-    }
+    pub device_memory: &'a crate::cuda::DeviceMemory,
 }
 
 /// A `camera_id` must be present and at most [`MAX_CAMERA_ID_BYTES`] long.
@@ -211,31 +98,12 @@ pub(crate) fn flow_of(camera_id: &str) -> u64 {
     hasher.finish()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn models_past_the_memory_budget_are_refused_with_every_models_share() {
-        let ledger = DeviceMemory::new(Some(1000), 0);
-        assert_eq!(ledger.record("nanodet-g", 432 << 20).ok(), Some(432 << 20));
-        let err = ledger.record("mobilenetv2-reid", 1906 << 20).expect_err("over budget");
-        let text = err.to_string();
-        assert!(text.contains("would exceed the GPU memory budget"), "{text}");
-        assert!(text.contains("2338 MiB") && text.contains("nanodet-g 432 MiB"), "{text}");
-        assert!(text.contains("mobilenetv2-reid 1906 MiB") && text.contains("is 1000"), "{text}");
-        // No budget: recorded, never refused.
-        let unbounded = DeviceMemory::new(None, 0);
-        assert!(unbounded.record("big", 1 << 40).is_ok());
-        assert_eq!(unbounded.taken(), vec![("big".to_owned(), 1u64 << 40)]);
-    }
-}
-
-/// One served pipeline.
+/// One served pipeline, by kind.
 #[derive(Clone)]
 pub enum Pipeline {
     Detect(Arc<DetectPipeline>),
     Track(Arc<TrackPipeline>),
+    Segment(Arc<SegmentPipeline>),
 }
 
 impl Pipeline {
@@ -243,6 +111,63 @@ impl Pipeline {
         match self {
             Pipeline::Detect(p) => p.describe(),
             Pipeline::Track(p) => p.describe(),
+            Pipeline::Segment(p) => p.describe(),
+        }
+    }
+
+    /// Frames waiting for this pipeline's own model.
+    fn queue_depth(&self) -> usize {
+        match self {
+            Pipeline::Detect(p) => p.queue_depth(),
+            Pipeline::Track(p) => p.queue_depth(),
+            Pipeline::Segment(p) => p.queue_depth(),
+        }
+    }
+
+    /// Every model the pipeline runs.
+    fn healths(&self) -> Vec<&ModelHealth> {
+        match self {
+            Pipeline::Detect(p) => vec![p.health()],
+            Pipeline::Track(p) => vec![p.health(), p.detector_health()],
+            Pipeline::Segment(p) => vec![p.health()],
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Pipeline::Detect(p) => p.close(),
+            Pipeline::Track(p) => p.close(),
+            Pipeline::Segment(p) => p.close(),
+        }
+    }
+
+    async fn join_workers(&self) {
+        match self {
+            Pipeline::Detect(p) => p.join_workers().await,
+            Pipeline::Track(p) => p.join_workers().await,
+            Pipeline::Segment(p) => p.join_workers().await,
+        }
+    }
+
+    /// The frame's work, holding `ticket` until it is answered. A `track` frame's place in its
+    /// camera's order is taken now, in call order.
+    fn inspect(self, request: FrameRequest, ticket: Admitted) -> BoxFuture<'static, Result<FrameResult, InspectError>> {
+        match self {
+            Pipeline::Detect(p) => Box::pin(async move {
+                let _ticket = ticket;
+                p.inspect(request).await
+            }),
+            Pipeline::Segment(p) => Box::pin(async move {
+                let _ticket = ticket;
+                p.inspect(request).await
+            }),
+            Pipeline::Track(p) => {
+                let order = p.admit(&request);
+                Box::pin(async move {
+                    let _ticket = ticket;
+                    p.inspect(request, order).await
+                })
+            }
         }
     }
 }
@@ -258,84 +183,68 @@ pub struct TrackingStats {
 pub struct Pipelines {
     by_name: BTreeMap<String, Pipeline>,
     default: String,
-    admission: Arc<Admission>,
+    admission: Arc<InFlightCaps>,
 }
 
 impl Pipelines {
     /// Loads ONNX Runtime and every configured model; must run inside a tokio runtime.
-    pub fn start(config: &Config) -> Result<Self, StartError> {
-        let runtime = OrtRuntime::init(config.engine.ort_dylib_path.as_deref())?;
+    pub fn start(settings: &ServiceSettings) -> Result<Self, StartError> {
+        let runtime = OrtRuntime::init(settings.ort_dylib_path.as_deref())?;
         let context = Arc::new(StageContext {
-            cpu_permits: Semaphore::new(config.server.cpu_workers),
-            decode_limits: DecodeLimits {
-                max_pixels: config.server.max_decoded_pixels,
-                max_side: config.server.max_image_side,
-            },
-            default_budget: Duration::from_millis(u64::from(config.server.default_budget_ms)),
+            cpu_permits: Semaphore::new(settings.cpu_workers),
+            decode_limits: settings.decode_limits,
+            default_budget: settings.default_budget,
         });
-        let model_dir = config.resolved_model_dir();
-        let session_options = SessionOptions {
-            intra_threads: config.engine.intra_threads,
-            intra_op_spinning: config.engine.intra_op_spinning,
-            provider: config.engine.provider_choice(),
-        };
-        let device_memory = DeviceMemory::new(config.engine.gpu_memory_budget_mb, config.engine.device_id);
+        let device_memory = crate::cuda::DeviceMemory::new(settings.gpu_memory_budget_bytes, settings.device_id);
         let engine = EngineSetup {
             runtime,
-            options: &session_options,
-            gpu_preprocess: config.engine.gpu_preprocess,
-            fixed_shapes: config.engine.gpu_batch_shapes == crate::config::BatchShapes::Fixed,
+            options: &settings.session,
+            gpu_preprocess: settings.gpu_preprocess,
+            fixed_shapes: settings.fixed_shapes,
             device_memory: &device_memory,
         };
-        let load = |name: &str, pipeline: &crate::config::PipelineConfig, task: &str, kind: &str| {
-            let manifest = ModelManifest::load(&model_dir.join(&pipeline.model))
+        let load = |name: &str, model: &str, task: Task, kind: &'static str| {
+            let manifest = ModelManifest::load(&settings.model_dir.join(model))
                 .map_err(|source| StartError::Manifest { pipeline: name.to_owned(), source: Box::new(source) })?;
             if manifest.task != task {
                 return Err(StartError::WrongTask {
                     pipeline: name.to_owned(),
                     model: manifest.name.clone(),
-                    task: manifest.task.clone(),
-                    kind: kind.into(),
+                    task: manifest.task,
+                    kind,
                 });
             }
             Ok(manifest)
         };
-        let engine_error = |name: &str| {
-            let name = name.to_owned();
-            move |source| StartError::Engine { pipeline: name, source }
-        };
         // Detectors first: track pipelines share them.
         let mut detectors = BTreeMap::new();
-        for (name, pipeline) in config.pipelines.iter().filter(|(_, p)| p.kind == PipelineKind::Detect) {
-            let manifest = load(name, pipeline, "detect", "detect")?;
-            let started = DetectPipeline::start(name, pipeline, manifest, &engine, context.clone())
-                .map_err(engine_error(name))?;
-            detectors.insert(name.clone(), Arc::new(started));
+        let mut by_name: BTreeMap<String, Pipeline> = BTreeMap::new();
+        for (name, pipeline) in &settings.pipelines {
+            match pipeline {
+                PipelineSettings::Detect(p) => {
+                    let manifest = load(name, &p.model, Task::Detect, "detect")?;
+                    let started = Arc::new(DetectPipeline::start(name, p, manifest, &engine, context.clone())?);
+                    detectors.insert(name.clone(), started.clone());
+                    by_name.insert(name.clone(), Pipeline::Detect(started));
+                }
+                PipelineSettings::Segment(p) => {
+                    let manifest = load(name, &p.model, Task::Segment, "segment")?;
+                    let started = SegmentPipeline::start(name, p, manifest, &engine, context.clone())?;
+                    by_name.insert(name.clone(), Pipeline::Segment(Arc::new(started)));
+                }
+                PipelineSettings::Track(_) => {}
+            }
         }
-        let mut by_name: BTreeMap<String, Pipeline> =
-            detectors.iter().map(|(name, p)| (name.clone(), Pipeline::Detect(p.clone()))).collect();
-        // Segmenters run as detect pipelines whose last stage decodes instances.
-        for (name, pipeline) in config.pipelines.iter().filter(|(_, p)| p.kind == PipelineKind::Segment) {
-            let manifest = load(name, pipeline, "segment", "segment")?;
-            let started = DetectPipeline::start(name, pipeline, manifest, &engine, context.clone())
-                .map_err(engine_error(name))?;
-            by_name.insert(name.clone(), Pipeline::Detect(Arc::new(started)));
-        }
-        for (name, pipeline) in config.pipelines.iter().filter(|(_, p)| p.kind == PipelineKind::Track) {
-            let manifest = load(name, pipeline, "embed", "track")?;
-            let detector = pipeline
-                .detector
-                .as_ref()
-                .and_then(|d| detectors.get(d))
-                .ok_or_else(|| StartError::NoDetector { pipeline: name.clone() })?
-                .clone();
-            let started =
-                TrackPipeline::start(name, pipeline, manifest, detector, &engine).map_err(engine_error(name))?;
+        for (name, pipeline) in &settings.pipelines {
+            let PipelineSettings::Track(p) = pipeline else { continue };
+            let manifest = load(name, &p.model, Task::Embed, "track")?;
+            let detector =
+                detectors.get(&p.detector).ok_or_else(|| StartError::NoDetector { pipeline: name.clone() })?.clone();
+            let started = TrackPipeline::start(name, p, manifest, detector, &engine)?;
             by_name.insert(name.clone(), Pipeline::Track(Arc::new(started)));
         }
-        let admission =
-            Arc::new(Admission::new(config.server.max_in_flight_per_camera, config.server.max_frames_in_flight));
-        Ok(Self { by_name, default: config.default_pipeline.clone(), admission })
+        let admission = Arc::new(InFlightCaps::new(settings.max_in_flight_per_camera, settings.max_frames_in_flight));
+        Ok(Self { by_name, default: settings.default_pipeline.clone(), admission })
     }
 
     pub fn default_name(&self) -> &str {
@@ -360,7 +269,7 @@ impl Pipelines {
             .iter()
             .filter_map(|(name, p)| match p {
                 Pipeline::Track(t) => Some(TrackingStats { pipeline: name.clone(), stats: t.stats() }),
-                Pipeline::Detect(_) => None,
+                Pipeline::Detect(_) | Pipeline::Segment(_) => None,
             })
             .collect()
     }
@@ -376,19 +285,7 @@ impl Pipelines {
             Ok(admitted) => admitted,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        match pipeline {
-            Pipeline::Detect(p) => Box::pin(async move {
-                let _ticket = ticket;
-                p.inspect(request).await
-            }),
-            Pipeline::Track(p) => {
-                let order = p.admit(&request);
-                Box::pin(async move {
-                    let _ticket = ticket;
-                    p.inspect(request, order).await
-                })
-            }
-        }
+        pipeline.inspect(request, ticket)
     }
 
     /// Frames in flight, and cameras with frames in flight.
@@ -398,27 +295,14 @@ impl Pipelines {
 
     /// Every pipeline's frames waiting for a model.
     pub fn queue_depths(&self) -> Vec<(String, usize)> {
-        self.by_name
-            .iter()
-            .map(|(name, p)| {
-                let depth = match p {
-                    Pipeline::Detect(p) => p.queue_depth(),
-                    Pipeline::Track(p) => p.queue_depth(),
-                };
-                (name.clone(), depth)
-            })
-            .collect()
+        self.by_name.iter().map(|(name, p)| (name.clone(), p.queue_depth())).collect()
     }
 
     /// Every model's state (a model shared by pipelines is listed once).
     pub fn model_states(&self) -> Vec<(String, ModelState)> {
         let mut states = BTreeMap::new();
         for p in self.by_name.values() {
-            let healths = match p {
-                Pipeline::Detect(p) => vec![p.health()],
-                Pipeline::Track(p) => vec![p.health(), p.detector_health()],
-            };
-            for h in healths {
+            for h in p.healths() {
                 states.insert(h.model().to_owned(), h.state());
             }
         }
@@ -433,16 +317,10 @@ impl Pipelines {
     /// Stops taking frames; queued frames are still served. Returns once every model worker has ended.
     pub async fn shutdown(&self) {
         for p in self.by_name.values() {
-            match p {
-                Pipeline::Detect(p) => p.close(),
-                Pipeline::Track(p) => p.close(),
-            }
+            p.close();
         }
         for p in self.by_name.values() {
-            match p {
-                Pipeline::Detect(p) => p.join_workers().await,
-                Pipeline::Track(p) => p.join_workers().await,
-            }
+            p.join_workers().await;
         }
     }
 }

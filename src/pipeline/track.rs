@@ -2,20 +2,20 @@
 //! for the crops of many frames) → the camera's DeepSORT tracker, applied in `sequence` order.
 
 use std::cell::RefCell;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
-use super::detect::{DetectPipeline, Detected, FrameDeadline};
-use super::worker::{Inferred, Job, JobInput, WorkerSetup, Workers, join_all, start_workers};
-use super::{FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, Verdict};
-use crate::batching::BatchQueue;
-use crate::config::{DecoderSpec, ModelManifest, PipelineConfig};
+use super::detect::{DetectPipeline, Detected};
+use super::stage::{FrameDeadline, ModelStage, StageSetup, tensor_spec};
+use super::worker::{Inferred, JobInput};
+use super::{
+    FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StartError, TrackSettings, Verdict,
+};
 use crate::detect::Detection;
-use crate::engine::{EngineError, Provider};
-use crate::imaging::{CropBox, Preprocessor, TensorSpec};
-use crate::track::{Admission, FrameOrder, Observation, Registry, RegistryStats};
+use crate::engine::EngineError;
+use crate::imaging::{CropBox, Preprocessor};
+use crate::model::{DecoderSpec, ModelManifest};
+use crate::track::{FrameOrder, Observation, Placement, Registry, RegistryStats};
 
 thread_local! {
     static CROPPER: RefCell<Preprocessor> = RefCell::new(Preprocessor::new());
@@ -24,22 +24,15 @@ thread_local! {
 pub struct TrackPipeline {
     name: String,
     detector: Arc<DetectPipeline>,
-    embedder: ModelManifest,
-    crop_spec: TensorSpec,
+    /// The appearance embedder; its input is the crop size.
+    embedder: ModelStage,
     embedding_output: String,
     embedding_dim: usize,
     /// Detector class ids that are tracked; `None` = all.
     tracked_classes: Option<Vec<u32>>,
     budget: Duration,
-    queue: Arc<BatchQueue<Job>>,
-    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    health: Arc<super::ModelHealth>,
     registry: Arc<Registry>,
     evictor: tokio::task::JoinHandle<()>,
-    /// The embedder's provider, preprocessing and device memory.
-    provider: Provider,
-    device_preprocess: bool,
-    device_memory: Option<u64>,
 }
 
 /// Crops per frame a GPU embedder session is shaped for.
@@ -48,17 +41,21 @@ const EMBED_ROWS: usize = 16;
 impl TrackPipeline {
     pub fn start(
         name: &str,
-        config: &PipelineConfig,
+        settings: &TrackSettings,
         embedder: ModelManifest,
         detector: Arc<DetectPipeline>,
         engine: &super::EngineSetup<'_>,
-    ) -> Result<Self, EngineError> {
-        let model_error = |message: String| EngineError::Model { model: embedder.name.clone(), message };
+    ) -> Result<Self, StartError> {
         let DecoderSpec::Embedding { output, dim } = &embedder.decoder else {
-            return Err(model_error("not an embedder (decoder.kind must be `embedding`)".into()));
+            return Err(StartError::WrongDecoder {
+                pipeline: name.to_owned(),
+                model: embedder.name.clone(),
+                expected: "an embedder",
+            });
         };
-        let tracker = &config.tracker;
-        let mut crop_spec = super::tensor_spec(&embedder.input);
+        let (embedding_output, embedding_dim) = (output.clone(), *dim);
+        let tracker = &settings.tracker;
+        let mut crop_spec = tensor_spec(&embedder.input);
         crop_spec.width = tracker.crop_width.unwrap_or(crop_spec.width);
         crop_spec.height = tracker.crop_height.unwrap_or(crop_spec.height);
         let tracked_classes = if tracker.classes.is_empty() {
@@ -67,59 +64,55 @@ impl TrackPipeline {
             let known = detector.classes();
             let mut ids = Vec::with_capacity(tracker.classes.len());
             for class in &tracker.classes {
-                let id = known.iter().position(|k| k == class).ok_or_else(|| {
-                    model_error(format!("tracker.classes: `{class}` is not a class of pipeline `{}`", detector.name()))
+                let id = known.iter().position(|k| k == class).ok_or_else(|| StartError::UnknownClass {
+                    pipeline: name.to_owned(),
+                    key: "tracker.classes",
+                    class: class.clone(),
+                    known: known.to_vec(),
                 })?;
                 ids.push(id as u32);
             }
             Some(ids)
         };
-        let policy = tracker.embedder_batching.policy();
-        let queue = Arc::new(BatchQueue::new(policy));
-        let Workers { handles, provider, device_preprocess, device_memory, health } = start_workers(
-            WorkerSetup {
-                engine,
-                manifest: &embedder,
+        let policy = tracker.embedder_batching;
+        let embedder = ModelStage::start(
+            StageSetup {
+                pipeline: name,
+                manifest: embedder,
+                spec: crop_spec,
+                batching: policy,
+                instances: settings.instances,
                 // One frame's crops, and a full batch of frames' (rows past that run unpadded).
                 row_buckets: vec![EMBED_ROWS, EMBED_ROWS * policy.max_batch],
-                instances: config.instances,
-                spec: crop_spec,
                 warm_batches: &[1, EMBED_ROWS],
             },
-            &queue,
-        )?;
-        let registry = Arc::new(Registry::new(tracker.params(), tracker.camera_idle()));
-        let evictor = tokio::spawn(evict_idle_cameras(registry.clone(), tracker.camera_idle()));
+            engine,
+            detector.stage().context.clone(),
+        )
+        .map_err(|source| StartError::Engine { pipeline: name.to_owned(), source })?;
+        let registry = Arc::new(Registry::new(tracker.params, tracker.camera_idle));
+        let evictor = tokio::spawn(evict_idle_cameras(registry.clone(), tracker.camera_idle));
         tracing::info!(
             message = "Pipeline started.",
             pipeline = name,
             detector = detector.name(),
-            embedder = embedder.name,
+            embedder = embedder.manifest.name,
             crop_width = crop_spec.width,
             crop_height = crop_spec.height,
-            max_age = tracker.max_age,
-            n_init = tracker.n_init,
-            provider = %provider,
-            gpu_preprocess = device_preprocess,
+            max_age = tracker.params.max_age,
+            n_init = tracker.params.n_init,
         );
-        let budget = config.budget_ms.map_or(detector.budget(), |ms| Duration::from_millis(u64::from(ms)));
+        let budget = settings.budget.unwrap_or(detector.budget());
         Ok(Self {
             name: name.to_owned(),
-            embedding_output: output.clone(),
-            embedding_dim: *dim,
+            embedding_output,
+            embedding_dim,
             detector,
             embedder,
-            crop_spec,
             tracked_classes,
             budget,
-            queue,
-            workers: Mutex::new(handles),
-            health,
             registry,
             evictor,
-            provider,
-            device_preprocess,
-            device_memory,
         })
     }
 
@@ -129,21 +122,22 @@ impl TrackPipeline {
             Some(ids) => ids.iter().filter_map(|&i| info.classes.get(i as usize).cloned()).collect(),
             None => info.classes.clone(),
         };
+        let embedder = &self.embedder;
         info.name = self.name.clone();
         info.detector = Some(self.detector.name().to_owned());
-        info.model = format!("{} + {}", info.model, self.embedder.name);
+        info.model = format!("{} + {}", info.model, embedder.manifest.name);
         info.description = format!(
             "DeepSORT over `{}` detections, {} appearance embeddings of {}x{} crops",
             self.detector.name(),
-            self.embedder.name,
-            self.crop_spec.width,
-            self.crop_spec.height
+            embedder.manifest.name,
+            embedder.spec.width,
+            embedder.spec.height
         );
         info.classes = classes;
         info.budget = self.budget;
-        info.provider = self.provider;
-        info.gpu_preprocess = self.device_preprocess;
-        info.device_memory_bytes = self.device_memory;
+        info.provider = embedder.provider;
+        info.gpu_preprocess = embedder.device_preprocess;
+        info.device_memory_bytes = embedder.device_memory;
         info
     }
 
@@ -153,20 +147,20 @@ impl TrackPipeline {
 
     pub fn close(&self) {
         self.evictor.abort();
-        self.queue.close();
+        self.embedder.close();
     }
 
     pub async fn join_workers(&self) {
-        join_all(&self.workers).await;
+        self.embedder.join_workers().await;
     }
 
     /// Frames waiting for this pipeline's model.
     pub fn queue_depth(&self) -> usize {
-        self.queue.len()
+        self.embedder.queue_depth()
     }
 
     pub fn health(&self) -> &super::ModelHealth {
-        &self.health
+        self.embedder.health()
     }
 
     pub fn detector_health(&self) -> &super::ModelHealth {
@@ -174,23 +168,22 @@ impl TrackPipeline {
     }
 
     /// Reserves the frame's place in its camera's order. Call in request order, before awaiting.
-    pub fn admit(&self, request: &FrameRequest) -> Admission {
+    pub fn admit(&self, request: &FrameRequest) -> Placement {
         self.registry.admit(&request.camera_id, request.sequence, std::time::Instant::now())
     }
 
-    pub async fn inspect(&self, request: FrameRequest, admission: Admission) -> Result<FrameResult, InspectError> {
+    pub async fn inspect(&self, request: FrameRequest, admission: Placement) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
-        let detected = self.detector.detect(&request, deadline, true).await?;
-        let Detected { detections, image, mut timings, batch_size, image_width, image_height, .. } = detected;
-        let image = image.ok_or_else(|| InspectError::Internal("decoded frame was not kept".into()))?;
+        let detected = self.detector.detect(&request, deadline).await?;
+        let Detected { detections, image, mut timings, batch_size, image_width, image_height } = detected;
         let kept: Vec<LabeledDetection> = detections
             .into_iter()
             .filter(|d| self.tracked_classes.as_ref().is_none_or(|ids| ids.contains(&d.detection.class_id)))
             .collect();
 
         let (detections, tracking) = match admission {
-            Admission::Refused(order) => (kept, order),
-            Admission::Accepted(ticket) => {
+            Placement::Refused(order) => (kept, order),
+            Placement::Accepted(ticket) => {
                 let started = std::time::Instant::now();
                 let features = self.embed(&image, &kept, super::flow_of(&request.camera_id), deadline).await?;
                 timings.embed = started.elapsed();
@@ -206,7 +199,7 @@ impl TrackPipeline {
                         feature,
                     })
                     .collect();
-                let tracked_rx = self.detector.on_cpu_pool(move || ticket.complete(observations)).await?;
+                let tracked_rx = self.embedder.on_cpu_pool(move || ticket.complete(observations)).await?;
                 let tracked = tracked_rx.await.map_err(|_| InspectError::ShuttingDown)?;
                 timings.track = started.elapsed();
                 let classes = self.detector.classes();
@@ -225,13 +218,13 @@ impl TrackPipeline {
         };
 
         let image = request.annotate.then_some(image);
-        let (detections, annotated_jpeg) = self.detector.annotate(image, detections, &mut timings).await?;
+        let (detections, annotated_jpeg) = self.embedder.annotate(image, detections, &mut timings).await?;
         timings.total = request.received.elapsed();
         Ok(FrameResult {
             camera_id: request.camera_id,
             sequence: request.sequence,
             pipeline: self.name.clone(),
-            model: self.embedder.name.clone(),
+            model: self.embedder.manifest.name.clone(),
             detections,
             verdict: Verdict::judge(timings.total, deadline.budget),
             timings,
@@ -265,7 +258,7 @@ impl TrackPipeline {
             })
             .collect();
         let rows = boxes.len();
-        let input = if self.device_preprocess {
+        let input = if self.embedder.device_preprocess {
             // The worker's GPU crops and stretches straight from the frame.
             JobInput::Pixels {
                 image: image.clone(),
@@ -274,20 +267,16 @@ impl TrackPipeline {
         } else {
             JobInput::Tensor(self.crop_on_cpu(image, boxes).await?)
         };
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .submit(Job { input, rows, limit: deadline.limit, reply }, flow, deadline.deadlines())
-            .map_err(|full| InspectError::QueueFull { pipeline: self.name.clone(), capacity: full.capacity })?;
-        let inferred = answer.await.map_err(|_| InspectError::ShuttingDown)??;
+        let inferred = self.embedder.infer(input, rows, flow, deadline).await?;
         self.embeddings(&inferred)
     }
 
     /// Every crop of the frame, stretched and normalised into one tensor on the CPU pool.
     async fn crop_on_cpu(&self, image: &Arc<image::RgbImage>, boxes: Vec<CropBox>) -> Result<Vec<f32>, InspectError> {
-        let spec = self.crop_spec;
+        let spec = self.embedder.spec;
         let rows = boxes.len();
         let frame = image.clone();
-        self.detector
+        self.embedder
             .on_cpu_pool(move || -> Result<Vec<f32>, InspectError> {
                 let mut tensor = vec![0f32; rows * spec.len()];
                 CROPPER.with(|c| {
@@ -305,7 +294,12 @@ impl TrackPipeline {
     }
 
     fn embeddings(&self, inferred: &Inferred) -> Result<Vec<Vec<f32>>, InspectError> {
-        let bad = |message: String| InspectError::Engine(format!("embedder `{}`: {message}", self.embedder.name));
+        let bad = |message: String| {
+            InspectError::Engine(EngineError::Output {
+                name: self.embedding_output.clone(),
+                message: format!("embedder `{}`: {message}", self.embedder.manifest.name),
+            })
+        };
         let output = inferred
             .outputs
             .iter()

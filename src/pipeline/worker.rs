@@ -111,7 +111,7 @@ fn pick<S>(sessions: &mut [(usize, S)], n: usize) -> Result<(usize, &mut S), Eng
     match sessions.get_mut(index) {
         // More rows than the largest bucket: that session runs this batch at its own size.
         Some((rows, session)) => Ok(((*rows).max(n), session)),
-        None => Err(EngineError::Model { model: String::new(), message: "a worker with no session".into() }),
+        None => Err(EngineError::NoSession),
     }
 }
 
@@ -273,7 +273,7 @@ fn model_worker(
                 health.failed();
                 tracing::error!(message = "Inference failed.", model = worker.name(), %error, batch = n);
                 for q in batch.items {
-                    let _ = q.item.reply.send(Err(InspectError::Engine(error.to_string())));
+                    let _ = q.item.reply.send(Err(InspectError::Engine(error.clone())));
                 }
             }
         }
@@ -320,7 +320,7 @@ fn warm_up(worker: &mut Worker, batches: &[usize]) -> Result<(), EngineError> {
 pub(super) struct WorkerSetup<'a> {
     /// Runtime, session options, GPU settings and the device-memory ledger, shared by every model.
     pub engine: &'a super::EngineSetup<'a>,
-    pub manifest: &'a crate::config::ModelManifest,
+    pub manifest: &'a crate::model::ModelManifest,
     /// Batch sizes (in rows) a GPU worker with fixed shapes keeps a session for, fewest first.
     pub row_buckets: Vec<usize>,
     pub instances: usize,
@@ -334,7 +334,7 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
     let engine = setup.engine;
     let (model, onnx) = (setup.manifest.name.as_str(), setup.manifest.onnx_path());
     let handle = tokio::runtime::Handle::current();
-    let measure = engine.device_memory.start_measuring(model, engine.options.provider.provider)?;
+    let measure = engine.device_memory.start_measuring(model, engine.options.provider.provider.on_gpu())?;
     let mut handles = Vec::with_capacity(setup.instances);
     let mut provider = engine.options.provider.provider;
     let mut device_preprocess = false;
@@ -375,11 +375,11 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
         let thread = std::thread::Builder::new()
             .name(format!("model-{model}-{instance}"))
             .spawn(move || model_worker(worker, queue, health, handle))
-            .map_err(|e| EngineError::Model { model: model.to_owned(), message: e.to_string() })?;
+            .map_err(|e| EngineError::Thread { model: model.to_owned(), message: e.to_string() })?;
         handles.push(thread);
     }
     queue.set_workers(setup.instances);
-    let device_memory = engine.device_memory.finish_measuring(model, measure, provider)?;
+    let device_memory = engine.device_memory.finish_measuring(model, measure, provider.on_gpu())?;
     Ok(Workers { handles, provider, device_preprocess, device_memory, health })
 }
 
@@ -388,11 +388,12 @@ fn preprocess_for(session: &ModelSession, gpu_preprocess: bool, device_id: u32) 
     if !(gpu_preprocess && session.provider().on_gpu()) {
         return Ok(Preprocess::Host { input: Vec::new() });
     }
-    let device_err = |e: crate::engine::DeviceError| EngineError::Model {
+    let device_err = |e: crate::cuda::DeviceError| EngineError::Device {
         model: session.name().to_owned(),
-        message: format!("GPU preprocessing: {e} (set engine.gpu_preprocess = false to preprocess on the CPU)"),
+        operation: "GPU preprocessing",
+        message: format!("{e} (set engine.gpu_preprocess = false to preprocess on the CPU)"),
     };
-    let device = crate::engine::GpuDevice::open(device_id).map_err(device_err)?;
+    let device = crate::cuda::GpuDevice::open(device_id).map_err(device_err)?;
     let gpu = crate::imaging::gpu::GpuPreprocessor::new(&device).map_err(device_err)?;
     Ok(Preprocess::Device(Box::new(gpu)))
 }

@@ -8,7 +8,7 @@
 use ndarray::Ix2;
 
 use super::{PastedMask, Polygon, outline_polygons, paste_mask};
-use crate::detect::{BBox, DetectError, Detection, NamedOutput, iou};
+use crate::detect::{BBox, DetectError, Detection, NamedOutput, find_output, iou};
 use crate::imaging::Letterbox;
 
 /// How a segmentation model's outputs are named, and its class count (without the background).
@@ -58,13 +58,7 @@ impl SegmentDecoder {
         thresholds: &SegmentThresholds,
         letterbox: &Letterbox,
     ) -> Result<Vec<Instance>, DetectError> {
-        let find = |name: &str| {
-            outputs
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, a)| a)
-                .ok_or_else(|| DetectError::MissingOutput(name.to_owned()))
-        };
+        let find = |name: &str| find_output(outputs, name);
         let bad = |name: &str, shape: &[usize], expected: &str| DetectError::BadShape {
             name: name.to_owned(),
             shape: shape.to_vec(),

@@ -13,10 +13,13 @@ use crate::detect::BBox;
 pub use appearance::{Gallery, cosine_distance, normalized};
 pub use assignment::{Assignment, CostMatrix, INFEASIBLE, min_cost_matching};
 pub use deepsort::{Track, TrackStatus, Tracker};
-pub use registry::{Admission, FrameOrder, Registry, RegistryStats, Ticket, TrackedFrame};
+pub use registry::{FrameOrder, Placement, Registry, RegistryStats, Ticket, TrackedFrame};
 
 /// DeepSORT's parameters; defaults are the paper's.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// In a config file these are keys of `[pipelines.<name>.tracker]`; `linesight mot` takes the same
+/// names as `--tracker key=value`. Unknown keys are rejected by the table that holds them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(default)]
 pub struct TrackerParams {
     /// A confirmed track is deleted after this many frames in a row without a match.
     pub max_age: u32,

@@ -41,7 +41,7 @@ pub struct TrackedFrame {
 
 /// The answer to a frame asking to be tracked.
 #[derive(Debug)]
-pub enum Admission {
+pub enum Placement {
     Accepted(Ticket),
     Refused(FrameOrder),
 }
@@ -157,7 +157,7 @@ impl Registry {
     }
 
     /// Reserves `sequence` in `camera_id`'s order, or says why the frame cannot be tracked.
-    pub fn admit(&self, camera_id: &str, sequence: u64, now: Instant) -> Admission {
+    pub fn admit(&self, camera_id: &str, sequence: u64, now: Instant) -> Placement {
         loop {
             let slot = self.slot(camera_id, now);
             let mut camera = slot.lock();
@@ -168,7 +168,7 @@ impl Registry {
             if let Some(last) = camera.last_applied
                 && sequence <= last
             {
-                return Admission::Refused(if sequence == last {
+                return Placement::Refused(if sequence == last {
                     self.duplicate.fetch_add(1, Ordering::Relaxed);
                     FrameOrder::Duplicate
                 } else {
@@ -178,11 +178,11 @@ impl Registry {
             }
             if camera.in_flight.contains_key(&sequence) {
                 self.duplicate.fetch_add(1, Ordering::Relaxed);
-                return Admission::Refused(FrameOrder::Duplicate);
+                return Placement::Refused(FrameOrder::Duplicate);
             }
             camera.in_flight.insert(sequence, Pending::Waiting);
             drop(camera);
-            return Admission::Accepted(Ticket { camera: slot, sequence, done: false });
+            return Placement::Accepted(Ticket { camera: slot, sequence, done: false });
         }
     }
 
@@ -256,10 +256,10 @@ mod tests {
         }
     }
 
-    fn accepted(a: Admission) -> Ticket {
+    fn accepted(a: Placement) -> Ticket {
         match a {
-            Admission::Accepted(t) => t,
-            Admission::Refused(why) => panic!("refused: {why:?}"),
+            Placement::Accepted(t) => t,
+            Placement::Refused(why) => panic!("refused: {why:?}"),
         }
     }
 
@@ -299,12 +299,12 @@ mod tests {
         let registry = Registry::new(TrackerParams::default(), Duration::from_secs(60));
         let now = Instant::now();
         let t5 = accepted(registry.admit("cam", 5, now));
-        assert!(matches!(registry.admit("cam", 5, now), Admission::Refused(FrameOrder::Duplicate)));
+        assert!(matches!(registry.admit("cam", 5, now), Placement::Refused(FrameOrder::Duplicate)));
         drop(t5.complete(vec![]));
-        assert!(matches!(registry.admit("cam", 5, now), Admission::Refused(FrameOrder::Duplicate)));
-        assert!(matches!(registry.admit("cam", 3, now), Admission::Refused(FrameOrder::Late { last_applied: 5 })));
+        assert!(matches!(registry.admit("cam", 5, now), Placement::Refused(FrameOrder::Duplicate)));
+        assert!(matches!(registry.admit("cam", 3, now), Placement::Refused(FrameOrder::Late { last_applied: 5 })));
         // Other cameras have their own order.
-        assert!(matches!(registry.admit("other", 3, now), Admission::Accepted(_)));
+        assert!(matches!(registry.admit("other", 3, now), Placement::Accepted(_)));
         let stats = registry.stats();
         assert_eq!((stats.frames_duplicate, stats.frames_late, stats.cameras), (2, 1, 2));
     }
@@ -322,7 +322,7 @@ mod tests {
         drop(busy);
         assert_eq!(registry.evict_idle(t0 + Duration::from_secs(19)), 2);
         // An evicted camera starts again from scratch: its old order no longer applies.
-        assert!(matches!(registry.admit("idle", 1, t0 + Duration::from_secs(20)), Admission::Accepted(_)));
+        assert!(matches!(registry.admit("idle", 1, t0 + Duration::from_secs(20)), Placement::Accepted(_)));
     }
 
     #[test]

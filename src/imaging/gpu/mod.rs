@@ -13,10 +13,7 @@ use image::RgbImage;
 use super::letterbox::normalization_tables;
 use super::resample::{AxisTaps, resize_taps};
 use super::{RowSource, TensorSpec};
-use crate::engine::{DeviceError, GpuDevice};
-
-const SOURCE: &str = include_str!("kernels.cu");
-const BLOCK: u32 = 256;
+use crate::cuda::{BLOCK, DeviceError, GpuDevice, Kernels};
 
 /// Element type the preprocessing writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,25 +58,8 @@ struct Region {
 
 // SAFETY: plain-old-data with the kernel's layout (`struct Region` in kernels.cu); all-zero is valid.
 unsafe impl DeviceRepr for Region {}
+// SAFETY: as above: every field is an integer or a float, for which all-zero is valid.
 unsafe impl cudarc::driver::ValidAsZeroBits for Region {}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-struct Paste {
-    mask_offset: i32,
-    x1: f32,
-    y1: f32,
-    x2: f32,
-    y2: f32,
-    left: i32,
-    top: i32,
-    width: i32,
-    height: i32,
-    out_offset: i32,
-}
-
-// SAFETY: plain-old-data with the kernel's layout (`struct Paste` in kernels.cu).
-unsafe impl DeviceRepr for Paste {}
 
 /// Host-side tables for one batch: every row's region and the taps of both axes.
 #[derive(Default)]
@@ -172,7 +152,6 @@ pub struct GpuPreprocessor {
     stream: Arc<CudaStream>,
     preprocess_f32: CudaFunction,
     preprocess_f16: CudaFunction,
-    paste: CudaFunction,
     staging: Option<PinnedHostSlice<u8>>,
     pixels: Growing<u8>,
     regions: Growing<Region>,
@@ -183,35 +162,13 @@ pub struct GpuPreprocessor {
     output: Growing<u8>,
 }
 
-/// Compiles the kernels to PTX for virtual architecture `arch` (e.g. `compute_90`, `compute_87`
-/// on Jetson Orin); the driver turns the PTX into the GPU's code when the module loads. Needs NVRTC
-/// only, no GPU.
-pub fn compile_kernels(arch: &str) -> Result<cudarc::nvrtc::Ptx, DeviceError> {
-    // SAFETY: only probes whether the library loads (cudarc panics on a missing one).
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(DeviceError::NoNvrtc);
-    }
-    let options = cudarc::nvrtc::CompileOptions {
-        // Bit-exact with the CPU: no fused multiply-add, IEEE division.
-        fmad: Some(false),
-        prec_div: Some(true),
-        options: vec!["--std=c++17".into(), format!("--gpu-architecture={arch}")],
-        ..Default::default()
-    };
-    cudarc::nvrtc::compile_ptx_with_opts(SOURCE, options).map_err(|e| DeviceError::Compile(e.to_string()))
-}
-
 impl GpuPreprocessor {
     pub fn new(device: &GpuDevice) -> Result<Self, DeviceError> {
-        let (major, minor) = device.context().compute_capability().map_err(DeviceError::cuda("compute capability"))?;
-        let ptx = compile_kernels(&format!("compute_{major}{minor}"))?;
-        let module = device.context().load_module(ptx).map_err(DeviceError::cuda("module load"))?;
-        let function = |name: &str| module.load_function(name).map_err(DeviceError::cuda("kernel lookup"));
+        let kernels = Kernels::load(device)?;
         Ok(Self {
             stream: device.new_stream()?,
-            preprocess_f32: function("preprocess_f32")?,
-            preprocess_f16: function("preprocess_f16")?,
-            paste: function("paste_masks")?,
+            preprocess_f32: kernels.function("preprocess_f32")?,
+            preprocess_f16: kernels.function("preprocess_f16")?,
             device: device.clone(),
             staging: None,
             pixels: Growing::new(),
@@ -327,69 +284,6 @@ impl GpuPreprocessor {
         Ok(all[..bytes.min(all.len())].to_vec())
     }
 
-    /// Pastes each `side`×`side` mask of `masks` into its box on an image `width`×`height`:
-    /// the GPU twin of `segment::paste_mask`, batched over instances.
-    pub fn paste_masks(
-        &mut self,
-        masks: &[f32],
-        side: usize,
-        boxes: &[[f32; 4]],
-        width: u32,
-        height: u32,
-        threshold: f32,
-    ) -> Result<Vec<crate::segment::PastedMask>, DeviceError> {
-        let mut pastes = Vec::with_capacity(boxes.len());
-        let mut out_len = 0usize;
-        for (i, b) in boxes.iter().enumerate() {
-            let (left, top, w, h) = crate::segment::paste_region(*b, width, height);
-            pastes.push(Paste {
-                mask_offset: (i * side * side) as i32,
-                x1: b[0],
-                y1: b[1],
-                x2: b[2],
-                y2: b[3],
-                left: left as i32,
-                top: top as i32,
-                width: w as i32,
-                height: h as i32,
-                out_offset: out_len as i32,
-            });
-            out_len += w as usize * h as usize;
-        }
-        let stream = self.stream.clone();
-        let masks_d = stream.clone_htod(masks).map_err(DeviceError::cuda("upload"))?;
-        let pastes_d = stream.clone_htod(&pastes).map_err(DeviceError::cuda("upload"))?;
-        let mut out_d = stream.alloc_zeros::<u8>(out_len.max(1)).map_err(DeviceError::cuda("alloc"))?;
-        let largest = pastes.iter().map(|p| (p.width * p.height) as u32).max().unwrap_or(0);
-        if largest > 0 {
-            let config = LaunchConfig {
-                grid_dim: (largest.div_ceil(BLOCK), pastes.len() as u32, 1),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let side_arg = side as i32;
-            let mut launch = stream.launch_builder(&self.paste);
-            launch.arg(&masks_d).arg(&pastes_d).arg(&side_arg).arg(&threshold).arg(&mut out_d);
-            // SAFETY: argument types and order are the kernel's; offsets lie inside the buffers.
-            unsafe { launch.launch(config) }.map_err(DeviceError::cuda("paste launch"))?;
-        }
-        let out = stream.clone_dtoh(&out_d).map_err(DeviceError::cuda("download"))?;
-        Ok(pastes
-            .iter()
-            .map(|p| {
-                let start = p.out_offset as usize;
-                let len = (p.width * p.height) as usize;
-                crate::segment::PastedMask {
-                    left: p.left as u32,
-                    top: p.top as u32,
-                    width: p.width as u32,
-                    height: p.height as u32,
-                    pixels: out[start..start + len].to_vec(),
-                }
-            })
-            .collect())
-    }
-
     fn staging_at_least(&mut self, len: usize) -> Result<&mut [u8], DeviceError> {
         let len = len.max(1);
         if self.staging.as_ref().is_none_or(|s| s.len() < len) {
@@ -416,28 +310,4 @@ fn upload<T: DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy>(
     let dst = buffer.at_least(stream, data.len())?;
     let mut view = dst.slice_mut(..data.len());
     stream.memcpy_htod(data, &mut view).map_err(DeviceError::cuda("upload"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Where NVRTC is installed (CUDA toolkit, or PyPI `nvidia-cuda-nvrtc` on LD_LIBRARY_PATH as
-    /// libnvrtc.so), the kernels must compile for the data-centre and Jetson architectures.
-    #[test]
-    fn kernels_compile_where_nvrtc_is_installed() {
-        // SAFETY: only probes whether the library loads.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            eprintln!("NVRTC not installed: kernel compilation not checked");
-            return;
-        }
-        for arch in ["compute_87", "compute_90"] {
-            let ptx = compile_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
-            let text = ptx.to_src();
-            for kernel in ["preprocess_f32", "preprocess_f16", "paste_masks"] {
-                assert!(text.contains(kernel), "{arch}: {kernel} missing from the PTX");
-            }
-            assert!(!text.contains("fma.rn.f32"), "{arch}: fused multiply-add would break exactness");
-        }
-    }
 }

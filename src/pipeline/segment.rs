@@ -1,0 +1,179 @@
+//! The `segment` pipeline (e.g. `el-defect`): the model stage, then instances — boxes, each with
+//! its mask pasted into the image and outlined — and the image's cell verdict.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::stage::{FrameDeadline, InferredFrame, ModelStage, StageSetup, named_views, tensor_spec};
+use super::{
+    FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, SegmentSettings, StageContext, StartError,
+    Verdict,
+};
+use crate::model::{DecoderSpec, ModelManifest};
+use crate::segment::{CellRule, SegmentDecoder, SegmentThresholds, judge_cell};
+
+/// Douglas–Peucker tolerance of instance outlines, in pixels: a one-pixel staircase becomes a
+/// straight edge, so outlines stay short without moving off the mask.
+const POLYGON_EPSILON: f64 = 1.0;
+
+/// How a frame's outputs become instances and a verdict; shared by every frame's postprocessing.
+struct Instances {
+    decoder: SegmentDecoder,
+    thresholds: SegmentThresholds,
+    rule: CellRule,
+    classes: Vec<String>,
+}
+
+pub struct SegmentPipeline {
+    stage: ModelStage,
+    instances: Arc<Instances>,
+    budget: Duration,
+}
+
+impl SegmentPipeline {
+    pub fn start(
+        name: &str,
+        settings: &SegmentSettings,
+        manifest: ModelManifest,
+        engine: &super::EngineSetup<'_>,
+        context: Arc<StageContext>,
+    ) -> Result<Self, StartError> {
+        let instances = Arc::new(instances_for(name, settings, &manifest)?);
+        let budget = settings.budget.unwrap_or(context.default_budget);
+        let max_batch = settings.batching.max_batch;
+        let stage = ModelStage::start(
+            StageSetup {
+                pipeline: name,
+                spec: tensor_spec(&manifest.input),
+                manifest,
+                batching: settings.batching,
+                instances: settings.instances,
+                row_buckets: vec![1, max_batch],
+                warm_batches: &[1, max_batch],
+            },
+            engine,
+            context,
+        )
+        .map_err(|source| StartError::Engine { pipeline: name.to_owned(), source })?;
+        Ok(Self { stage, instances, budget })
+    }
+
+    pub fn describe(&self) -> PipelineInfo {
+        self.stage.describe(self.budget)
+    }
+
+    pub fn close(&self) {
+        self.stage.close();
+    }
+
+    pub async fn join_workers(&self) {
+        self.stage.join_workers().await;
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.stage.queue_depth()
+    }
+
+    pub fn health(&self) -> &super::ModelHealth {
+        self.stage.health()
+    }
+
+    pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {
+        let deadline = FrameDeadline::new(&request, self.budget);
+        let InferredFrame { inferred, letterbox, image, mut timings } =
+            self.stage.infer_frame(&request, deadline).await?;
+        let batch_size = inferred.batch_frames as u32;
+        let instances = self.instances.clone();
+        let (detections, cell, postprocess) = self
+            .stage
+            .on_cpu_pool(move || -> Result<_, InspectError> {
+                let started = std::time::Instant::now();
+                let named = named_views(&inferred.outputs)?;
+                let Instances { decoder, thresholds, rule, classes } = instances.as_ref();
+                // The rule may count instances under the score the response shows.
+                let decode_at = SegmentThresholds { score: thresholds.score.min(rule.min_score), ..*thresholds };
+                let found = decoder.decode(&named, &decode_at, &letterbox)?;
+                let cell = judge_cell(&found, letterbox.src_width, letterbox.src_height, rule);
+                let detections: Vec<LabeledDetection> = found
+                    .into_iter()
+                    .filter(|i| i.detection.score >= thresholds.score)
+                    .map(|i| LabeledDetection {
+                        class_name: classes.get(i.detection.class_id as usize).cloned().unwrap_or_default(),
+                        detection: i.detection,
+                        track_id: 0,
+                        shape: Some(Arc::new(i.shape)),
+                    })
+                    .collect();
+                Ok((detections, cell, started.elapsed()))
+            })
+            .await??;
+        timings.postprocess = postprocess;
+        let (image_width, image_height) = image.dimensions();
+        let image = request.annotate.then_some(image);
+        let (detections, annotated_jpeg) = self.stage.annotate(image, detections, &mut timings).await?;
+        timings.total = request.received.elapsed();
+        Ok(FrameResult {
+            camera_id: request.camera_id,
+            sequence: request.sequence,
+            pipeline: self.stage.pipeline.clone(),
+            model: self.stage.manifest.name.clone(),
+            detections,
+            verdict: Verdict::judge(timings.total, deadline.budget),
+            timings,
+            annotated_jpeg,
+            batch_size,
+            image_width,
+            image_height,
+            tracking: None,
+            cell: Some(cell),
+        })
+    }
+}
+
+/// How a pipeline's settings and its model's manifest set up the instances stage.
+fn instances_for(
+    pipeline: &str,
+    settings: &SegmentSettings,
+    manifest: &ModelManifest,
+) -> Result<Instances, StartError> {
+    let DecoderSpec::Maskrcnn { boxes, labels, scores, masks } = &manifest.decoder else {
+        return Err(StartError::WrongDecoder {
+            pipeline: pipeline.to_owned(),
+            model: manifest.name.clone(),
+            expected: "a segmenter",
+        });
+    };
+    let post = manifest.postprocess.unwrap_or_default();
+    let score = settings.score_threshold.unwrap_or(post.score_threshold);
+    let class_id = |name: &String| {
+        manifest.classes.iter().position(|c| c == name).map(|i| i as u32).ok_or_else(|| StartError::UnknownClass {
+            pipeline: pipeline.to_owned(),
+            key: "cell_rule.classes",
+            class: name.clone(),
+            known: manifest.classes.clone(),
+        })
+    };
+    let rule = CellRule {
+        min_score: settings.cell_rule.min_score.unwrap_or(score),
+        min_area_fraction: settings.cell_rule.min_area_fraction,
+        classes: settings.cell_rule.classes.iter().map(class_id).collect::<Result<_, _>>()?,
+    };
+    Ok(Instances {
+        decoder: SegmentDecoder {
+            boxes: boxes.clone(),
+            labels: labels.clone(),
+            scores: scores.clone(),
+            masks: masks.clone(),
+            num_classes: manifest.classes.len(),
+        },
+        thresholds: SegmentThresholds {
+            score,
+            iou: settings.iou_threshold.unwrap_or(post.iou_threshold),
+            mask: settings.mask_threshold.unwrap_or(post.mask_threshold),
+            max_instances: settings.max_detections.unwrap_or(post.max_detections),
+            polygon_epsilon: POLYGON_EPSILON,
+        },
+        rule,
+        classes: manifest.classes.clone(),
+    })
+}

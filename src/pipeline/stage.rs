@@ -1,0 +1,340 @@
+//! The model stage every pipeline kind is built on: one model's queue and worker threads, and a
+//! frame's way through them — refused on arrival behind a queue it cannot clear, decoded and
+//! letterboxed on the CPU pool, batched, inferred. What the outputs mean is the pipeline's.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use image::RgbImage;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::worker::{Inferred, Job, JobInput, WorkerSetup, Workers, join_all, start_workers};
+use super::{
+    FrameRequest, ImageInput, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext, StageTimings,
+};
+use crate::batching::{BatchPolicy, BatchQueue, Deadlines};
+use crate::engine::{EngineError, Output, Provider};
+use crate::imaging::{self, Annotation, Letterbox, Preprocessor, TensorSpec};
+use crate::model::{ChannelOrder, InputSpec, ModelManifest};
+
+thread_local! {
+    static PREPROCESSOR: RefCell<Preprocessor> = RefCell::new(Preprocessor::new());
+}
+
+/// The tensor a model's manifest asks for.
+pub fn tensor_spec(input: &InputSpec) -> TensorSpec {
+    TensorSpec {
+        width: input.width,
+        height: input.height,
+        bgr: input.channel_order == ChannelOrder::Bgr,
+        mean: input.mean,
+        std: input.std,
+        pad_value: input.pad_value,
+    }
+}
+
+/// When a frame must be done by, and which limit that is.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FrameDeadline {
+    pub budget: Duration,
+    pub at: Instant,
+    pub limit: ShedLimit,
+    /// The client's gRPC deadline: past it nobody waits for the answer.
+    pub expires: Option<Instant>,
+}
+
+impl FrameDeadline {
+    pub fn new(request: &FrameRequest, budget: Duration) -> Self {
+        let budget = request.budget.unwrap_or(budget);
+        let budget_deadline = request.received + budget;
+        let expires = request.client_deadline;
+        match request.client_deadline {
+            Some(client) if client < budget_deadline => {
+                Self { budget, at: client, limit: ShedLimit::ClientDeadline, expires }
+            }
+            _ => Self { budget, at: budget_deadline, limit: ShedLimit::Budget(budget), expires },
+        }
+    }
+
+    /// What the batcher holds the frame to.
+    pub fn deadlines(&self) -> Deadlines {
+        Deadlines { due: self.at, expires: self.expires }
+    }
+}
+
+/// How a model stage is started.
+pub(super) struct StageSetup<'a> {
+    pub pipeline: &'a str,
+    pub manifest: ModelManifest,
+    /// The input every row is made into.
+    pub spec: TensorSpec,
+    pub batching: BatchPolicy,
+    pub instances: usize,
+    /// Batch sizes (in rows) a GPU worker with fixed shapes keeps a session for, fewest first.
+    pub row_buckets: Vec<usize>,
+    pub warm_batches: &'a [usize],
+}
+
+/// One model, its queue and its workers.
+pub(super) struct ModelStage {
+    pub pipeline: String,
+    pub manifest: ModelManifest,
+    pub spec: TensorSpec,
+    queue: Arc<BatchQueue<Job>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    health: Arc<super::ModelHealth>,
+    pub context: Arc<StageContext>,
+    pub provider: Provider,
+    /// Frames go to the workers as pixels; the GPU letterboxes (or crops) them.
+    pub device_preprocess: bool,
+    pub device_memory: Option<u64>,
+}
+
+/// A frame decoded, letterboxed and run through the model.
+pub(super) struct InferredFrame {
+    pub inferred: Inferred,
+    pub letterbox: Letterbox,
+    pub image: Arc<RgbImage>,
+    /// decode, preprocess, queue wait and inference.
+    pub timings: StageTimings,
+}
+
+/// A frame decoded and made into its model input, not yet queued.
+struct Prepared {
+    input: JobInput,
+    letterbox: Letterbox,
+    image: Arc<RgbImage>,
+    decode: Duration,
+    preprocess: Duration,
+}
+
+impl ModelStage {
+    pub fn start(
+        setup: StageSetup<'_>,
+        engine: &super::EngineSetup<'_>,
+        context: Arc<StageContext>,
+    ) -> Result<Self, EngineError> {
+        let queue = Arc::new(BatchQueue::new(setup.batching));
+        let Workers { handles, provider, device_preprocess, device_memory, health } = start_workers(
+            WorkerSetup {
+                engine,
+                manifest: &setup.manifest,
+                row_buckets: setup.row_buckets,
+                instances: setup.instances,
+                spec: setup.spec,
+                warm_batches: setup.warm_batches,
+            },
+            &queue,
+        )?;
+        tracing::info!(
+            message = "Model started.",
+            pipeline = setup.pipeline,
+            model = setup.manifest.name,
+            instances = setup.instances,
+            max_batch = setup.batching.max_batch,
+            max_queue_delay_us = setup.batching.max_queue_delay.as_micros(),
+            provider = %provider,
+            gpu_preprocess = device_preprocess,
+        );
+        Ok(Self {
+            pipeline: setup.pipeline.to_owned(),
+            manifest: setup.manifest,
+            spec: setup.spec,
+            queue,
+            workers: Mutex::new(handles),
+            health,
+            context,
+            provider,
+            device_preprocess,
+            device_memory,
+        })
+    }
+
+    /// The pipeline's description as far as its model goes.
+    pub fn describe(&self, budget: Duration) -> PipelineInfo {
+        let policy = self.queue.policy();
+        PipelineInfo {
+            name: self.pipeline.clone(),
+            model: self.manifest.name.clone(),
+            description: self.manifest.description.clone(),
+            classes: self.manifest.classes.clone(),
+            budget,
+            input_width: self.spec.width,
+            input_height: self.spec.height,
+            max_batch: policy.max_batch,
+            max_queue_delay: policy.max_queue_delay,
+            max_queue_size: policy.max_queue_size,
+            detector: None,
+            provider: self.provider,
+            gpu_preprocess: self.device_preprocess,
+            device_memory_bytes: self.device_memory,
+        }
+    }
+
+    pub fn close(&self) {
+        self.queue.close();
+    }
+
+    pub async fn join_workers(&self) {
+        join_all(&self.workers).await;
+    }
+
+    /// Frames waiting for this model.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn health(&self) -> &super::ModelHealth {
+        &self.health
+    }
+
+    /// Queues `rows` rows of one frame and waits for the batch they ride in.
+    pub async fn infer(
+        &self,
+        input: JobInput,
+        rows: usize,
+        flow: u64,
+        deadline: FrameDeadline,
+    ) -> Result<Inferred, InspectError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .submit(Job { input, rows, limit: deadline.limit, reply }, flow, deadline.deadlines())
+            .map_err(|full| InspectError::QueueFull { pipeline: self.pipeline.clone(), capacity: full.capacity })?;
+        answer.await.map_err(|_| InspectError::ShuttingDown)?
+    }
+
+    /// Decode → letterbox → batch → infer, for one whole frame.
+    pub async fn infer_frame(
+        &self,
+        request: &FrameRequest,
+        deadline: FrameDeadline,
+    ) -> Result<InferredFrame, InspectError> {
+        let image = request.image.clone().ok_or(InspectError::MissingImage)?;
+        let flow = super::flow_of(&request.camera_id);
+        // Behind a queue it cannot clear in time, the frame is refused before it costs a decode.
+        if self.queue.refuse_on_arrival(flow, deadline.deadlines()) {
+            return Err(InspectError::Shed { limit: deadline.limit, waited: Duration::ZERO });
+        }
+        let prepared = self.prepare(image).await?;
+        let inferred = self.infer(prepared.input, 1, flow, deadline).await?;
+        Ok(InferredFrame {
+            timings: StageTimings {
+                decode: prepared.decode,
+                preprocess: prepared.preprocess + inferred.device_preprocess,
+                queue_wait: inferred.queue_wait,
+                inference: inferred.inference,
+                ..StageTimings::default()
+            },
+            inferred,
+            letterbox: prepared.letterbox,
+            image: prepared.image,
+        })
+    }
+
+    /// Decodes the frame and letterboxes it into the model input, on the bounded CPU pool (with
+    /// GPU preprocessing, only the geometry is worked out here).
+    async fn prepare(&self, image: ImageInput) -> Result<Prepared, InspectError> {
+        let spec = self.spec;
+        let limits = self.context.decode_limits;
+        let on_device = self.device_preprocess;
+        self.on_cpu_pool(move || -> Result<Prepared, InspectError> {
+            let t0 = std::time::Instant::now();
+            let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
+            let decode = t0.elapsed();
+            let t1 = std::time::Instant::now();
+            if on_device {
+                let letterbox = Letterbox::new(rgb.width(), rgb.height(), spec.width, spec.height);
+                let image = Arc::new(rgb);
+                let input =
+                    JobInput::Pixels { image: image.clone(), rows: vec![imaging::RowSource::Letterbox(letterbox)] };
+                return Ok(Prepared { input, letterbox, image, decode, preprocess: t1.elapsed() });
+            }
+            let mut tensor = vec![0f32; spec.len()];
+            let letterbox = PREPROCESSOR
+                .with(|p| p.borrow_mut().letterbox_into(&rgb, &spec, &mut tensor))
+                .map_err(|e| InspectError::Internal(e.to_string()))?;
+            Ok(Prepared {
+                input: JobInput::Tensor(tensor),
+                letterbox,
+                image: Arc::new(rgb),
+                decode,
+                preprocess: t1.elapsed(),
+            })
+        })
+        .await?
+    }
+
+    /// Draws `detections` on `image` (when there is one) on the CPU pool; the time counts as
+    /// postprocessing.
+    pub async fn annotate(
+        &self,
+        image: Option<Arc<RgbImage>>,
+        detections: Vec<LabeledDetection>,
+        timings: &mut StageTimings,
+    ) -> Result<(Vec<LabeledDetection>, Option<Vec<u8>>), InspectError> {
+        let Some(image) = image else { return Ok((detections, None)) };
+        let mut image = Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone());
+        let started = std::time::Instant::now();
+        let (detections, jpeg) = self
+            .on_cpu_pool(move || -> Result<_, InspectError> {
+                draw_detections(&mut image, &detections);
+                let jpeg = imaging::encode_jpeg(&image, 85)
+                    .map_err(|e| InspectError::Internal(format!("JPEG encoding failed: {e}")))?;
+                Ok((detections, jpeg))
+            })
+            .await??;
+        timings.postprocess += started.elapsed();
+        Ok((detections, Some(jpeg)))
+    }
+
+    pub async fn on_cpu_pool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, InspectError> {
+        let _permit = self.context.cpu_permits.acquire().await.map_err(|_| InspectError::ShuttingDown)?;
+        tokio::task::spawn_blocking(work).await.map_err(|e| InspectError::Internal(format!("CPU stage failed: {e}")))
+    }
+}
+
+/// The batch's outputs as the decoders take them.
+pub(super) fn named_views(outputs: &[Output]) -> Result<Vec<crate::detect::NamedOutput<'_>>, EngineError> {
+    outputs.iter().map(|o| o.view().map(|view| (o.name.as_str(), view))).collect()
+}
+
+/// Boxes with "class score" labels, one colour per class; tracked objects get "#id class" and one
+/// colour per track; instance masks are tinted in their class's colour under the boxes.
+pub fn draw_detections(image: &mut RgbImage, detections: &[LabeledDetection]) {
+    let masks: Vec<imaging::MaskOverlay<'_>> = detections
+        .iter()
+        .filter_map(|d| {
+            let m = &d.shape.as_ref()?.mask;
+            Some(imaging::MaskOverlay {
+                left: m.left,
+                top: m.top,
+                width: m.width,
+                height: m.height,
+                pixels: &m.pixels,
+                color_key: d.detection.class_id,
+            })
+        })
+        .collect();
+    imaging::overlay_masks(image, &masks, 0.45);
+    let annotations: Vec<Annotation> = detections
+        .iter()
+        .map(|d| Annotation {
+            x1: d.detection.bbox.x1,
+            y1: d.detection.bbox.y1,
+            x2: d.detection.bbox.x2,
+            y2: d.detection.bbox.y2,
+            label: if d.track_id > 0 {
+                format!("#{} {}", d.track_id, d.class_name)
+            } else {
+                format!("{} {:.2}", d.class_name, d.detection.score)
+            },
+            color_key: if d.track_id > 0 { d.track_id as u32 } else { d.detection.class_id },
+        })
+        .collect();
+    imaging::annotate(image, &annotations);
+}
