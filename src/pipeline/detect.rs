@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use image::RgbImage;
 
-use super::stage::{FrameDeadline, InferredFrame, ModelStage, StageSetup, named_views, tensor_spec};
+use super::stage::{FrameDeadline, InferredFrame, ModelStage, named_views};
 use super::{
     DetectSettings, FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StageContext,
     StageTimings, StartError, Verdict,
@@ -60,43 +60,12 @@ impl DetectPipeline {
         };
         let budget = settings.budget.unwrap_or(context.default_budget);
         let classes: Arc<[String]> = manifest.classes.clone().into();
-        let max_batch = settings.batching.max_batch;
-        let stage = ModelStage::start(
-            StageSetup {
-                pipeline: name,
-                spec: tensor_spec(&manifest.input),
-                manifest,
-                batching: settings.batching,
-                instances: settings.instances,
-                row_buckets: vec![1, max_batch],
-                warm_batches: &[1, max_batch],
-            },
-            engine,
-            context,
-        )
-        .map_err(|source| StartError::Engine { pipeline: name.to_owned(), source })?;
+        let stage = ModelStage::for_frames(name, manifest, settings.batching, settings.instances, engine, context)?;
         Ok(Self { stage, decoder: Arc::new(decoder), thresholds, budget, classes })
     }
 
     pub fn describe(&self) -> PipelineInfo {
         self.stage.describe(self.budget)
-    }
-
-    pub fn close(&self) {
-        self.stage.close();
-    }
-
-    pub async fn join_workers(&self) {
-        self.stage.join_workers().await;
-    }
-
-    /// Frames waiting for this pipeline's model.
-    pub fn queue_depth(&self) -> usize {
-        self.stage.queue_depth()
-    }
-
-    pub fn health(&self) -> &super::ModelHealth {
-        self.stage.health()
     }
 
     pub fn name(&self) -> &str {

@@ -29,6 +29,7 @@ pub use settings::{
     CellRuleSettings, DetectSettings, PipelineSettings, SegmentSettings, ServiceSettings, TrackSettings,
     TrackerSettings,
 };
+use stage::ModelStage;
 pub use stage::{draw_detections, tensor_spec};
 pub use track::TrackPipeline;
 
@@ -115,37 +116,33 @@ impl Pipeline {
         }
     }
 
-    /// Frames waiting for this pipeline's own model.
-    fn queue_depth(&self) -> usize {
+    /// The model stages the pipeline runs, its own first (a `track` pipeline's second is its
+    /// detector's, shared with that pipeline).
+    fn stages(&self) -> Vec<&ModelStage> {
         match self {
-            Pipeline::Detect(p) => p.queue_depth(),
-            Pipeline::Track(p) => p.queue_depth(),
-            Pipeline::Segment(p) => p.queue_depth(),
+            Pipeline::Detect(p) => vec![p.stage()],
+            Pipeline::Track(p) => p.stages().to_vec(),
+            Pipeline::Segment(p) => vec![p.stage()],
         }
     }
 
-    /// Every model the pipeline runs.
-    fn healths(&self) -> Vec<&ModelHealth> {
-        match self {
-            Pipeline::Detect(p) => vec![p.health()],
-            Pipeline::Track(p) => vec![p.health(), p.detector_health()],
-            Pipeline::Segment(p) => vec![p.health()],
-        }
+    /// Frames waiting for this pipeline's own model.
+    fn queue_depth(&self) -> usize {
+        self.stages().first().map_or(0, |s| s.queue_depth())
     }
 
     fn close(&self) {
-        match self {
-            Pipeline::Detect(p) => p.close(),
-            Pipeline::Track(p) => p.close(),
-            Pipeline::Segment(p) => p.close(),
+        if let Pipeline::Track(p) = self {
+            p.close();
+        }
+        if let Some(own) = self.stages().first() {
+            own.close();
         }
     }
 
     async fn join_workers(&self) {
-        match self {
-            Pipeline::Detect(p) => p.join_workers().await,
-            Pipeline::Track(p) => p.join_workers().await,
-            Pipeline::Segment(p) => p.join_workers().await,
+        if let Some(own) = self.stages().first() {
+            own.join_workers().await;
         }
     }
 
@@ -302,7 +299,7 @@ impl Pipelines {
     pub fn model_states(&self) -> Vec<(String, ModelState)> {
         let mut states = BTreeMap::new();
         for p in self.by_name.values() {
-            for h in p.healths() {
+            for h in p.stages().into_iter().map(ModelStage::health) {
                 states.insert(h.model().to_owned(), h.state());
             }
         }

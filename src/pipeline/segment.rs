@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::stage::{FrameDeadline, InferredFrame, ModelStage, StageSetup, named_views, tensor_spec};
+use super::stage::{FrameDeadline, InferredFrame, ModelStage, named_views};
 use super::{
     FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, SegmentSettings, StageContext, StartError,
     Verdict,
@@ -40,21 +40,7 @@ impl SegmentPipeline {
     ) -> Result<Self, StartError> {
         let instances = Arc::new(instances_for(name, settings, &manifest)?);
         let budget = settings.budget.unwrap_or(context.default_budget);
-        let max_batch = settings.batching.max_batch;
-        let stage = ModelStage::start(
-            StageSetup {
-                pipeline: name,
-                spec: tensor_spec(&manifest.input),
-                manifest,
-                batching: settings.batching,
-                instances: settings.instances,
-                row_buckets: vec![1, max_batch],
-                warm_batches: &[1, max_batch],
-            },
-            engine,
-            context,
-        )
-        .map_err(|source| StartError::Engine { pipeline: name.to_owned(), source })?;
+        let stage = ModelStage::for_frames(name, manifest, settings.batching, settings.instances, engine, context)?;
         Ok(Self { stage, instances, budget })
     }
 
@@ -62,20 +48,8 @@ impl SegmentPipeline {
         self.stage.describe(self.budget)
     }
 
-    pub fn close(&self) {
-        self.stage.close();
-    }
-
-    pub async fn join_workers(&self) {
-        self.stage.join_workers().await;
-    }
-
-    pub fn queue_depth(&self) -> usize {
-        self.stage.queue_depth()
-    }
-
-    pub fn health(&self) -> &super::ModelHealth {
-        self.stage.health()
+    pub(super) fn stage(&self) -> &ModelStage {
+        &self.stage
     }
 
     pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {

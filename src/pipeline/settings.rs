@@ -85,15 +85,6 @@ impl PipelineSettings {
     }
 }
 
-/// Overrides of a model's own thresholds (its `model.toml` `[postprocess]`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThresholdOverrides {
-    pub score_threshold: Option<f32>,
-    pub iou_threshold: Option<f32>,
-    pub max_detections: Option<usize>,
-}
-
 /// A `detect` pipeline: a detector.
 #[serde_as]
 #[derive(Debug, Clone, Deserialize)]
@@ -127,14 +118,6 @@ impl DetectSettings {
             iou_threshold: None,
             max_detections: None,
             instances: 1,
-        }
-    }
-
-    pub fn thresholds(&self) -> ThresholdOverrides {
-        ThresholdOverrides {
-            score_threshold: self.score_threshold,
-            iou_threshold: self.iou_threshold,
-            max_detections: self.max_detections,
         }
     }
 }
@@ -179,14 +162,6 @@ impl SegmentSettings {
             mask_threshold: None,
             cell_rule: CellRuleSettings::default(),
             instances: 1,
-        }
-    }
-
-    pub fn thresholds(&self) -> ThresholdOverrides {
-        ThresholdOverrides {
-            score_threshold: self.score_threshold,
-            iou_threshold: self.iou_threshold,
-            max_detections: self.max_detections,
         }
     }
 }

@@ -152,6 +152,29 @@ impl ModelStage {
         })
     }
 
+    /// A stage that takes whole frames, letterboxed to the model's input, one row each.
+    pub fn for_frames(
+        pipeline: &str,
+        manifest: ModelManifest,
+        batching: BatchPolicy,
+        instances: usize,
+        engine: &super::EngineSetup<'_>,
+        context: Arc<StageContext>,
+    ) -> Result<Self, super::StartError> {
+        let max_batch = batching.max_batch;
+        let setup = StageSetup {
+            pipeline,
+            spec: tensor_spec(&manifest.input),
+            manifest,
+            batching,
+            instances,
+            row_buckets: vec![1, max_batch],
+            warm_batches: &[1, max_batch],
+        };
+        Self::start(setup, engine, context)
+            .map_err(|source| super::StartError::Engine { pipeline: pipeline.to_owned(), source })
+    }
+
     /// The pipeline's description as far as its model goes.
     pub fn describe(&self, budget: Duration) -> PipelineInfo {
         let policy = self.queue.policy();

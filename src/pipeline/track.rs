@@ -145,26 +145,14 @@ impl TrackPipeline {
         self.registry.stats()
     }
 
-    pub fn close(&self) {
+    /// Stops the idle-camera evictor; the embedder's queue is closed with the other stages.
+    pub(super) fn close(&self) {
         self.evictor.abort();
-        self.embedder.close();
     }
 
-    pub async fn join_workers(&self) {
-        self.embedder.join_workers().await;
-    }
-
-    /// Frames waiting for this pipeline's model.
-    pub fn queue_depth(&self) -> usize {
-        self.embedder.queue_depth()
-    }
-
-    pub fn health(&self) -> &super::ModelHealth {
-        self.embedder.health()
-    }
-
-    pub fn detector_health(&self) -> &super::ModelHealth {
-        self.detector.health()
+    /// The embedder, then the detector it shares.
+    pub(super) fn stages(&self) -> [&ModelStage; 2] {
+        [&self.embedder, self.detector.stage()]
     }
 
     /// Reserves the frame's place in its camera's order. Call in request order, before awaiting.
