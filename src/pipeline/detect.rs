@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use image::RgbImage;
 
-use super::stage::{FrameDeadline, InferredFrame, ModelStage, named_views};
+use super::stage::{Answer, FrameDeadline, InferredFrame, ModelStage, named_views};
 use super::{
     DetectSettings, FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StageContext,
-    StageTimings, StartError, Verdict,
+    StageTimings, StartError,
 };
 use crate::detect::{Decoder, Thresholds};
 use crate::model::ModelManifest;
@@ -22,8 +22,6 @@ pub(super) struct Detected {
     /// decode, preprocess, queue_wait, inference and postprocess; the rest is the caller's.
     pub timings: StageTimings,
     pub batch_size: u32,
-    pub image_width: u32,
-    pub image_height: u32,
 }
 
 pub struct DetectPipeline {
@@ -86,26 +84,9 @@ impl DetectPipeline {
 
     pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
-        let Detected { detections, image, mut timings, batch_size, image_width, image_height } =
-            self.detect(&request, deadline).await?;
-        let image = request.annotate.then_some(image);
-        let (detections, annotated_jpeg) = self.stage.annotate(image, detections, &mut timings).await?;
-        timings.total = request.received.elapsed();
-        Ok(FrameResult {
-            camera_id: request.camera_id,
-            sequence: request.sequence,
-            pipeline: self.stage.pipeline.clone(),
-            model: self.stage.manifest.name.clone(),
-            detections,
-            verdict: Verdict::judge(timings.total, deadline.budget),
-            timings,
-            annotated_jpeg,
-            batch_size,
-            image_width,
-            image_height,
-            tracking: None,
-            cell: None,
-        })
+        let Detected { detections, image, timings, batch_size } = self.detect(&request, deadline).await?;
+        let answer = Answer { detections, image, timings, batch_size, tracking: None, cell: None };
+        self.stage.answer(request, deadline, answer).await
     }
 
     /// The model stage, then decode + NMS on the CPU pool, for one frame.
@@ -137,7 +118,6 @@ impl DetectPipeline {
             })
             .await??;
         timings.postprocess = postprocess;
-        let (image_width, image_height) = image.dimensions();
-        Ok(Detected { detections, image, timings, batch_size, image_width, image_height })
+        Ok(Detected { detections, image, timings, batch_size })
     }
 }

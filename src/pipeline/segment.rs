@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::stage::{FrameDeadline, InferredFrame, ModelStage, named_views};
+use super::stage::{Answer, FrameDeadline, InferredFrame, ModelStage, named_views};
 use super::{
     FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, SegmentSettings, StageContext, StartError,
-    Verdict,
 };
 use crate::model::{DecoderSpec, ModelManifest};
 use crate::segment::{CellRule, SegmentDecoder, SegmentThresholds, judge_cell};
@@ -82,25 +81,8 @@ impl SegmentPipeline {
             })
             .await??;
         timings.postprocess = postprocess;
-        let (image_width, image_height) = image.dimensions();
-        let image = request.annotate.then_some(image);
-        let (detections, annotated_jpeg) = self.stage.annotate(image, detections, &mut timings).await?;
-        timings.total = request.received.elapsed();
-        Ok(FrameResult {
-            camera_id: request.camera_id,
-            sequence: request.sequence,
-            pipeline: self.stage.pipeline.clone(),
-            model: self.stage.manifest.name.clone(),
-            detections,
-            verdict: Verdict::judge(timings.total, deadline.budget),
-            timings,
-            annotated_jpeg,
-            batch_size,
-            image_width,
-            image_height,
-            tracking: None,
-            cell: Some(cell),
-        })
+        let answer = Answer { detections, image, timings, batch_size, tracking: None, cell: Some(cell) };
+        self.stage.answer(request, deadline, answer).await
     }
 }
 

@@ -12,12 +12,15 @@ use tokio::time::Instant;
 
 use super::worker::{Inferred, Job, JobInput, WorkerSetup, Workers, join_all, start_workers};
 use super::{
-    FrameRequest, ImageInput, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext, StageTimings,
+    FrameRequest, FrameResult, ImageInput, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext,
+    StageTimings, Verdict,
 };
 use crate::batching::{BatchPolicy, BatchQueue, Deadlines};
 use crate::engine::{EngineError, Output, Provider};
 use crate::imaging::{self, Annotation, Letterbox, Preprocessor, TensorSpec};
 use crate::model::{ChannelOrder, InputSpec, ModelManifest};
+use crate::segment::CellInspection;
+use crate::track::FrameOrder;
 
 thread_local! {
     static PREPROCESSOR: RefCell<Preprocessor> = RefCell::new(Preprocessor::new());
@@ -99,6 +102,17 @@ pub(super) struct InferredFrame {
     pub image: Arc<RgbImage>,
     /// decode, preprocess, queue wait and inference.
     pub timings: StageTimings,
+}
+
+/// What a pipeline found in a frame, before the response is made.
+pub(super) struct Answer {
+    pub detections: Vec<LabeledDetection>,
+    /// The decoded frame (annotated when the request asks).
+    pub image: Arc<RgbImage>,
+    pub timings: StageTimings,
+    pub batch_size: u32,
+    pub tracking: Option<FrameOrder>,
+    pub cell: Option<CellInspection>,
 }
 
 /// A frame decoded and made into its model input, not yet queued.
@@ -287,6 +301,36 @@ impl ModelStage {
             })
         })
         .await?
+    }
+
+    /// The frame's response: annotated if asked, its total time taken now, judged against its
+    /// budget. Named after this stage's pipeline and model.
+    pub async fn answer(
+        &self,
+        request: FrameRequest,
+        deadline: FrameDeadline,
+        answer: Answer,
+    ) -> Result<FrameResult, InspectError> {
+        let Answer { detections, image, mut timings, batch_size, tracking, cell } = answer;
+        let (image_width, image_height) = image.dimensions();
+        let image = request.annotate.then_some(image);
+        let (detections, annotated_jpeg) = self.annotate(image, detections, &mut timings).await?;
+        timings.total = request.received.elapsed();
+        Ok(FrameResult {
+            camera_id: request.camera_id,
+            sequence: request.sequence,
+            pipeline: self.pipeline.clone(),
+            model: self.manifest.name.clone(),
+            detections,
+            verdict: Verdict::judge(timings.total, deadline.budget),
+            timings,
+            annotated_jpeg,
+            batch_size,
+            image_width,
+            image_height,
+            tracking,
+            cell,
+        })
     }
 
     /// Draws `detections` on `image` (when there is one) on the CPU pool; the time counts as

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::detect::{DetectPipeline, Detected};
-use super::stage::{FrameDeadline, ModelStage, StageSetup, tensor_spec};
+use super::stage::{Answer, FrameDeadline, ModelStage, StageSetup, tensor_spec};
 use super::worker::{Inferred, JobInput};
-use super::{
-    FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StartError, TrackSettings, Verdict,
-};
+use super::{FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StartError, TrackSettings};
 use crate::detect::Detection;
 use crate::engine::EngineError;
 use crate::imaging::{CropBox, Preprocessor};
@@ -163,7 +161,7 @@ impl TrackPipeline {
     pub async fn inspect(&self, request: FrameRequest, admission: Placement) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
         let detected = self.detector.detect(&request, deadline).await?;
-        let Detected { detections, image, mut timings, batch_size, image_width, image_height } = detected;
+        let Detected { detections, image, mut timings, batch_size } = detected;
         let kept: Vec<LabeledDetection> = detections
             .into_iter()
             .filter(|d| self.tracked_classes.as_ref().is_none_or(|ids| ids.contains(&d.detection.class_id)))
@@ -205,24 +203,8 @@ impl TrackPipeline {
             }
         };
 
-        let image = request.annotate.then_some(image);
-        let (detections, annotated_jpeg) = self.embedder.annotate(image, detections, &mut timings).await?;
-        timings.total = request.received.elapsed();
-        Ok(FrameResult {
-            camera_id: request.camera_id,
-            sequence: request.sequence,
-            pipeline: self.name.clone(),
-            model: self.embedder.manifest.name.clone(),
-            detections,
-            verdict: Verdict::judge(timings.total, deadline.budget),
-            timings,
-            annotated_jpeg,
-            batch_size,
-            image_width,
-            image_height,
-            tracking: Some(tracking),
-            cell: None,
-        })
+        let answer = Answer { detections, image, timings, batch_size, tracking: Some(tracking), cell: None };
+        self.embedder.answer(request, deadline, answer).await
     }
 
     /// One embedding per detection: all crops of the frame in one job, batched with other frames'.
