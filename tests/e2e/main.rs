@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines, clippy::await_holding_lock)]
 
 mod bench_smoke;
+#[cfg(feature = "camera")]
+mod camera;
 mod cli;
 mod common;
 mod connections;

@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod bench;
+#[cfg(feature = "camera")]
+mod camera;
 #[cfg(feature = "cuda")]
 mod gpu_check;
+mod remote;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -70,6 +73,10 @@ enum Command {
     Bench(Box<BenchArgs>),
     /// Track MOTChallenge detections offline with the service's DeepSORT tracker.
     Mot(MotArgs),
+    /// Camera bridge: capture RTSP/HTTP streams, video files, V4L2 devices or GStreamer pipelines
+    /// (OpenCV) and stream each camera's newest frame to a server; answers as JSON lines.
+    #[cfg(feature = "camera")]
+    Camera(Box<camera::CameraArgs>),
     /// Spin THREADS busy threads for at most SECONDS: `bench --background-load` runs this in a
     /// process of its own.
     #[command(hide = true)]
@@ -165,46 +172,9 @@ struct BenchArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-    /// --server: bearer token sent on every call (for a server with [server.auth]).
-    #[arg(long, env = "LINESIGHT_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// --server with https://: PEM CA certificate the server's certificate must chain to.
-    #[arg(long)]
-    ca_cert: Option<PathBuf>,
-    /// --server with mutual TLS: this client's PEM certificate and key.
-    #[arg(long, requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    #[arg(long, requires = "client_cert")]
-    client_key: Option<PathBuf>,
-    /// --server with https://: the name the server's certificate must carry (default: the URL's host).
-    #[arg(long)]
-    tls_domain: Option<String>,
-}
-
-/// How `bench --server` reaches a server with TLS or tokens.
-fn bench_access(args: &BenchArgs) -> Result<bench::Access> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    let read = |path: &Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
-    let token = match &args.token {
-        Some(token) => Some(format!("Bearer {token}").parse().context("--token must be printable ASCII")?),
-        None => None,
-    };
-    let tls = if args.ca_cert.is_some() || args.client_cert.is_some() || args.tls_domain.is_some() {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &args.ca_cert {
-            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-        }
-        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
-        if let Some(domain) = &args.tls_domain {
-            tls = tls.domain_name(domain.clone());
-        }
-        Some(tls)
-    } else {
-        None
-    };
-    Ok(bench::Access { tls, token: bench::Bearer(token) })
+    /// --server: how to reach a server with TLS or tokens.
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
 }
 
 /// Input rows: `frame,-1,x,y,w,h,conf,-1,-1,-1[,e1..eK]`; output rows: `frame,id,x,y,w,h,conf,-1,-1,-1`.
@@ -280,6 +250,8 @@ fn main() -> Result<()> {
             runtime()?.block_on(infer(common, &pipeline, out_dir.as_deref(), !no_annotate, &images))
         }
         Command::Bench(args) => runtime()?.block_on(bench(*args)),
+        #[cfg(feature = "camera")]
+        Command::Camera(args) => runtime()?.block_on(camera::run(*args)),
         #[cfg(feature = "cuda")]
         Command::GpuCheck { common, frames, iterations, out } => {
             runtime()?.block_on(gpu_check(common, frames, iterations, out))
@@ -392,7 +364,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
         compare_batching: args.compare_batching,
         bare_runs: args.bare_runs,
         progress: !args.quiet,
-        access: bench_access(&args)?,
+        access: args.remote.access()?,
         overload: args.overload,
     };
     let background = BackgroundLoad::start(args.background_load)?;

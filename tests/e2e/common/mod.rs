@@ -25,16 +25,24 @@ impl TestServer {
     pub async fn start(config: Config) -> Self {
         let pipelines =
             Arc::new(Pipelines::start(&config.service_settings()).expect("pipelines start (run scripts/setup first)"));
-        Self::launch(Models::Loaded(pipelines), config).await
+        Self::launch(Models::Loaded(pipelines), config, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// A server on `addr` (e.g. where a stopped one listened), models loaded first.
+    #[cfg_attr(not(feature = "camera"), allow(dead_code))]
+    pub async fn start_at(config: Config, addr: SocketAddr) -> Self {
+        let pipelines =
+            Arc::new(Pipelines::start(&config.service_settings()).expect("pipelines start (run scripts/setup first)"));
+        Self::launch(Models::Loaded(pipelines), config, addr).await
     }
 
     /// A server that listens first and loads its models meanwhile (as `linesight serve`).
     pub async fn start_loading(config: Config) -> Self {
-        Self::launch(Models::Load(Box::new(config.clone())), config).await
+        Self::launch(Models::Load(Box::new(config.clone())), config, "127.0.0.1:0".parse().expect("addr")).await
     }
 
-    async fn launch(models: Models, config: Config) -> Self {
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    async fn launch(models: Models, config: Config, addr: SocketAddr) -> Self {
+        let grpc = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = grpc.local_addr().expect("addr");
         let metrics = match &config.server.metrics {
             Some(m) => Some(tokio::net::TcpListener::bind(m.listen).await.expect("bind metrics")),

@@ -10,11 +10,9 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use indicatif::ProgressBar;
 use tokio::time::Instant;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::BenchError;
-use linesight::api::proto::inspection_client::InspectionClient;
+use crate::remote::{self, Access, Client};
 use linesight::api::proto::{self, Image, InspectRequest, InspectResponse};
 
 /// How cameras talk to the server.
@@ -139,61 +137,11 @@ fn phase(camera: usize, fps: f64) -> Duration {
     Duration::from_secs_f64(((camera as f64 * GOLDEN).fract()) / fps)
 }
 
-/// How the bench reaches a server that wants TLS (`https://` endpoints) or a bearer token.
-#[derive(Clone, Default)]
-pub struct Access {
-    pub tls: Option<ClientTlsConfig>,
-    pub token: Bearer,
-}
-
-/// Adds `authorization: Bearer <token>` to every call, when there is a token.
-#[derive(Clone, Default)]
-pub struct Bearer(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A camera's client.
-pub type Client = InspectionClient<InterceptedService<Channel, Bearer>>;
-
-fn endpoint_config(endpoint: &str, access: &Access) -> Result<Endpoint, BenchError> {
-    let connect_error = |message: String| BenchError::Connect { endpoint: endpoint.to_owned(), message };
-    let mut config = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| connect_error(e.to_string()))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .initial_stream_window_size(4 << 20)
-        .initial_connection_window_size(16 << 20);
-    if let Some(tls) = &access.tls {
-        config = config.tls_config(tls.clone()).map_err(|e| connect_error(e.to_string()))?;
-    }
-    Ok(config)
-}
-
-/// One connection to `endpoint`.
-pub async fn connect_channel(endpoint: &str, access: &Access) -> Result<Channel, BenchError> {
-    endpoint_config(endpoint, access)?
-        .connect()
-        .await
-        .map_err(|e| BenchError::Connect { endpoint: endpoint.to_owned(), message: format!("{e:?}") })
-}
-
 /// Connects `cameras` clients to `endpoint`, each over its own HTTP/2 connection.
 pub async fn connect(endpoint: &str, cameras: usize, access: &Access) -> Result<Vec<Client>, BenchError> {
     let mut clients = Vec::with_capacity(cameras);
     for _ in 0..cameras {
-        let channel = connect_channel(endpoint, access).await?;
-        clients.push(
-            InspectionClient::with_interceptor(channel, access.token.clone())
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        );
+        clients.push(remote::connect(endpoint, access).await?);
     }
     Ok(clients)
 }

@@ -14,21 +14,22 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::remote::{self, Access};
 pub use bare::BareTiming;
 pub use capacity::{CapacityReport, Probe};
 use linesight::api::proto::ListPipelinesRequest;
 use linesight::config::Config;
 use linesight::pipeline::PipelineSettings;
 use linesight::pipeline::Pipelines;
-pub use load::{Access, Bearer, Frames, LoadSpec, Mode, Sample};
+pub use load::{Frames, LoadSpec, Mode, Sample};
 pub use report::LoadReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("frames: {0}")]
     Frames(String),
-    #[error("cannot connect to {endpoint}: {message}")]
-    Connect { endpoint: String, message: String },
+    #[error(transparent)]
+    Connect(#[from] remote::ConnectError),
     #[error("the server has no pipeline {pipeline:?} (it serves: {served})")]
     UnknownPipeline { pipeline: String, served: String },
     #[error("ListPipelines failed: {0}")]
@@ -184,7 +185,7 @@ const SERVING_TIMEOUT: Duration = Duration::from_secs(300);
 /// Waits for the server's health to say SERVING (a server just started is still loading models).
 async fn wait_until_serving(endpoint: &str, access: &Access) -> Result<(), BenchError> {
     use tonic_health::pb::health_check_response::ServingStatus;
-    let channel = load::connect_channel(endpoint, access).await?;
+    let channel = remote::connect_channel(endpoint, access).await?;
     let mut health = tonic_health::pb::health_client::HealthClient::with_interceptor(channel, access.token.clone());
     let started = std::time::Instant::now();
     let mut said_waiting = false;
