@@ -535,3 +535,57 @@ async fn an_http_mjpeg_camera_and_a_gstreamer_pipeline_are_sources_too() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_mutual_tls_and_tokens_is_reached_with_the_right_credentials_and_says_why_not_otherwise() {
+    use crate::security::{pki, tls_config, write};
+    let _machine = common::machine_shared();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = vtest_clip(dir.path(), 10);
+    let pki = pki();
+    let mut config = common::test_config();
+    config.server.tls = Some(tls_config(dir.path(), &pki, true));
+    let tokens = write(dir.path(), "tokens", "camera-token\n");
+    config.server.auth = Some(linesight::config::AuthConfig { tokens_file: Some(tokens), tokens_env: None });
+    let server = TestServer::start(config).await;
+    let client_cert = write(dir.path(), "client.pem", &pki.client.0);
+    let client_key = write(dir.path(), "client.key", &pki.client.1);
+    let https = format!("https://{}", server.addr);
+    let start = |token: &'static str, out: &Path| {
+        let args = [
+            "--source",
+            clip.to_str().unwrap(),
+            "--loop",
+            "--pipeline",
+            "detect",
+            "--server",
+            &https,
+            "--ca-cert",
+            dir.path().join("ca.pem").to_str().unwrap(),
+            "--client-cert",
+            client_cert.to_str().unwrap(),
+            "--client-key",
+            client_key.to_str().unwrap(),
+            "--tls-domain",
+            "localhost",
+            "--token",
+            token,
+        ]
+        .map(str::to_owned);
+        let out = out.to_owned();
+        async move { Bridge::start(&out, &args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let (good_dir, bad_dir) = (dir.path().join("good"), dir.path().join("bad"));
+    std::fs::create_dir_all(&good_dir).unwrap();
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    let good = start("camera-token", &good_dir).await;
+    let bad = start("not-the-token", &bad_dir).await;
+    good.wait_for("answers over mutual TLS", Duration::from_secs(60), |a| a.len() >= 5).await;
+    bad.wait_for_log(&["Server unreachable; reconnecting.", "bearer token is not accepted"], Duration::from_secs(30))
+        .await;
+    let (_, bad_answers, _) = bad.stop().await;
+    assert!(bad_answers.is_empty(), "a wrong token was let in");
+    let (summary, _, _) = good.stop().await;
+    assert_counts_add_up(&summary[0]);
+    server.stop().await;
+}

@@ -11,10 +11,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-struct Pki {
-    ca_pem: String,
+pub struct Pki {
+    pub ca_pem: String,
     server: (String, String),
-    client: (String, String),
+    pub client: (String, String),
     /// Signed by a CA the server does not trust.
     rogue_client: (String, String),
 }
@@ -33,7 +33,7 @@ fn leaf(names: &[&str], issuer: &CertifiedIssuer<'static, KeyPair>) -> (String, 
     (cert.pem(), key.serialize_pem())
 }
 
-fn pki() -> Pki {
+pub fn pki() -> Pki {
     let trusted = ca("linesight test CA");
     let rogue = ca("rogue CA");
     Pki {
@@ -44,13 +44,15 @@ fn pki() -> Pki {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+pub fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
     path
 }
 
-fn tls_config(dir: &Path, pki: &Pki, mutual: bool) -> TlsConfig {
+/// The server side of `pki`; with `mutual`, clients need a certificate from its CA too
+/// (written to `dir/ca.pem`).
+pub fn tls_config(dir: &Path, pki: &Pki, mutual: bool) -> TlsConfig {
     TlsConfig {
         cert_path: write(dir, "server.pem", &pki.server.0),
         key_path: write(dir, "server.key", &pki.server.1),
