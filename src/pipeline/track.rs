@@ -9,7 +9,7 @@ use super::detect::{DetectPipeline, Detected};
 use super::stage::{Answer, FrameDeadline, ModelStage, StageSetup, tensor_spec};
 use super::worker::{Inferred, JobInput};
 use super::{FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StartError, TrackSettings};
-use crate::detect::Detection;
+use crate::detect::{BBox, Detection};
 use crate::engine::EngineError;
 use crate::imaging::{CropBox, Preprocessor};
 use crate::model::{DecoderSpec, ModelManifest};
@@ -171,7 +171,15 @@ impl TrackPipeline {
             Placement::Refused(order) => (kept, order),
             Placement::Accepted(ticket) => {
                 let started = std::time::Instant::now();
-                let features = self.embed(&image, &kept, super::flow_of(&request.camera_id), deadline).await?;
+                let boxes: Vec<BBox> = kept.iter().map(|d| d.detection.bbox).collect();
+                // Boxes whose match is plain from motion go without an embedding
+                // (`embed_only_ambiguous`); the rest are embedded in one job.
+                let needed = ticket.needs_embedding(&boxes);
+                let wanted: Vec<BBox> = boxes.iter().zip(&needed).filter(|(_, n)| **n).map(|(b, _)| *b).collect();
+                let mut embedded =
+                    self.embed(&image, &wanted, super::flow_of(&request.camera_id), deadline).await?.into_iter();
+                let features: Vec<Vec<f32>> =
+                    needed.iter().map(|&n| if n { embedded.next().unwrap_or_default() } else { Vec::new() }).collect();
                 timings.embed = started.elapsed();
 
                 let started = std::time::Instant::now();
@@ -207,26 +215,18 @@ impl TrackPipeline {
         self.embedder.answer(request, deadline, answer).await
     }
 
-    /// One embedding per detection: all crops of the frame in one job, batched with other frames'.
+    /// One embedding per box: all crops of the frame in one job, batched with other frames'.
     async fn embed(
         &self,
         image: &Arc<image::RgbImage>,
-        detections: &[LabeledDetection],
+        boxes: &[BBox],
         flow: u64,
         deadline: FrameDeadline,
     ) -> Result<Vec<Vec<f32>>, InspectError> {
-        if detections.is_empty() {
+        if boxes.is_empty() {
             return Ok(Vec::new());
         }
-        let boxes: Vec<CropBox> = detections
-            .iter()
-            .map(|d| CropBox {
-                x1: d.detection.bbox.x1,
-                y1: d.detection.bbox.y1,
-                x2: d.detection.bbox.x2,
-                y2: d.detection.bbox.y2,
-            })
-            .collect();
+        let boxes: Vec<CropBox> = boxes.iter().map(|b| CropBox { x1: b.x1, y1: b.y1, x2: b.x2, y2: b.y2 }).collect();
         let rows = boxes.len();
         let input = if self.embedder.device_preprocess {
             // The worker's GPU crops and stretches straight from the frame.

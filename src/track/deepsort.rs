@@ -5,7 +5,7 @@
 use super::appearance::{Gallery, normalized};
 use super::assignment::{CostMatrix, INFEASIBLE, min_cost_matching};
 use super::kalman::{self, CHI2_INV95_4DOF, Gaussian, Measurement};
-use super::{GalleryUpdate, Observation, TrackedObject, TrackerParams};
+use super::{GalleryUpdate, Observation, ReportedBox, TrackedObject, TrackerParams};
 use crate::detect::BBox;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,8 @@ pub struct Track {
     pub class_id: u32,
     pub score: f32,
     gallery: Gallery,
+    /// Frames since an embedding last joined the gallery (or was offered to it).
+    frames_since_embedding: u32,
 }
 
 impl Track {
@@ -51,12 +53,16 @@ impl Track {
 struct Candidate {
     measurement: Measurement,
     bbox: BBox,
+    score: f32,
     feature: Option<Box<[f32]>>,
 }
 
 /// IoU of two (x1, y1, x2, y2) boxes in f64, as the reference computes it.
 fn iou(a: &[f64; 4], b: &BBox) -> f64 {
-    let b = [f64::from(b.x1), f64::from(b.y1), f64::from(b.x2), f64::from(b.y2)];
+    iou_corners(a, &[f64::from(b.x1), f64::from(b.y1), f64::from(b.x2), f64::from(b.y2)])
+}
+
+fn iou_corners(a: &[f64; 4], b: &[f64; 4]) -> f64 {
     let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     let inter = iw * ih;
@@ -116,6 +122,7 @@ impl Tracker {
             track.state = kalman::predict(&track.state);
             track.age += 1;
             track.time_since_update += 1;
+            track.frames_since_embedding = track.frames_since_embedding.saturating_add(1);
         }
         let usable: Vec<usize> = observations
             .iter()
@@ -127,12 +134,21 @@ impl Tracker {
             .iter()
             .map(|&i| {
                 let o = &observations[i];
-                Candidate { measurement: to_measurement(&o.bbox), bbox: o.bbox, feature: normalized(&o.feature) }
+                Candidate {
+                    measurement: to_measurement(&o.bbox),
+                    bbox: o.bbox,
+                    score: o.score,
+                    feature: normalized(&o.feature),
+                }
             })
             .collect();
 
-        let Association { matches, by_appearance, unmatched_tracks, unmatched_candidates } =
-            self.associate(&candidates);
+        let (high, low): (Vec<usize>, Vec<usize>) =
+            (0..candidates.len()).partition(|&c| candidates[c].score >= self.params.high_score);
+        let Association { mut matches, by_appearance, unmatched_tracks, unmatched_candidates } =
+            self.associate(&candidates, high);
+        let (second, unmatched_tracks) = self.associate_low_score(&candidates, low, unmatched_tracks);
+        matches.extend(second);
 
         let mut matched_this_frame = Vec::with_capacity(matches.len());
         for (i, &(t, c)) in matches.iter().enumerate() {
@@ -143,6 +159,7 @@ impl Tracker {
                 track.state = updated;
             }
             if let Some(f) = &candidate.feature {
+                track.frames_since_embedding = 0;
                 // A confirmed track keeps only embeddings that agree with its gallery (see
                 // `GalleryUpdate::Consistent`); a match made by motion alone still moves the track.
                 let admit = match self.params.gallery_update {
@@ -174,27 +191,99 @@ impl Tracker {
             }
         }
         for c in unmatched_candidates {
+            if candidates[c].score < self.params.new_track_score {
+                continue;
+            }
             self.spawn(&candidates[c], &observations[usable[c]]);
             // With n_init ≤ 1 a new track is confirmed at once and reported in its first frame.
             matched_this_frame.push((self.tracks.len() - 1, usable[c]));
         }
-        let mut output: Vec<TrackedObject> = matched_this_frame
+        let output = self.reported(&matched_this_frame, observations);
+        self.tracks.retain(|t| t.status != TrackStatus::Deleted);
+        output
+    }
+
+    /// The confirmed tracks among this frame's (track, observation) pairs, in track id order.
+    fn reported(&self, matched: &[(usize, usize)], observations: &[Observation]) -> Vec<TrackedObject> {
+        let mut output: Vec<TrackedObject> = matched
             .iter()
             .filter(|&&(t, _)| self.tracks[t].status == TrackStatus::Confirmed)
             .map(|&(t, observation)| {
                 let track = &self.tracks[t];
                 TrackedObject {
                     track_id: track.id,
-                    bbox: track.bbox(),
+                    bbox: match self.params.reported_box {
+                        ReportedBox::Filtered => track.bbox(),
+                        ReportedBox::Detection => observations[observation].bbox,
+                    },
                     class_id: track.class_id,
                     score: track.score,
                     observation,
                 }
             })
             .collect();
-        self.tracks.retain(|t| t.status != TrackStatus::Deleted);
         output.sort_by_key(|o| o.track_id);
         output
+    }
+
+    /// Which of this frame's boxes need an appearance embedding, judged from the tracks as they stand
+    /// before the frame (see `TrackerParams::embed_only_ambiguous`). A box may go without one when
+    /// exactly one confirmed track, matched in the previous frame and embedded within
+    /// `embedding_refresh_frames`, overlaps it by IoU ≥ `unambiguous_iou`, and no other track
+    /// overlaps that box and no other box overlaps that track (IoU ≥ 0.1 either way): then motion
+    /// and IoU alone decide the match. Every box needs one when the policy is off.
+    pub fn needs_embedding(&self, boxes: &[BBox]) -> Vec<bool> {
+        if !self.params.embed_only_ambiguous {
+            return vec![true; boxes.len()];
+        }
+        const NEAR: f64 = 0.1;
+        let predicted: Vec<[f64; 4]> = self
+            .tracks
+            .iter()
+            .map(|t| {
+                let p = kalman::predict(&t.state).mean;
+                let (h, w) = (p[3], p[2] * p[3]);
+                [p[0] - w / 2.0, p[1] - h / 2.0, p[0] + w / 2.0, p[1] + h / 2.0]
+            })
+            .collect();
+        let boxes: Vec<[f64; 4]> =
+            boxes.iter().map(|b| [f64::from(b.x1), f64::from(b.y1), f64::from(b.x2), f64::from(b.y2)]).collect();
+        let overlap: Vec<Vec<f64>> =
+            boxes.iter().map(|b| predicted.iter().map(|p| iou_corners(p, b)).collect()).collect();
+        (0..boxes.len())
+            .map(|d| {
+                let near: Vec<usize> = (0..predicted.len()).filter(|&t| overlap[d][t] >= NEAR).collect();
+                let [t] = near[..] else { return true };
+                let track = &self.tracks[t];
+                let plain = track.status == TrackStatus::Confirmed
+                    && track.time_since_update == 0
+                    && !track.gallery.is_empty()
+                    && track.frames_since_embedding + 1 < self.params.embedding_refresh_frames
+                    && overlap[d][t] >= self.params.unambiguous_iou
+                    && (0..boxes.len()).all(|other| other == d || overlap[other][t] < NEAR);
+                !plain
+            })
+            .collect()
+    }
+
+    /// ByteTrack's second association: low-score detections matched by IoU alone to the confirmed
+    /// tracks left unmatched, among those IoU matching may offer. Returns the matches and the tracks
+    /// still unmatched.
+    fn associate_low_score(
+        &self,
+        candidates: &[Candidate],
+        low: Vec<usize>,
+        unmatched_tracks: Vec<usize>,
+    ) -> (Vec<(usize, usize)>, Vec<usize>) {
+        if low.is_empty() {
+            return (Vec::new(), unmatched_tracks);
+        }
+        let (eligible, mut rest): (Vec<usize>, Vec<usize>) =
+            unmatched_tracks.into_iter().partition(|&t| self.tracks[t].status == TrackStatus::Confirmed);
+        let cost = self.iou_cost(&eligible, &low, candidates);
+        let a = min_cost_matching(&cost, self.params.low_score_max_iou_distance);
+        rest.extend(a.unmatched_rows.iter().map(|&r| eligible[r]));
+        (a.matches.iter().map(|&(r, c)| (eligible[r], low[c])).collect(), rest)
     }
 
     fn spawn(&mut self, candidate: &Candidate, obs: &Observation) {
@@ -213,11 +302,13 @@ impl Tracker {
             class_id: obs.class_id,
             score: obs.score,
             gallery,
+            frames_since_embedding: 0,
         });
         self.next_id += 1;
     }
 
-    fn associate(&self, candidates: &[Candidate]) -> Association {
+    /// DeepSORT's matching of the `pool` candidates: the appearance cascade, then IoU.
+    fn associate(&self, candidates: &[Candidate], pool: Vec<usize>) -> Association {
         let confirmed: Vec<usize> =
             (0..self.tracks.len()).filter(|&i| self.tracks[i].status == TrackStatus::Confirmed).collect();
         let unconfirmed: Vec<usize> =
@@ -225,7 +316,7 @@ impl Tracker {
 
         // Matching cascade: tracks seen more recently get the first pick of the detections.
         let mut matches = Vec::new();
-        let mut unmatched: Vec<usize> = (0..candidates.len()).collect();
+        let mut unmatched = pool;
         for level in 0..self.params.max_age {
             if unmatched.is_empty() {
                 break;
@@ -250,11 +341,11 @@ impl Tracker {
         let by_appearance = matches.len();
         let missed_by_cascade: Vec<usize> = confirmed.iter().copied().filter(|&t| !cascade_matched[t]).collect();
 
-        // IoU matching for tentative tracks and confirmed tracks missed only in the previous frame.
+        // IoU matching for tentative tracks and confirmed tracks missed for up to `iou_max_age` frames.
+        let recent = |t: usize| self.tracks[t].time_since_update <= self.params.iou_max_age;
         let mut iou_tracks = unconfirmed;
-        iou_tracks.extend(missed_by_cascade.iter().copied().filter(|&t| self.tracks[t].time_since_update == 1));
-        let mut unmatched_tracks: Vec<usize> =
-            missed_by_cascade.iter().copied().filter(|&t| self.tracks[t].time_since_update != 1).collect();
+        iou_tracks.extend(missed_by_cascade.iter().copied().filter(|&t| recent(t)));
+        let mut unmatched_tracks: Vec<usize> = missed_by_cascade.iter().copied().filter(|&t| !recent(t)).collect();
         let cost = self.iou_cost(&iou_tracks, &unmatched, candidates);
         let a = min_cost_matching(&cost, self.params.max_iou_distance);
         matches.extend(a.matches.iter().map(|&(r, c)| (iou_tracks[r], unmatched[c])));
@@ -293,8 +384,11 @@ impl Tracker {
             let track = &self.tracks[t];
             let bbox = track.corners();
             for (col, &c) in cols.iter().enumerate() {
-                let value =
-                    if track.time_since_update > 1 { INFEASIBLE } else { 1.0 - iou(&bbox, &candidates[c].bbox) };
+                let value = if track.time_since_update > self.params.iou_max_age {
+                    INFEASIBLE
+                } else {
+                    1.0 - iou(&bbox, &candidates[c].bbox)
+                };
                 cost.set(row, col, value);
             }
         }
@@ -433,6 +527,94 @@ mod tests {
         assert!(seen.len() >= 30, "{} frames with both tracked", seen.len());
         assert!(seen.iter().all(|&ids| ids == seen[0]), "ids changed: {seen:?}");
         assert_ne!(seen[0].0, seen[0].1);
+    }
+
+    fn scored(x: f32, score: f32, feature: &[f32]) -> Observation {
+        Observation { score, ..obs(x, 100.0, 50.0, 100.0, feature) }
+    }
+
+    #[test]
+    fn a_low_score_box_keeps_a_track_alive_but_never_starts_one() {
+        let params = TrackerParams { high_score: 0.5, new_track_score: 0.6, ..TrackerParams::default() };
+        let mut tracker = Tracker::new(params);
+        for frame in 0..3 {
+            tracker.step(&[scored(100.0 + 2.0 * frame as f32, 0.9, &[1.0, 0.0])]);
+        }
+        // An occluded frame: the person's box scores 0.3 and carries someone else's appearance;
+        // a low-score clutter box elsewhere must not become a track.
+        let out = tracker.step(&[scored(106.0, 0.3, &[0.0, 1.0]), scored(400.0, 0.3, &[0.0, 1.0])]);
+        assert_eq!(out.iter().map(|o| (o.track_id, o.observation)).collect::<Vec<_>>(), vec![(1, 0)]);
+        assert_eq!(tracker.tracks().len(), 1, "the clutter box started a track");
+        // A high-score box under new_track_score does not start one either.
+        tracker.step(&[scored(108.0, 0.9, &[1.0, 0.0]), scored(400.0, 0.55, &[0.0, 1.0])]);
+        assert_eq!(tracker.tracks().len(), 1);
+        // With DeepSORT's settings every box is high-score and starts a track.
+        let mut paper = Tracker::new(TrackerParams::deep_sort());
+        paper.step(&[scored(400.0, 0.05, &[])]);
+        assert_eq!(paper.tracks().len(), 1);
+    }
+
+    #[test]
+    fn iou_matching_finds_a_track_missed_for_a_few_frames_only_when_allowed() {
+        for (iou_max_age, expected) in [(1, vec![2]), (5, vec![1])] {
+            let params = TrackerParams { iou_max_age, ..TrackerParams::default() };
+            let mut tracker = Tracker::new(params);
+            for frame in 0..5 {
+                tracker.step(&[obs(100.0 + 4.0 * frame as f32, 100.0, 50.0, 100.0, &[0.0, 1.0])]);
+            }
+            tracker.step(&[]);
+            tracker.step(&[]);
+            // Where the track was heading, with an appearance the cascade refuses (a changed view):
+            // only IoU matching can take it, and only for a track missed more than once if
+            // iou_max_age allows.
+            let mut seen = Vec::new();
+            for frame in 7..10 {
+                let out = tracker.step(&[obs(100.0 + 4.0 * frame as f32, 100.0, 50.0, 100.0, &[1.0, 0.0])]);
+                seen.extend(out.iter().map(|o| o.track_id));
+            }
+            seen.dedup();
+            assert_eq!(seen, expected, "iou_max_age {iou_max_age}");
+        }
+    }
+
+    #[test]
+    fn only_boxes_whose_match_is_not_plain_need_an_embedding() {
+        let params =
+            TrackerParams { embed_only_ambiguous: true, embedding_refresh_frames: 4, ..TrackerParams::default() };
+        let mut tracker = Tracker::new(params);
+        let b = |x: f32| BBox { x1: x, y1: 100.0, x2: x + 50.0, y2: 200.0 };
+        // Nothing tracked yet: every box needs one.
+        assert_eq!(tracker.needs_embedding(&[b(100.0)]), vec![true]);
+        for _ in 0..3 {
+            tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &[1.0, 0.0]), obs(300.0, 100.0, 50.0, 100.0, &[0.0, 1.0])]);
+        }
+        // Each box sits on its own confirmed track, far from the other: plain.
+        assert_eq!(tracker.needs_embedding(&[b(101.0), b(301.0)]), vec![false, false]);
+        // A box in between overlaps neither enough; a second box on a track makes both on it ambiguous.
+        assert_eq!(tracker.needs_embedding(&[b(101.0), b(200.0)]), vec![false, true]);
+        assert_eq!(tracker.needs_embedding(&[b(101.0), b(120.0), b(301.0)]), vec![true, true, false]);
+        // After refresh − 1 frames without an embedding the track asks for one again.
+        for _ in 0..3 {
+            tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &[]), obs(300.0, 100.0, 50.0, 100.0, &[0.0, 1.0])]);
+        }
+        assert_eq!(tracker.needs_embedding(&[b(101.0), b(301.0)]), vec![true, false]);
+        // Off, every box needs one.
+        let off = Tracker::new(TrackerParams { embed_only_ambiguous: false, ..params });
+        assert_eq!(off.needs_embedding(&[b(1.0), b(2.0)]), vec![true, true]);
+    }
+
+    #[test]
+    fn the_reported_box_is_the_detection_or_the_filtered_one_as_configured() {
+        let mut boxes = Vec::new();
+        for reported_box in [ReportedBox::Detection, ReportedBox::Filtered] {
+            let mut tracker = Tracker::new(TrackerParams { reported_box, n_init: 1, ..TrackerParams::default() });
+            tracker.step(&[obs(100.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]);
+            let out = tracker.step(&[obs(110.0, 100.0, 50.0, 100.0, &[1.0, 0.0])]);
+            boxes.push(out[0].bbox);
+        }
+        assert_eq!(boxes[0], obs(110.0, 100.0, 50.0, 100.0, &[]).bbox);
+        // The filter is still between the two positions after one update.
+        assert!(boxes[1].x1 > 100.0 && boxes[1].x1 < 110.0, "{:?}", boxes[1]);
     }
 
     #[test]

@@ -15,7 +15,10 @@ pub use assignment::{Assignment, CostMatrix, INFEASIBLE, min_cost_matching};
 pub use deepsort::{Track, TrackStatus, Tracker};
 pub use registry::{FrameOrder, Placement, Registry, RegistryStats, Ticket, TrackedFrame};
 
-/// DeepSORT's parameters; defaults are the paper's.
+/// The tracker's parameters. DeepSORT's own are first; the rest add ByteTrack's use of detection
+/// scores and let lost tracks be found again by IoU. `TrackerParams::deep_sort()` is the paper's
+/// tracker exactly; the defaults were chosen on the tuning part of `eval/mot_grid.py`'s grid
+/// (docs/evaluation.md).
 /// In a config file these are keys of `[pipelines.<name>.tracker]`; `linesight mot` takes the same
 /// names as `--tracker key=value`. Unknown keys are rejected by the table that holds them.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
@@ -33,6 +36,40 @@ pub struct TrackerParams {
     pub nn_budget: usize,
     /// Which matched detections' embeddings join a track's gallery.
     pub gallery_update: GalleryUpdate,
+    /// Detections scoring below this are low-score: they never start a track and are matched, by
+    /// IoU only, to the tracks the high-score detections left (ByteTrack's second association), so
+    /// an occluded person's weak box keeps their track alive. 0 makes every detection high-score.
+    pub high_score: f32,
+    /// The second association accepts low-score pairs with 1 − IoU up to this.
+    pub low_score_max_iou_distance: f64,
+    /// Unmatched high-score detections start a track only when scoring at least this.
+    pub new_track_score: f32,
+    /// IoU matching also offers confirmed tracks missed for up to this many frames (their Kalman
+    /// prediction), not only those missed once, so a track lost without a usable embedding can still
+    /// be found where it was going. DeepSORT: 1.
+    pub iou_max_age: u32,
+    /// Skip the appearance embedding of a detection whose match is plain from motion: one confirmed
+    /// track, seen in the previous frame, overlaps it by IoU ≥ `unambiguous_iou` and nothing else is
+    /// near either of them (see `Tracker::needs_embedding`). Only callers that embed on demand (the
+    /// `track` pipeline, `linesight mot` when simulating it) act on this.
+    pub embed_only_ambiguous: bool,
+    /// IoU a track's prediction and a detection need for their match to count as plain.
+    pub unambiguous_iou: f64,
+    /// A track's embedding is refreshed at least every this many frames even while its matches are
+    /// plain, so its gallery follows a changing appearance.
+    pub embedding_refresh_frames: u32,
+    /// Which box a tracked object reports.
+    pub reported_box: ReportedBox,
+}
+
+/// The box reported for a track updated in a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportedBox {
+    /// The matched detection's own box (as ByteTrack reports): exact where the detector is.
+    Detection,
+    /// The Kalman-filtered box after the update (the paper's reference code).
+    Filtered,
 }
 
 /// Which embeddings join a confirmed track's gallery.
@@ -49,6 +86,47 @@ pub enum GalleryUpdate {
     Every,
 }
 
+/// `TrackerParams::deep_sort()` as a `[tracker]` table: paste it into a config file (or pass
+/// `linesight mot --deep-sort`) to get the paper's tracker.
+pub const DEEP_SORT_SETTINGS: &str = r#"max_age = 30
+n_init = 3
+max_iou_distance = 0.7
+max_cosine_distance = 0.2
+nn_budget = 100
+gallery_update = "every"
+high_score = 0.0
+new_track_score = 0.0
+iou_max_age = 1
+embed_only_ambiguous = false
+reported_box = "filtered"
+"#;
+
+impl TrackerParams {
+    /// The DeepSORT paper's tracker: every detection high-score and able to start a track, IoU
+    /// matching only for tracks missed once, every detection embedded.
+    pub fn deep_sort() -> Self {
+        Self {
+            max_age: 30,
+            n_init: 3,
+            max_iou_distance: 0.7,
+            max_cosine_distance: 0.2,
+            nn_budget: 100,
+            gallery_update: GalleryUpdate::Every,
+            high_score: 0.0,
+            low_score_max_iou_distance: 0.5,
+            new_track_score: 0.0,
+            iou_max_age: 1,
+            embed_only_ambiguous: false,
+            unambiguous_iou: 0.5,
+            embedding_refresh_frames: 10,
+            reported_box: ReportedBox::Filtered,
+        }
+    }
+}
+
+// TODO(#17): the tuning grid picked iou_max_age = 3, reported_box = "detection",
+// embed_only_ambiguous = true (eval/results/mot_grid_tune.md); they become the defaults once the
+// `track` pipeline's latency with them is measured.
 impl Default for TrackerParams {
     fn default() -> Self {
         Self {
@@ -58,6 +136,14 @@ impl Default for TrackerParams {
             max_cosine_distance: 0.2,
             nn_budget: 100,
             gallery_update: GalleryUpdate::Consistent,
+            high_score: 0.0,
+            low_score_max_iou_distance: 0.5,
+            new_track_score: 0.0,
+            iou_max_age: 1,
+            embed_only_ambiguous: false,
+            unambiguous_iou: 0.5,
+            embedding_refresh_frames: 10,
+            reported_box: ReportedBox::Filtered,
         }
     }
 }
@@ -77,11 +163,22 @@ pub struct Observation {
 pub struct TrackedObject {
     /// Unique within its camera; never 0.
     pub track_id: u64,
-    /// The Kalman-filtered box.
+    /// The Kalman-filtered box or the detection's (`TrackerParams::reported_box`).
     pub bbox: BBox,
     /// Class and score of the detection matched in this frame.
     pub class_id: u32,
     pub score: f32,
     /// Index of that detection among the frame's observations.
     pub observation: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deep_sort_settings_table_is_the_deep_sort_tracker() {
+        let parsed: TrackerParams = toml::from_str(DEEP_SORT_SETTINGS).unwrap();
+        assert_eq!(parsed, TrackerParams::deep_sort());
+    }
 }

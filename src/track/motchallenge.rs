@@ -78,7 +78,9 @@ pub fn read_detections(input: impl BufRead, min_confidence: f32) -> Result<Frame
 }
 
 /// Runs the tracker over every frame from the first to the last (frames with no rows included, as
-/// steps without detections) and writes the confirmed tracks updated in each frame.
+/// steps without detections) and writes the confirmed tracks updated in each frame. With
+/// `embed_only_ambiguous` set, the embeddings the `track` pipeline would not compute are dropped
+/// before each step, so the evaluation sees what the service's tracker sees.
 pub fn track_sequence(
     tracker: &mut Tracker,
     frames: &FrameDetections,
@@ -91,8 +93,24 @@ pub fn track_sequence(
     let empty = Vec::new();
     for frame in first..=last {
         let observations = frames.get(&frame).unwrap_or(&empty);
-        let objects = tracker.step(observations);
+        let objects = if tracker.params().embed_only_ambiguous {
+            let boxes: Vec<BBox> = observations.iter().map(|o| o.bbox).collect();
+            let needed = tracker.needs_embedding(&boxes);
+            summary.embeddings_skipped += needed.iter().filter(|&&n| !n).count();
+            let seen: Vec<Observation> = observations
+                .iter()
+                .zip(needed)
+                .map(|(o, needed)| Observation {
+                    feature: if needed { o.feature.clone() } else { Vec::new() },
+                    ..o.clone()
+                })
+                .collect();
+            tracker.step(&seen)
+        } else {
+            tracker.step(observations)
+        };
         summary.frames += 1;
+        summary.observations += observations.len();
         summary.rows += objects.len();
         for TrackedObject { track_id, bbox, score, .. } in &objects {
             summary.max_track_id = summary.max_track_id.max(*track_id);
@@ -116,6 +134,9 @@ pub struct TrackSummary {
     pub frames: u64,
     pub rows: usize,
     pub max_track_id: u64,
+    pub observations: usize,
+    /// Detections whose embedding was dropped as not needed (`embed_only_ambiguous`).
+    pub embeddings_skipped: usize,
 }
 
 #[cfg(test)]
@@ -151,6 +172,9 @@ mod tests {
         let frames_out: Vec<&str> = out.lines().map(|l| l.split(',').next().unwrap()).collect();
         assert_eq!(frames_out, vec!["7", "8"], "{out}");
         assert!(out.lines().all(|l| l.split(',').nth(1) == Some("1")));
-        assert_eq!(summary, TrackSummary { frames: 4, rows: 2, max_track_id: 1 });
+        assert_eq!(
+            summary,
+            TrackSummary { frames: 4, rows: 2, max_track_id: 1, observations: 4, embeddings_skipped: 0 }
+        );
     }
 }

@@ -101,6 +101,17 @@ impl Ticket {
         self.sequence
     }
 
+    /// Which of the frame's boxes need an appearance embedding (`Tracker::needs_embedding`). While
+    /// an earlier frame of the camera is still in flight the tracks are not where this frame will
+    /// find them, so every box needs one.
+    pub fn needs_embedding(&self, boxes: &[crate::detect::BBox]) -> Vec<bool> {
+        let camera = self.camera.lock();
+        if camera.in_flight.range(..self.sequence).next().is_some() {
+            return vec![true; boxes.len()];
+        }
+        camera.tracker.needs_embedding(boxes)
+    }
+
     /// Hands over the frame's detections; the receiver yields once every earlier frame of the
     /// camera has been applied or abandoned and this one has been tracked.
     pub fn complete(mut self, observations: Vec<Observation>) -> oneshot::Receiver<TrackedFrame> {

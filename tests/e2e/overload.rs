@@ -228,9 +228,13 @@ async fn six_clients_back_to_back_keep_goodput_near_one_clients_capacity() {
         tally.merge(client.expect("client task"));
     }
     let goodput = tally.within_budget as f64 / LOAD.as_secs_f64();
+    // A shared machine's speed drifts within seconds: the capacity is measured on both sides of the
+    // load and their mean is what the load is held to.
+    let (capacity_after, _) = capacity(&server).await;
+    let capacity_fps = (capacity_fps + capacity_after) / 2.0;
     eprintln!(
-        "closed loop x6: capacity {capacity_fps:.1} fps at {service_ms:.1} ms/frame, budget {budget_ms} ms; {}; \
-         goodput {goodput:.1} fps = {:.2} x capacity",
+        "closed loop x6: capacity {capacity_fps:.1} fps (mean of before and after, after {capacity_after:.1}) at \
+         {service_ms:.1} ms/frame, budget {budget_ms} ms; {}; goodput {goodput:.1} fps = {:.2} x capacity",
         tally.brief(),
         goodput / capacity_fps
     );

@@ -194,17 +194,25 @@ struct MotArgs {
     /// `gallery_update=every`. Repeat for several; the rest keep their defaults.
     #[arg(long = "tracker", value_name = "KEY=VALUE")]
     tracker: Vec<String>,
+    /// Start from the DeepSORT paper's tracker (`track::DEEP_SORT_SETTINGS`) instead of the
+    /// defaults; `--tracker` settings still apply on top.
+    #[arg(long)]
+    deep_sort: bool,
 }
 
 /// `--tracker` settings read into the same type a config file's tracker table is read into.
-fn tracker_params(settings: &[String]) -> Result<TrackerParams> {
+fn tracker_params(settings: &[String], deep_sort: bool) -> Result<TrackerParams> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Tracker {
         #[serde(flatten)]
         params: TrackerParams,
     }
-    let mut table = toml::Table::new();
+    let mut table = if deep_sort {
+        toml::from_str::<toml::Table>(linesight::track::DEEP_SORT_SETTINGS).context("DeepSORT settings")?
+    } else {
+        toml::Table::new()
+    };
     for setting in settings {
         let (key, value) =
             setting.split_once('=').with_context(|| format!("--tracker {setting}: expected KEY=VALUE"))?;
@@ -440,7 +448,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn mot(args: &MotArgs) -> Result<()> {
-    let params = tracker_params(&args.tracker)?;
+    let params = tracker_params(&args.tracker, args.deep_sort)?;
     let input =
         std::fs::File::open(&args.detections).with_context(|| format!("cannot open {}", args.detections.display()))?;
     let frames = motchallenge::read_detections(std::io::BufReader::new(input), args.min_confidence)
@@ -450,10 +458,12 @@ fn mot(args: &MotArgs) -> Result<()> {
     let summary = motchallenge::track_sequence(&mut Tracker::new(params), &frames, std::io::BufWriter::new(out))?;
     let elapsed = started.elapsed();
     eprintln!(
-        "{} frames, {} track rows, {} track ids, {:.3} ms per frame",
+        "{} frames, {} track rows, {} track ids, {} of {} embeddings skipped, {:.3} ms per frame",
         summary.frames,
         summary.rows,
         summary.max_track_id,
+        summary.embeddings_skipped,
+        summary.observations,
         elapsed.as_secs_f64() * 1e3 / summary.frames.max(1) as f64
     );
     Ok(())
