@@ -128,23 +128,9 @@ impl TrackerParams {
 // embed_only_ambiguous = true (eval/results/mot_grid_tune.md); they become the defaults once the
 // `track` pipeline's latency with them is measured.
 impl Default for TrackerParams {
+    /// The paper's tracker with the consistent gallery policy.
     fn default() -> Self {
-        Self {
-            max_age: 30,
-            n_init: 3,
-            max_iou_distance: 0.7,
-            max_cosine_distance: 0.2,
-            nn_budget: 100,
-            gallery_update: GalleryUpdate::Consistent,
-            high_score: 0.0,
-            low_score_max_iou_distance: 0.5,
-            new_track_score: 0.0,
-            iou_max_age: 1,
-            embed_only_ambiguous: false,
-            unambiguous_iou: 0.5,
-            embedding_refresh_frames: 10,
-            reported_box: ReportedBox::Filtered,
-        }
+        Self { gallery_update: GalleryUpdate::Consistent, ..Self::deep_sort() }
     }
 }
 
