@@ -83,23 +83,15 @@ def auc(pos, neg):
     return float(((len(neg) - less - equal) + 0.5 * equal).sum() / (len(pos) * len(neg)))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--frames", required=True)
-    ap.add_argument("--count", type=int, default=300)
-    ap.add_argument("--gap", type=int, default=10)
-    ap.add_argument("--detector", default="models/nanodet-g")
-    ap.add_argument("--embedder", default="models/mobilenetv2-reid/model.onnx")
-    args = ap.parse_args()
-
+def person_crops_and_pairs(frames_dir, count, gap, detector_dir):
+    """NanoDet-g person crops of the first `count` frames, keyed (frame, box), and the positive and
+    negative pairs of keys (see the module doc)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
-    mdir = Path(args.detector)
+    mdir = Path(detector_dir)
     spec = tomllib.loads((mdir / "model.toml").read_text())
     detector = ort.InferenceSession(str(mdir / "model.onnx"), so, providers=["CPUExecutionProvider"])
-    embedder = ort.InferenceSession(args.embedder, so, providers=["CPUExecutionProvider"])
-
-    paths = sorted(Path(args.frames).glob("*.jpg"))[: args.count]
+    paths = sorted(Path(frames_dir).glob("*.jpg"))[:count]
     images, per_frame = [], []
     for p in paths:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -113,23 +105,45 @@ def main():
             x1, y1, x2, y2 = (int(round(v)) for v in b)
             crops[(t, j)] = images[t][y1:y2, x1:x2]
     links = chains(per_frame)
-    positives = [(c[i], c[i + args.gap]) for c in links for i in range(len(c) - args.gap)]
+    positives = [(c[i], c[i + gap]) for c in links for i in range(len(c) - gap)]
     negatives = [((t, a), (t, b)) for t, boxes in enumerate(per_frame) for a in range(len(boxes)) for b in range(a + 1, len(boxes))]
-    keys = sorted(crops)
+    return len(paths), crops, links, positives, negatives
+
+
+def measure(session, crops, keys, positives, negatives, size):
+    """Embeddings of every crop (rows in `keys` order), positive and negative pair distances, and
+    15 timings (ms per crop) of a batch of 10 crops."""
     index = {k: i for i, k in enumerate(keys)}
-    report = {"frames": len(paths), "crops": len(keys), "chains_used": sum(len(c) > args.gap for c in links),
+    feats = np.concatenate([embed(session, [crops[k] for k in keys[i : i + 32]], size) for i in range(0, len(keys), 32)])
+    dist = lambda pairs: np.array([1.0 - float(feats[index[a]] @ feats[index[b]]) for a, b in pairs])
+    batch = [crops[k] for k in keys[:10]]
+    embed(session, batch, size)
+    times = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        embed(session, batch, size)
+        times.append((time.perf_counter() - t0) / len(batch) * 1e3)
+    return feats, dist(positives), dist(negatives), times
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frames", required=True)
+    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--gap", type=int, default=10)
+    ap.add_argument("--detector", default="models/nanodet-g")
+    ap.add_argument("--embedder", default="models/mobilenetv2-reid/model.onnx")
+    args = ap.parse_args()
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    embedder = ort.InferenceSession(args.embedder, so, providers=["CPUExecutionProvider"])
+    frames, crops, links, positives, negatives = person_crops_and_pairs(args.frames, args.count, args.gap, args.detector)
+    keys = sorted(crops)
+    report = {"frames": frames, "crops": len(keys), "chains_used": sum(len(c) > args.gap for c in links),
               "positives": len(positives), "negatives": len(negatives), "gap": args.gap, "sizes": []}
     for size in SIZES:
-        feats = np.concatenate([embed(embedder, [crops[k] for k in keys[i : i + 32]], size) for i in range(0, len(keys), 32)])
-        dist = lambda pairs: np.array([1.0 - float(feats[index[a]] @ feats[index[b]]) for a, b in pairs])
-        dp, dn = dist(positives), dist(negatives)
-        batch = [crops[k] for k in keys[:10]]
-        embed(embedder, batch, size)
-        times = []
-        for _ in range(15):
-            t0 = time.perf_counter()
-            embed(embedder, batch, size)
-            times.append((time.perf_counter() - t0) / len(batch) * 1e3)
+        feats, dp, dn, times = measure(embedder, crops, keys, positives, negatives, size)
         row = {
             "height": size[0], "width": size[1],
             "auc": round(auc(dp, dn), 4),

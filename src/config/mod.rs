@@ -435,6 +435,9 @@ mod tests {
         let text = include_str!("../../linesight.example.toml");
         let config = Config::from_toml(text).expect("example config");
         assert_eq!(config.default_pipeline, "detect");
+        // The example spells out the tracker's defaults: it must not drift from them.
+        let track = config.pipelines.get("track").and_then(|p| p.as_track()).expect("track pipeline");
+        assert_eq!(track.tracker.params, crate::track::TrackerParams::default());
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl ModelStage {
         if self.queue.refuse_on_arrival(flow, deadline.deadlines()) {
             return Err(InspectError::Shed { limit: deadline.limit, waited: Duration::ZERO });
         }
-        let prepared = self.prepare(image).await?;
+        let prepared = self.prepare(image, flow, deadline).await?;
         let inferred = self.infer(prepared.input, 1, flow, deadline).await?;
         Ok(InferredFrame {
             timings: StageTimings {
@@ -271,12 +271,19 @@ impl ModelStage {
     }
 
     /// Decodes the frame and letterboxes it into the model input, on the bounded CPU pool (with
-    /// GPU preprocessing, only the geometry is worked out here).
-    async fn prepare(&self, image: ImageInput) -> Result<Prepared, InspectError> {
+    /// GPU preprocessing, only the geometry is worked out here). The wait for a CPU worker is a
+    /// queue the batcher does not see: on a busy machine it can outlast the frame's chances, so the
+    /// frame is judged again once it has a worker, before the decode is spent on it.
+    async fn prepare(&self, image: ImageInput, flow: u64, deadline: FrameDeadline) -> Result<Prepared, InspectError> {
         let spec = self.spec;
         let limits = self.context.decode_limits;
         let on_device = self.device_preprocess;
-        self.on_cpu_pool(move || -> Result<Prepared, InspectError> {
+        let asked = tokio::time::Instant::now();
+        let permit = self.context.cpu_permits.acquire().await.map_err(|_| InspectError::ShuttingDown)?;
+        if self.queue.refuse_on_arrival(flow, deadline.deadlines()) {
+            return Err(InspectError::Shed { limit: deadline.limit, waited: asked.elapsed() });
+        }
+        self.on_cpu_pool_with(permit, move || -> Result<Prepared, InspectError> {
             let t0 = std::time::Instant::now();
             let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
             let decode = t0.elapsed();
@@ -360,8 +367,19 @@ impl ModelStage {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InspectError> {
-        let _permit = self.context.cpu_permits.acquire().await.map_err(|_| InspectError::ShuttingDown)?;
-        tokio::task::spawn_blocking(work).await.map_err(|e| InspectError::Internal(format!("CPU stage failed: {e}")))
+        let permit = self.context.cpu_permits.acquire().await.map_err(|_| InspectError::ShuttingDown)?;
+        self.on_cpu_pool_with(permit, work).await
+    }
+
+    /// `work` on the CPU pool under a permit already taken.
+    async fn on_cpu_pool_with<T: Send + 'static>(
+        &self,
+        permit: tokio::sync::SemaphorePermit<'_>,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, InspectError> {
+        let done = tokio::task::spawn_blocking(work).await;
+        drop(permit);
+        done.map_err(|e| InspectError::Internal(format!("CPU stage failed: {e}")))
     }
 }
 

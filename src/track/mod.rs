@@ -124,13 +124,18 @@ impl TrackerParams {
     }
 }
 
-// TODO(#17): the tuning grid picked iou_max_age = 3, reported_box = "detection",
-// embed_only_ambiguous = true (eval/results/mot_grid_tune.md); they become the defaults once the
-// `track` pipeline's latency with them is measured.
 impl Default for TrackerParams {
-    /// The paper's tracker with the consistent gallery policy.
+    /// The paper's tracker with the choices the tuning part of `eval/mot_grid.py` made: the
+    /// consistent gallery policy, IoU matching that reaches tracks missed for up to 3 frames, the
+    /// detection's own box reported, and embeddings only where the match is not plain from motion.
     fn default() -> Self {
-        Self { gallery_update: GalleryUpdate::Consistent, ..Self::deep_sort() }
+        Self {
+            gallery_update: GalleryUpdate::Consistent,
+            iou_max_age: 3,
+            reported_box: ReportedBox::Detection,
+            embed_only_ambiguous: true,
+            ..Self::deep_sort()
+        }
     }
 }
 
