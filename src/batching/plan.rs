@@ -29,8 +29,9 @@
 //! 6. **Refused on arrival when hopeless behind a queue** ([`refuse_on_arrival`]): under
 //!    contention, an item that the viable items ahead of it would keep past its deadline is
 //!    refused before its owner decodes and preprocesses it, so that overload does not spend the
-//!    CPU the model needs on frames that would be shed anyway. An item with nothing ahead of it is
-//!    never refused.
+//!    CPU the model needs on frames that would be shed anyway; its owner asks again once it has a
+//!    CPU worker, as that wait is a queue this planner does not see. An item with nothing ahead of
+//!    it is never refused.
 //!
 //! A batch ships when it holds `max_batch` items or when its oldest item has waited
 //! `max_queue_delay`.
