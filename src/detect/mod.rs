@@ -78,7 +78,13 @@ impl Decoder {
         }
     }
 
-    /// Candidates → NMS → boxes in original-image pixels, best first.
+    /// The model's output is the final boxes (an end-to-end head): no NMS after it, as in
+    /// Ultralytics' own prediction.
+    pub fn chooses_boxes(&self) -> bool {
+        matches!(self, Decoder::Yolo(layout) if layout.end2end)
+    }
+
+    /// Candidates → NMS (unless the model chose its boxes) → boxes in original-image pixels, best first.
     pub fn detect(
         &self,
         outputs: &[NamedOutput<'_>],
@@ -86,8 +92,13 @@ impl Decoder {
         thresholds: &Thresholds,
         letterbox: &Letterbox,
     ) -> Result<Vec<Detection>, DetectError> {
-        let candidates = self.candidates(outputs, index, thresholds.score)?;
-        let mut kept = nms_class_aware(candidates, thresholds.iou, thresholds.max_detections);
+        let mut candidates = self.candidates(outputs, index, thresholds.score)?;
+        let mut kept = if self.chooses_boxes() {
+            candidates.truncate(thresholds.max_detections);
+            candidates
+        } else {
+            nms_class_aware(candidates, thresholds.iou, thresholds.max_detections)
+        };
         for d in &mut kept {
             let (x1, y1) = letterbox.to_source(d.bbox.x1, d.bbox.y1);
             let (x2, y2) = letterbox.to_source(d.bbox.x2, d.bbox.y2);

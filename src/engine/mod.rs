@@ -7,23 +7,47 @@ mod session;
 
 pub use provider::{ConvSearch, Provider, ProviderChoice, TensorRtOptions, provider_compiled_in};
 pub use runtime::{OrtRuntime, RuntimeError, default_library_dir, library_candidates};
-pub use session::{InputElement, ModelSession, SessionOptions};
+pub use session::{InputElement, ModelFacts, ModelSession, SessionOptions, TensorFacts, inspect};
 
 use ndarray::ArrayViewD;
 
-/// A named output tensor, still in ONNX Runtime's memory (no copy); any thread may read it.
+/// A named output tensor, still in ONNX Runtime's memory (no copy) when it is f32; an f16 output
+/// (a half-precision export) is widened to f32 once. Any thread may read it.
 #[derive(Debug)]
 pub struct Output {
     pub name: String,
-    value: ort::value::DynValue,
+    value: OutputValue,
+}
+
+#[derive(Debug)]
+enum OutputValue {
+    Runtime(ort::value::DynValue),
+    Widened(ndarray::ArrayD<f32>),
 }
 
 impl Output {
+    fn new(name: &str, value: ort::value::DynValue) -> Result<Self, EngineError> {
+        let value = if value.dtype().tensor_type() == Some(ort::value::TensorElementType::Float16) {
+            let half = value.try_extract_array::<half::f16>().map_err(|e| EngineError::Output {
+                name: name.to_owned(),
+                message: format!("not an f16 tensor: {e}"),
+            })?;
+            OutputValue::Widened(half.mapv(half::f16::to_f32))
+        } else {
+            OutputValue::Runtime(value)
+        };
+        Ok(Self { name: name.to_owned(), value })
+    }
+
     /// The tensor as f32, e.g. cls_s8: [n, 2704, 80].
     pub fn view(&self) -> Result<ArrayViewD<'_, f32>, EngineError> {
-        self.value
-            .try_extract_array::<f32>()
-            .map_err(|e| EngineError::Output { name: self.name.clone(), message: format!("not an f32 tensor: {e}") })
+        match &self.value {
+            OutputValue::Runtime(value) => value.try_extract_array::<f32>().map_err(|e| EngineError::Output {
+                name: self.name.clone(),
+                message: format!("not an f32 tensor: {e}"),
+            }),
+            OutputValue::Widened(array) => Ok(array.view()),
+        }
     }
 }
 

@@ -142,17 +142,20 @@ impl ModelSession {
 
     /// Runs one batch. `input` is the whole batch, row-major in `shape` (e.g. [n, 3, h, w] f32).
     pub fn run(&mut self, shape: [usize; 4], input: &[f32]) -> Result<Vec<Output>, EngineError> {
-        let run_err = |message: String| EngineError::Run { model: self.name.clone(), message };
-        if self.input_element != InputElement::F32 {
-            return Err(run_err("the model takes f16 input, which only the `cuda` preprocessing writes".into()));
-        }
-        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| run_err(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => tensor])
-            .map_err(|e| EngineError::Run { model: self.name.clone(), message: e.to_string() })?;
-        let result = outputs.into_iter().map(|(name, value)| Output { name: name.to_owned(), value }).collect();
-        Ok(result)
+        let run_err = |e: ort::Error| EngineError::Run { model: self.name.clone(), message: e.to_string() };
+        let outputs = match self.input_element {
+            InputElement::F32 => {
+                let tensor = TensorRef::from_array_view((shape, input)).map_err(run_err)?;
+                self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(run_err)?
+            }
+            InputElement::F16 => {
+                // A half-precision export with f16 inputs (as Ultralytics writes on a GPU).
+                let narrowed: Vec<half::f16> = input.iter().map(|&v| half::f16::from_f32(v)).collect();
+                let tensor = TensorRef::from_array_view((shape, narrowed.as_slice())).map_err(run_err)?;
+                self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(run_err)?
+            }
+        };
+        outputs.into_iter().map(|(name, value)| Output::new(name, value)).collect()
     }
 
     /// Runs one batch whose input already lies in device memory (`device_ptr`, `shape`, of the
@@ -209,7 +212,69 @@ impl ModelSession {
                 self.session.run(ort::inputs![self.input_name.as_str() => tensor]).map_err(&run_err)?
             }
         };
-        let result = outputs.into_iter().map(|(name, value)| Output { name: name.to_owned(), value }).collect();
-        Ok(result)
+        outputs.into_iter().map(|(name, value)| Output::new(name, value)).collect()
+    }
+}
+
+/// One tensor of a model's signature: its name, element type (`f32`, `f16`, …) and shape, with
+/// `-1` for a dimension the graph leaves open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorFacts {
+    pub name: String,
+    pub element: String,
+    pub shape: Vec<i64>,
+}
+
+/// What an ONNX file says of itself: its metadata properties and its inputs and outputs.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFacts {
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub inputs: Vec<TensorFacts>,
+    pub outputs: Vec<TensorFacts>,
+}
+
+/// Reads an ONNX file's metadata and signature through a throwaway CPU session (no graph
+/// optimisation, so it costs little more than parsing the file).
+pub fn inspect(runtime: &OrtRuntime, path: &Path) -> Result<ModelFacts, EngineError> {
+    let load_err = |message: String| EngineError::Load { path: path.to_owned(), message };
+    let session = Session::builder(runtime.environment())
+        .map_err(|e| load_err(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::Disable)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_log_level(ort::logging::LogLevel::Error)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_intra_threads(1)
+        .map_err(|e| load_err(e.to_string()))?
+        .commit_from_file(path)
+        .map_err(|e| load_err(e.to_string()))?;
+    let metadata = session.metadata().map_err(|e| load_err(e.to_string()))?;
+    let mut facts = ModelFacts::default();
+    for key in metadata.custom_keys().map_err(|e| load_err(e.to_string()))? {
+        if let Some(value) = metadata.custom(&key) {
+            facts.metadata.insert(key, value);
+        }
+    }
+    let tensor = |outlet: &ort::value::Outlet| TensorFacts {
+        name: outlet.name().to_owned(),
+        element: outlet.dtype().tensor_type().map_or_else(|| "not a tensor".to_owned(), |t| element_name(t).to_owned()),
+        shape: outlet.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
+    };
+    facts.inputs = session.inputs().iter().map(tensor).collect();
+    facts.outputs = session.outputs().iter().map(tensor).collect();
+    Ok(facts)
+}
+
+fn element_name(element: ort::value::TensorElementType) -> &'static str {
+    use ort::value::TensorElementType as T;
+    match element {
+        T::Float32 => "f32",
+        T::Float16 => "f16",
+        T::Float64 => "f64",
+        T::Bfloat16 => "bf16",
+        T::Uint8 => "u8",
+        T::Int8 => "i8",
+        T::Int32 => "i32",
+        T::Int64 => "i64",
+        _ => "another type",
     }
 }

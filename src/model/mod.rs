@@ -2,9 +2,13 @@
 //! expects, how its outputs decode, its classes and where it came from. Built on the decoder types
 //! that `detect` and `segment` own; knows nothing of sessions or service configuration.
 
+mod ultralytics;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use ultralytics::{OnnxSignature, TensorSignature};
 
 use crate::detect::{Decoder, Layout, NanoDetDecoder, YoloVersion};
 
@@ -71,7 +75,8 @@ pub struct InputSpec {
     #[serde(default)]
     pub pad_value: u8,
     /// The model's fixed batch size, when its graph takes only that many images per run (1 for
-    /// torchvision's detection models, whose heads loop over images); absent = any batch.
+    /// torchvision's detection models, whose heads loop over images; n for an export with a fixed
+    /// batch, whose runs are padded up to n); absent = any batch.
     #[serde(default)]
     pub batch: Option<usize>,
 }
@@ -155,6 +160,8 @@ pub enum ManifestError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("model manifest {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("model {path} cannot be served: {message}")]
+    Export { path: PathBuf, message: String },
 }
 
 impl ModelManifest {

@@ -6,6 +6,7 @@ mod detect;
 mod error;
 mod frame;
 mod health;
+mod models;
 mod segment;
 pub mod settings;
 mod stage;
@@ -24,6 +25,7 @@ pub use detect::DetectPipeline;
 pub use error::{InspectError, ShedCause, ShedLimit};
 pub use frame::{FrameRequest, FrameResult, ImageInput, LabeledDetection, PipelineInfo, Stage, StageTimings, Verdict};
 pub use health::{ModelHealth, ModelState};
+pub use models::resolve_manifest;
 pub use segment::SegmentPipeline;
 pub use settings::{
     CellRuleSettings, DetectSettings, PipelineSettings, SegmentSettings, ServiceSettings, TrackSettings,
@@ -35,7 +37,7 @@ pub use track::TrackPipeline;
 
 use crate::engine::{EngineError, OrtRuntime, RuntimeError, SessionOptions};
 use crate::imaging::DecodeLimits;
-use crate::model::{ManifestError, ModelManifest, Task};
+use crate::model::{ManifestError, Task};
 use crate::track::RegistryStats;
 
 /// Longest accepted `camera_id`, in bytes.
@@ -201,7 +203,7 @@ impl Pipelines {
             device_memory: &device_memory,
         };
         let load = |name: &str, model: &str, task: Task, kind: &'static str| {
-            let manifest = ModelManifest::load(&settings.model_dir.join(model))
+            let manifest = resolve_manifest(runtime, &settings.model_dir, model)
                 .map_err(|source| StartError::Manifest { pipeline: name.to_owned(), source: Box::new(source) })?;
             if manifest.task != task {
                 return Err(StartError::WrongTask {

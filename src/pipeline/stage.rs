@@ -175,15 +175,33 @@ impl ModelStage {
         engine: &super::EngineSetup<'_>,
         context: Arc<StageContext>,
     ) -> Result<Self, super::StartError> {
+        let mut batching = batching;
+        // A model exported with a fixed batch of n > 1 runs every batch padded to n, so no
+        // batch may hold more.
+        let fixed = manifest.input.batch.filter(|&n| n > 1);
+        if let Some(n) = fixed.filter(|&n| batching.max_batch > n) {
+            tracing::warn!(
+                message = "The model takes a fixed batch; max_batch lowered to it.",
+                pipeline,
+                model = manifest.name,
+                max_batch = batching.max_batch,
+                model_batch = n,
+            );
+            batching.max_batch = n;
+        }
         let max_batch = batching.max_batch;
+        let buckets = match fixed {
+            Some(n) => vec![n],
+            None => vec![1, max_batch],
+        };
         let setup = StageSetup {
             pipeline,
             spec: tensor_spec(&manifest.input),
             manifest,
             batching,
             instances,
-            row_buckets: vec![1, max_batch],
-            warm_batches: &[1, max_batch],
+            row_buckets: buckets.clone(),
+            warm_batches: &buckets,
         };
         Self::start(setup, engine, context)
             .map_err(|source| super::StartError::Engine { pipeline: pipeline.to_owned(), source })

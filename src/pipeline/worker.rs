@@ -346,8 +346,12 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
         let preprocess =
             preprocess_for(&first, engine.gpu_preprocess && !one_per_run, engine.options.provider.device_id)?;
         device_preprocess = preprocess.on_device();
+        let fixed_batch = setup.manifest.input.batch.filter(|&n| n > 1);
         let buckets = if one_per_run {
             vec![1]
+        } else if let Some(n) = fixed_batch {
+            // The graph takes exactly n rows: every batch is padded up to them.
+            vec![n]
         } else if provider.on_gpu() && engine.fixed_shapes {
             setup.row_buckets.clone()
         } else {

@@ -25,4 +25,5 @@ mod python_client;
 mod security;
 mod track_e2e;
 mod track_registry;
+mod ultralytics_exports;
 mod yolo_pipeline;

@@ -9,7 +9,6 @@ use super::BenchError;
 use linesight::config::Config;
 use linesight::engine::{ModelSession, OrtRuntime, SessionOptions};
 use linesight::imaging::{self, DecodeLimits, ImageEncoding, Preprocessor};
-use linesight::model::ModelManifest;
 use linesight::pipeline::tensor_spec;
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,8 +35,8 @@ pub fn time_model(
 ) -> Result<BareTiming, BenchError> {
     let bare_error = |message: String| BenchError::Bare { model: model.to_owned(), message };
     let runtime = OrtRuntime::init(config.engine.ort_dylib_path.as_deref()).map_err(|e| bare_error(e.to_string()))?;
-    let manifest =
-        ModelManifest::load(&config.resolved_model_dir().join(model)).map_err(|e| bare_error(e.to_string()))?;
+    let manifest = linesight::pipeline::resolve_manifest(runtime, &config.resolved_model_dir(), model)
+        .map_err(|e| bare_error(e.to_string()))?;
     let options = SessionOptions {
         intra_threads: config.engine.intra_threads,
         intra_op_spinning: config.engine.intra_op_spinning,

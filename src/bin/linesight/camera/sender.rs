@@ -153,12 +153,10 @@ impl CameraSender {
                     let sequence = *next_sequence;
                     let Some(request) = self.request(frame, sequence, &mut in_flight).await else { continue };
                     *next_sequence += 1;
-                    if requests.send(request).await.is_err() {
+                    if !hand_off(&self.stats, &requests, request, sequence).await {
                         self.lose(&mut in_flight);
                         return StreamEnd::Broken { reason: "the stream closed".into(), answered };
                     }
-                    self.stats.sent.inc();
-                    self.stats.record_sequence(sequence);
                 }
             }
         }
@@ -254,8 +252,7 @@ impl CameraSender {
 
     /// Frames sent on a stream that broke will not be answered.
     fn lose(&self, in_flight: &mut VecDeque<InFlight>) {
-        self.stats.lost.inc_by(in_flight.len() as u64);
-        in_flight.clear();
+        lose_all(&self.stats, in_flight);
     }
 
     /// Waits (a while) for the answers of the frames in flight.
@@ -269,6 +266,25 @@ impl CameraSender {
         }
         self.lose(in_flight);
     }
+}
+
+/// Hands a frame's request to the stream; `false` if the stream has already closed. The frame
+/// counts as sent, with its sequence, either way: it is in flight, so a stream that closed under
+/// it counts it as lost, and the counts still add up.
+async fn hand_off(
+    stats: &CameraStats,
+    requests: &tokio::sync::mpsc::Sender<InspectRequest>,
+    request: InspectRequest,
+    sequence: u64,
+) -> bool {
+    stats.sent.inc();
+    stats.record_sequence(sequence);
+    requests.send(request).await.is_ok()
+}
+
+fn lose_all(stats: &CameraStats, in_flight: &mut VecDeque<InFlight>) {
+    stats.lost.inc_by(in_flight.len() as u64);
+    in_flight.clear();
 }
 
 /// A captured frame as the API's `Image`: JPEG, or the raw pixels as they are.
@@ -332,6 +348,29 @@ mod tests {
         assert_eq!(encoded.encoding, Encoding::Jpeg as i32);
         let decoded = image::load_from_memory(&encoded.data).unwrap();
         assert_eq!((decoded.width(), decoded.height()), (64, 48));
+    }
+
+    #[tokio::test]
+    async fn a_frame_handed_to_a_stream_that_closed_counts_as_sent_and_lost() {
+        let metrics = crate::camera::stats::BridgeMetrics::new();
+        let stats = metrics.camera("line");
+        let (requests, outgoing) = tokio::sync::mpsc::channel::<InspectRequest>(2);
+        let mut in_flight = VecDeque::new();
+        let frame = |sequence| {
+            let request = InspectRequest { camera_id: "line".into(), sequence, ..Default::default() };
+            (request, InFlight { sequence, captured_at: Instant::now(), captured_unix_ms: 0 })
+        };
+        let (request, sent) = frame(7);
+        in_flight.push_back(sent);
+        assert!(hand_off(&stats, &requests, request, 7).await);
+        drop(outgoing);
+        let (request, sent) = frame(8);
+        in_flight.push_back(sent);
+        assert!(!hand_off(&stats, &requests, request, 8).await, "the stream has closed");
+        lose_all(&stats, &mut in_flight);
+        let counts = stats.snapshot();
+        assert_eq!((counts.sent, counts.lost, counts.answered), (2, 2, 0), "sent = answered + lost");
+        assert_eq!(counts.last_sequence - counts.first_sequence + 1, counts.sent, "no sequence skipped");
     }
 
     #[test]

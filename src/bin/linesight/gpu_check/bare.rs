@@ -7,7 +7,6 @@ use serde::Serialize;
 
 use linesight::config::Config;
 use linesight::engine::{ConvSearch, ModelSession, OrtRuntime, Provider, SessionOptions};
-use linesight::model::ModelManifest;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BareRun {
@@ -55,7 +54,8 @@ fn time_one(
     model: &str,
     options: &SessionOptions,
 ) -> Result<Vec<(usize, f64)>, String> {
-    let manifest = ModelManifest::load(&config.resolved_model_dir().join(model)).map_err(|e| e.to_string())?;
+    let manifest = linesight::pipeline::resolve_manifest(runtime, &config.resolved_model_dir(), model)
+        .map_err(|e| e.to_string())?;
     let mut session = ModelSession::load(runtime, model, &manifest.onnx_path(), options).map_err(|e| e.to_string())?;
     let (h, w) = (manifest.input.height as usize, manifest.input.width as usize);
     // Not zeros: a smooth pattern in the normalised range.
