@@ -189,19 +189,16 @@ impl ModelStage {
             );
             batching.max_batch = n;
         }
+        // The workers pin a fixed-batch model's sessions (and warm-up) to its n rows themselves.
         let max_batch = batching.max_batch;
-        let buckets = match fixed {
-            Some(n) => vec![n],
-            None => vec![1, max_batch],
-        };
         let setup = StageSetup {
             pipeline,
             spec: tensor_spec(&manifest.input),
             manifest,
             batching,
             instances,
-            row_buckets: buckets.clone(),
-            warm_batches: &buckets,
+            row_buckets: vec![1, max_batch],
+            warm_batches: &[1, max_batch],
         };
         Self::start(setup, engine, context)
             .map_err(|source| super::StartError::Engine { pipeline: pipeline.to_owned(), source })
