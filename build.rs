@@ -66,6 +66,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .build(),
         )
+        .method(
+            method(
+                "get_line_counts",
+                "GetLineCounts",
+                "super::LineCountsRequest",
+                "super::LineCountsResponse",
+                PROST_CODEC,
+            )
+            .build(),
+        )
         .build();
     tonic_build::manual::Builder::new().build_client(false).out_dir(&out_dir).compile(&[inspection]);
     Ok(())

@@ -63,7 +63,7 @@ fn postprocess(c: &mut Criterion) {
     let outputs = session.run([1, 3, 416, 416], &tensor).expect("run");
     let named: Vec<NamedOutput<'_>> = outputs.iter().map(|o| (o.name.as_str(), o.view().expect("f32"))).collect();
     let decoder = manifest.decoder.detector(80, 416, 416).expect("a detector");
-    let thresholds = Thresholds { score: 0.35, iou: 0.6, max_detections: 100 };
+    let thresholds = Thresholds { score: 0.35, iou: 0.6, max_detections: 100, class_agnostic: false };
     group.bench_function("nanodet_decode_nms_vtest_250", |b| {
         b.iter(|| decoder.detect(&named, 0, &thresholds, &lb).expect("detect"))
     });
@@ -85,7 +85,7 @@ fn postprocess(c: &mut Criterion) {
     let named = vec![("output0", raw.view())];
     let yolo = Decoder::Yolo(Layout::for_version(YoloVersion::V8, 80));
     let lb = Letterbox::new(768, 576, 640, 640);
-    let t = Thresholds { score: 0.25, iou: 0.45, max_detections: 300 };
+    let t = Thresholds { score: 0.25, iou: 0.45, max_detections: 300, class_agnostic: false };
     group.bench_function("yolov8_decode_nms_8400_anchors", |b| {
         b.iter(|| yolo.detect(&named, 0, &t, &lb).expect("detect"))
     });

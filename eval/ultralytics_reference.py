@@ -13,6 +13,9 @@ Also writes exports the service must refuse: one whose `names` metadata lists fe
 its head has (a hand-edited export) and one with every metadata property stripped.
 
   eval/ultralytics_reference.py --runs /work/yolo-runs --data /work/conveyor-data --out tests/fixtures/ultralytics
+
+`--shipped DIR` instead writes DIR/reference.json for the shipped model in DIR (its one .onnx) on
+the fixture images already in --out (tests/e2e/ultralytics_exports.rs checks it the same way).
 """
 
 import argparse
@@ -103,7 +106,10 @@ def main():
     parser.add_argument("--runs", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--shipped", help="a model folder holding one Ultralytics .onnx")
     args = parser.parse_args()
+    if args.shipped:
+        return shipped(Path(args.shipped), Path(args.out))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = images(args.data, out)
@@ -129,6 +135,21 @@ def main():
     (out / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
     for fixture, m in reference["models"].items():
         print(fixture, m["signature"], {k: len(v) for k, v in m["images"].items()})
+
+
+def shipped(folder, fixtures):
+    (model_path,) = sorted(folder.glob("*.onnx"))
+    graph = onnx.load(str(model_path))
+    names = ["square.png", "wide.png", "tall.png", "large.png"]
+    extra = predict_args(graph)
+    reference = {
+        "ultralytics": ultralytics.__version__,
+        "conf": CONF,
+        "iou": IOU,
+        "models": {folder.name: {"predict_args": {"conf": CONF, "iou": IOU, **extra}, "images": {n: predict(model_path, fixtures / n, extra) for n in names}}},
+    }
+    (folder / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
+    print({n: len(v) for n, v in reference["models"][folder.name]["images"].items()})
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     parser.add_argument("--export", default="fp32")
+    parser.add_argument("--close-mosaic", type=int, default=10, help="last epochs trained without mosaic")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last.pt")
     args = parser.parse_args()
 
     settings.update({"sync": False})
@@ -80,8 +82,17 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     names = yaml.safe_load(Path(args.data).read_text())["names"]
     cfg = model_yaml(args.family, args.scale, len(names), out)
-    model = YOLO(str(cfg))
-    model.train(
+    last = out / "train" / "weights" / "last.pt"
+    if args.resume and last.exists():
+        # Ultralytics keeps the run's arguments, optimiser and schedule in last.pt.
+        YOLO(str(last)).train(resume=True)
+    else:
+        train(args, cfg, out)
+    report_and_export(args, out, names)
+
+
+def train(args, cfg, out):
+    YOLO(str(cfg)).train(
         data=args.data,
         epochs=args.epochs,
         imgsz=args.imgsz,
@@ -90,6 +101,7 @@ def main():
         device="cpu",
         workers=2,
         seed=args.seed,
+        close_mosaic=args.close_mosaic,
         deterministic=True,
         amp=False,
         plots=False,
@@ -99,6 +111,9 @@ def main():
         pretrained=False,
         verbose=False,
     )
+
+
+def report_and_export(args, out, names):
     best = out / "train" / "weights" / "best.pt"
     trained = YOLO(str(best))
     metrics = trained.val(data=args.data, split="test", imgsz=args.imgsz, batch=args.batch, device="cpu", plots=False, project=str(out), name="val_test", exist_ok=True)

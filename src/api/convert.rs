@@ -9,10 +9,12 @@ use super::status::{code_of, code_of_undecodable};
 use super::wire::UndecodableMessage;
 use crate::imaging::ImageEncoding;
 use crate::pipeline::{
-    FrameRequest, FrameResult, ImageInput, InspectError, PipelineInfo, StageTimings, TrackingStats, Verdict,
+    FrameRequest, FrameResult, ImageInput, InspectError, PipelineCounts, PipelineInfo, StageTimings, TrackingStats,
+    Verdict,
 };
 use crate::segment::encode_runs;
 use crate::track::FrameOrder;
+use crate::track::analytics::{Direction, FrameAnalytics, LineTotal, ZoneCount};
 
 pub fn frame_request(
     request: proto::InspectRequest,
@@ -139,6 +141,60 @@ pub fn inspect_response(result: FrameResult) -> proto::InspectResponse {
         batch_size: result.batch_size,
         image_width: result.image_width,
         image_height: result.image_height,
+        analytics: result.analytics.map(line_analytics),
+    }
+}
+
+fn line_analytics(a: FrameAnalytics) -> proto::LineAnalytics {
+    proto::LineAnalytics {
+        crossings: a
+            .crossings
+            .into_iter()
+            .map(|c| proto::LineCrossing {
+                line: c.line,
+                track_id: c.track_id,
+                class_id: c.class_id,
+                class_name: c.class_name,
+                direction: match c.direction {
+                    Direction::Forward => proto::CrossingDirection::Forward,
+                    Direction::Backward => proto::CrossingDirection::Backward,
+                } as i32,
+            })
+            .collect(),
+        line_totals: a.totals.into_iter().map(line_count).collect(),
+        zones: a.zones.into_iter().map(zone_count).collect(),
+    }
+}
+
+fn line_count(t: LineTotal) -> proto::LineCount {
+    proto::LineCount {
+        line: t.line,
+        class_id: t.class_id,
+        class_name: t.class_name,
+        forward: t.forward,
+        backward: t.backward,
+    }
+}
+
+fn zone_count(z: ZoneCount) -> proto::ZoneCount {
+    proto::ZoneCount { zone: z.zone, class_id: z.class_id, class_name: z.class_name, objects: z.objects }
+}
+
+/// Every camera's counts, pipeline by pipeline.
+pub fn line_counts(pipelines: Vec<PipelineCounts>) -> proto::LineCountsResponse {
+    proto::LineCountsResponse {
+        cameras: pipelines
+            .into_iter()
+            .flat_map(|p| {
+                let pipeline = p.pipeline;
+                p.cameras.into_iter().map(move |c| proto::CameraLineCounts {
+                    pipeline: pipeline.clone(),
+                    camera_id: c.camera_id,
+                    lines: c.lines.into_iter().map(line_count).collect(),
+                    zones: c.zones.into_iter().map(zone_count).collect(),
+                })
+            })
+            .collect(),
     }
 }
 

@@ -11,7 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{
-    error_response, frame_request, inspect_response, pipeline_info, pipeline_tracking, undecodable_response,
+    error_response, frame_request, inspect_response, line_counts, pipeline_info, pipeline_tracking,
+    undecodable_response,
 };
 use super::deadline::parse_grpc_timeout;
 use super::observe::{self, UNKNOWN_PIPELINE};
@@ -210,6 +211,16 @@ impl Inspection for InspectionService {
         Ok(Response::new(proto::TrackingStatsResponse {
             pipelines: self.pipelines()?.tracking_stats().into_iter().map(pipeline_tracking).collect(),
         }))
+    }
+
+    async fn get_line_counts(
+        &self,
+        request: Request<proto::LineCountsRequest>,
+    ) -> Result<Response<proto::LineCountsResponse>, Status> {
+        let request = request.into_inner();
+        let camera = Some(request.camera_id.as_str()).filter(|c| !c.is_empty());
+        let counts = self.pipelines()?.line_counts(&request.pipeline, camera).map_err(|e| to_status(&e))?;
+        Ok(Response::new(line_counts(counts)))
     }
 }
 

@@ -1,12 +1,13 @@
 //! What every service of the server shares: the pipelines (once loaded), the metrics and the
 //! shutdown signal.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::watch;
 
 use crate::pipeline::{InspectError, ModelState, Pipelines};
-use crate::telemetry::{Metrics, ModelStateLabels, PipelineLabels};
+use crate::telemetry::{LineLabels, Metrics, ModelStateLabels, PipelineLabels, ZoneLabels};
 
 pub struct ServerState {
     pipelines: OnceLock<Arc<Pipelines>>,
@@ -14,11 +15,20 @@ pub struct ServerState {
     configured_models: Vec<String>,
     pub metrics: Arc<Metrics>,
     shutting_down: watch::Sender<bool>,
+    /// Zone gauges set by the last scrape (to be zeroed when their zone empties); held while the
+    /// line counters catch up with the registries, so two scrapes cannot both add the same delta.
+    zone_labels: Mutex<HashSet<ZoneLabels>>,
 }
 
 impl ServerState {
     pub fn new(configured_models: Vec<String>, metrics: Arc<Metrics>) -> Self {
-        Self { pipelines: OnceLock::new(), configured_models, metrics, shutting_down: watch::Sender::new(false) }
+        Self {
+            pipelines: OnceLock::new(),
+            configured_models,
+            metrics,
+            shutting_down: watch::Sender::new(false),
+            zone_labels: Mutex::new(HashSet::new()),
+        }
     }
 
     pub fn set_pipelines(&self, pipelines: Arc<Pipelines>) {
@@ -85,7 +95,47 @@ impl ServerState {
                     .get_or_create(&labels)
                     .set(i64::try_from(stats.confirmed_tracks + stats.tentative_tracks).unwrap_or(i64::MAX));
             }
+            self.refresh_line_metrics(pipelines);
         }
         m.render()
+    }
+
+    /// Line counters catch up with the registries' totals; zone gauges are the sums over cameras.
+    fn refresh_line_metrics(&self, pipelines: &Pipelines) {
+        let m = &self.metrics;
+        let mut zone_labels = self.zone_labels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (pipeline, totals) in pipelines.crossing_totals() {
+            for total in totals {
+                for (direction, count) in [("forward", total.forward), ("backward", total.backward)] {
+                    let labels = LineLabels {
+                        pipeline: pipeline.clone(),
+                        line: total.line.clone(),
+                        class: total.class_name.clone(),
+                        direction,
+                    };
+                    let counter = m.line_crossings.get_or_create(&labels);
+                    counter.inc_by(count.saturating_sub(counter.get()));
+                }
+            }
+        }
+        let mut occupied: HashMap<ZoneLabels, u64> = HashMap::new();
+        for counts in pipelines.line_counts("", None).unwrap_or_default() {
+            for camera in counts.cameras {
+                for zone in camera.zones {
+                    let labels =
+                        ZoneLabels { pipeline: counts.pipeline.clone(), zone: zone.zone, class: zone.class_name };
+                    *occupied.entry(labels).or_default() += u64::from(zone.objects);
+                }
+            }
+        }
+        for labels in zone_labels.iter() {
+            if !occupied.contains_key(labels) {
+                m.zone_objects.get_or_create(labels).set(0);
+            }
+        }
+        for (labels, objects) in &occupied {
+            m.zone_objects.get_or_create(labels).set(i64::try_from(*objects).unwrap_or(i64::MAX));
+        }
+        zone_labels.extend(occupied.into_keys());
     }
 }

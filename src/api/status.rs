@@ -13,6 +13,7 @@ pub fn code_of(error: &InspectError) -> Code {
         | InspectError::UnknownEncoding(_)
         | InspectError::Decode(_) => Code::InvalidArgument,
         InspectError::UnknownPipeline { .. } => Code::NotFound,
+        InspectError::NotTracking { .. } => Code::InvalidArgument,
         InspectError::QueueFull { .. } | InspectError::CameraBusy { .. } | InspectError::ServerBusy { .. } => {
             Code::ResourceExhausted
         }
@@ -135,6 +136,10 @@ mod tests {
             (InspectError::UnknownEncoding(42), Code::InvalidArgument),
             (InspectError::Decode(DecodeError::Empty), Code::InvalidArgument),
             (InspectError::UnknownPipeline { name: "x".into(), available: vec!["detect".into()] }, Code::NotFound),
+            (
+                InspectError::NotTracking { name: "detect".into(), tracking: vec!["track".into()] },
+                Code::InvalidArgument,
+            ),
             (InspectError::QueueFull { pipeline: "detect".into(), capacity: 64 }, Code::ResourceExhausted),
             (
                 InspectError::Shed {
@@ -170,10 +175,11 @@ mod tests {
                 InspectError::Detect(_) => 12,
                 InspectError::ShuttingDown => 13,
                 InspectError::Internal(_) => 14,
+                InspectError::NotTracking { .. } => 15,
             }
         }
         let covered: std::collections::BTreeSet<usize> = table.iter().map(|(e, _)| variant(e)).collect();
-        assert_eq!(covered, (0..15).collect(), "every InspectError variant needs a row");
+        assert_eq!(covered, (0..16).collect(), "every InspectError variant needs a row");
         for (error, code) in table {
             let status = to_status(&error);
             assert_eq!(status.code(), code, "{error}");

@@ -422,6 +422,50 @@ mod tests {
     }
 
     #[test]
+    fn counting_lines_and_zones_are_read_and_checked_with_their_paths() {
+        let toml = r#"
+[pipelines.detect]
+kind = "detect"
+model = "nanodet-g"
+[pipelines.track]
+kind = "track"
+model = "mobilenetv2-reid"
+detector = "detect"
+[pipelines.track.analytics]
+anchor = "bottom_center"
+[[pipelines.track.analytics.lines]]
+name = "exit"
+cameras = ["belt-1"]
+from = [160.0, 0.0]
+to = [160.0, 320.0]
+forward = [1.0, 0.0]
+[[pipelines.track.analytics.lines]]
+name = "exit"
+from = [0.0, 0.0]
+to = [10.0, 0.0]
+forward = [1.0, 0.0]
+[[pipelines.track.analytics.zones]]
+name = "bin"
+polygon = [[0.0, 0.0], [1.0, 0.0]]
+"#;
+        let config: Config = toml::from_str(toml).expect("parses");
+        let track = config.pipelines.get("track").and_then(|p| p.as_track()).expect("track");
+        assert_eq!(track.analytics.anchor, crate::track::analytics::Anchor::BottomCenter);
+        assert_eq!(track.analytics.lines[0].cameras, ["belt-1"]);
+        let problems: Vec<String> = config.validate().expect_err("invalid").iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            problems,
+            [
+                "pipelines.track.analytics.lines[1].name: is already the name of another line",
+                "pipelines.track.analytics.lines[1].forward: runs along the line; it must point across it",
+                "pipelines.track.analytics.zones[0].polygon: needs at least 3 vertices",
+            ]
+        );
+        let err = Config::from_toml(&toml.replace("anchor = ", "anchorr = ")).expect_err("misspelt key");
+        assert!(err.to_string().contains("anchorr"), "{err}");
+    }
+
+    #[test]
     fn old_mb_names_still_read_as_mib() {
         let config =
             Config::from_toml("[engine]\ngpu_memory_budget_mb = 6000\n[engine.tensorrt]\nworkspace_mb = 512\n")

@@ -176,6 +176,10 @@ impl Validate for CellRuleSettings {
 impl Validate for TrackSettings {
     fn validate_into(&self, at: &str, problems: &mut Vec<ConfigProblem>) {
         model_stage(problems, at, &self.model, self.instances, self.budget.is_some_and(|b| b.is_zero()));
+        let analytics = path(at, "analytics");
+        for (key, message) in self.analytics.problems() {
+            problem(problems, &analytics, &key, &message);
+        }
         let at = path(at, "tracker");
         let (t, p) = (&self.tracker, &self.tracker.params);
         positive(problems, &at, "n_init", p.n_init == 0);

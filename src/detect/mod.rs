@@ -8,7 +8,7 @@ mod yolo;
 use ndarray::ArrayViewD;
 
 pub use nanodet::NanoDetDecoder;
-pub use nms::{iou, nms_class_aware};
+pub use nms::{iou, nms, nms_class_aware};
 pub use yolo::{Layout, YoloVersion};
 
 use crate::imaging::Letterbox;
@@ -42,6 +42,8 @@ pub struct Thresholds {
     /// Same-class boxes overlapping a kept box by more than this IoU are dropped.
     pub iou: f32,
     pub max_detections: usize,
+    /// Boxes of any class overlapping a kept box by more than `iou` are dropped too.
+    pub class_agnostic: bool,
 }
 
 /// One model output of a whole batch: [n, …].
@@ -97,7 +99,7 @@ impl Decoder {
             candidates.truncate(thresholds.max_detections);
             candidates
         } else {
-            nms_class_aware(candidates, thresholds.iou, thresholds.max_detections)
+            nms(candidates, thresholds.iou, thresholds.max_detections, thresholds.class_agnostic)
         };
         for d in &mut kept {
             let (x1, y1) = letterbox.to_source(d.bbox.x1, d.bbox.y1);

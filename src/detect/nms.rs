@@ -1,6 +1,6 @@
-//! Greedy class-aware non-maximum suppression (as torchvision's `nms` over class-offset boxes, which
-//! Ultralytics uses): best score first; a box is dropped when it overlaps an already kept box of its
-//! class by IoU > threshold.
+//! Greedy non-maximum suppression (as torchvision's `nms` over class-offset boxes, which Ultralytics
+//! uses): best score first; a box is dropped when it overlaps an already kept box of its class (or,
+//! class-agnostic, of any class) by IoU > threshold.
 
 use super::{BBox, Detection};
 
@@ -13,14 +13,26 @@ pub fn iou(a: &BBox, b: &BBox) -> f32 {
 }
 
 /// Keeps at most `max_detections`, best first. Cost O(n log n + n · kept).
-pub fn nms_class_aware(mut candidates: Vec<Detection>, iou_threshold: f32, max_detections: usize) -> Vec<Detection> {
+pub fn nms_class_aware(candidates: Vec<Detection>, iou_threshold: f32, max_detections: usize) -> Vec<Detection> {
+    nms(candidates, iou_threshold, max_detections, false)
+}
+
+/// As [`nms_class_aware`]; with `any_class`, a box is also dropped for overlapping a better box of
+/// another class (Ultralytics' `agnostic_nms`), so one object gets one box.
+pub fn nms(
+    mut candidates: Vec<Detection>,
+    iou_threshold: f32,
+    max_detections: usize,
+    any_class: bool,
+) -> Vec<Detection> {
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Detection> = Vec::new();
     for c in candidates {
         if kept.len() >= max_detections {
             break;
         }
-        let overlaps = kept.iter().any(|k| k.class_id == c.class_id && iou(&k.bbox, &c.bbox) > iou_threshold);
+        let overlaps =
+            kept.iter().any(|k| (any_class || k.class_id == c.class_id) && iou(&k.bbox, &c.bbox) > iou_threshold);
         if !overlaps {
             kept.push(c);
         }
@@ -42,6 +54,18 @@ mod tests {
         let b = BBox { x1: 1.0, y1: 0.0, x2: 3.0, y2: 2.0 };
         assert!((iou(&a, &b) - 1.0 / 3.0).abs() < 1e-6);
         assert_eq!(iou(&a, &BBox { x1: 5.0, y1: 5.0, x2: 6.0, y2: 6.0 }), 0.0);
+    }
+
+    #[test]
+    fn class_agnostic_suppression_drops_an_overlapping_box_of_another_class() {
+        let boxes = vec![
+            det(0.0, 0.0, 10.0, 10.0, 1, 0.9),
+            det(0.5, 0.0, 10.5, 10.0, 2, 0.6),
+            det(20.0, 0.0, 30.0, 10.0, 2, 0.5),
+        ];
+        assert_eq!(nms(boxes.clone(), 0.5, 10, false).len(), 3);
+        let kept = nms(boxes, 0.5, 10, true);
+        assert_eq!(kept.iter().map(|d| (d.class_id, d.score)).collect::<Vec<_>>(), [(1, 0.9), (2, 0.5)]);
     }
 
     #[test]

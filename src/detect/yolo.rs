@@ -210,7 +210,8 @@ mod tests {
         raw.slice_mut(ndarray::s![0, 1, ..]).assign(&ndarray::arr1(&[0.0, 0.0, 100.0, 90.0, 0.8, 1.0]));
         let raw = raw.into_dyn();
         let outputs: Vec<(&str, ArrayViewD<f32>)> = vec![("output0", raw.view())];
-        let thresholds = crate::detect::Thresholds { score: 0.25, iou: 0.7, max_detections: 300 };
+        let thresholds =
+            crate::detect::Thresholds { score: 0.25, iou: 0.7, max_detections: 300, class_agnostic: false };
         let letterbox = crate::imaging::Letterbox::new(320, 320, 320, 320);
         let kept = crate::detect::Decoder::Yolo(Layout::end2end(2)).detect(&outputs, 0, &thresholds, &letterbox);
         assert_eq!(kept.expect("decode").len(), 2);

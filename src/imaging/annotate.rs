@@ -85,6 +85,49 @@ pub fn annotate(image: &mut RgbImage, annotations: &[Annotation]) {
     }
 }
 
+/// A path through `points` (closed back to the first when `closed`), `thickness` pixels wide, with
+/// `label` at its first point.
+pub fn draw_path(image: &mut RgbImage, points: &[[f32; 2]], closed: bool, label: &str, color: [u8; 3]) {
+    let thickness = (image.width().max(image.height()) / 300).clamp(1, 4) as i64;
+    let color = Rgb(color);
+    let ends = if closed { points.len() } else { points.len().saturating_sub(1) };
+    for i in 0..ends {
+        let (a, b) = (points[i], points[(i + 1) % points.len()]);
+        let steps = (b[0] - a[0]).abs().max((b[1] - a[1]).abs()).ceil().max(1.0) as i64;
+        for step in 0..=steps {
+            let t = step as f32 / steps as f32;
+            let (x, y) = ((a[0] + t * (b[0] - a[0])) as i64, (a[1] + t * (b[1] - a[1])) as i64);
+            fill_rect(
+                image,
+                x - thickness / 2,
+                y - thickness / 2,
+                x - thickness / 2 + thickness,
+                y - thickness / 2 + thickness,
+                color,
+            );
+        }
+    }
+    if let Some(first) = points.first()
+        && !label.is_empty()
+    {
+        let scale = if image.height() >= 480 { 2 } else { 1 };
+        let (x, y) = (first[0] as i64 + 2, first[1] as i64 + 2);
+        fill_rect(image, x, y, x + label.chars().count() as i64 * 8 * scale + 2, y + 8 * scale + 2, color);
+        draw_text(image, x + 1, y + 1, label, scale, Rgb([0, 0, 0]));
+    }
+}
+
+/// Lines of text in the frame's top-left corner on a dark band.
+pub fn caption(image: &mut RgbImage, lines: &[String]) {
+    let scale = if image.height() >= 480 { 2 } else { 1 };
+    let line_h = 8 * scale + 2;
+    for (i, text) in lines.iter().enumerate() {
+        let y = i as i64 * line_h;
+        fill_rect(image, 0, y, text.chars().count() as i64 * 8 * scale + 4, y + line_h, Rgb([20, 20, 20]));
+        draw_text(image, 2, y + 1, text, scale, Rgb([255, 255, 255]));
+    }
+}
+
 fn put(image: &mut RgbImage, x: i64, y: i64, color: Rgb<u8>) {
     if x >= 0 && y >= 0 && (x as u64) < u64::from(image.width()) && (y as u64) < u64::from(image.height()) {
         image.put_pixel(x as u32, y as u32, color);
@@ -136,6 +179,16 @@ fn draw_text(image: &mut RgbImage, x: i64, y: i64, text: &str, scale: i64, color
 #[cfg(test)]
 mod overlay_tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_drawn_between_its_points_and_nowhere_else() {
+        let mut image = RgbImage::from_pixel(20, 20, Rgb([0, 0, 0]));
+        draw_path(&mut image, &[[10.0, 2.0], [10.0, 17.0]], false, "", [255, 255, 0]);
+        assert_eq!(image.get_pixel(10, 9).0, [255, 255, 0]);
+        assert_eq!(image.get_pixel(10, 17).0, [255, 255, 0]);
+        assert_eq!(image.get_pixel(10, 19).0, [0, 0, 0], "past the end");
+        assert_eq!(image.get_pixel(13, 9).0, [0, 0, 0], "beside it");
+    }
 
     #[test]
     fn a_mask_tints_only_its_covered_pixels_inside_the_image() {

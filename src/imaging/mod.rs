@@ -10,7 +10,7 @@ pub mod gpu;
 mod letterbox;
 pub mod resample;
 
-pub use annotate::{Annotation, MaskOverlay, annotate, encode_jpeg, encode_png, overlay_masks};
+pub use annotate::{Annotation, MaskOverlay, annotate, caption, draw_path, encode_jpeg, encode_png, overlay_masks};
 pub use crop::{CropBox, RowSource};
 pub use decode::{DecodeError, DecodeLimits, ImageEncoding, decode};
 pub use letterbox::{Letterbox, LetterboxError, Preprocessor, TensorSpec};

@@ -55,6 +55,7 @@ impl DetectPipeline {
             score: settings.score_threshold.unwrap_or(post.score_threshold),
             iou: settings.iou_threshold.unwrap_or(post.iou_threshold),
             max_detections: settings.max_detections.unwrap_or(post.max_detections),
+            class_agnostic: settings.class_agnostic_nms,
         };
         let budget = settings.budget.unwrap_or(context.default_budget);
         let classes: Arc<[String]> = manifest.classes.clone().into();
@@ -85,7 +86,7 @@ impl DetectPipeline {
     pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
         let Detected { detections, image, timings, batch_size } = self.detect(&request, deadline).await?;
-        let answer = Answer { detections, image, timings, batch_size, tracking: None, cell: None };
+        let answer = Answer { detections, image, timings, batch_size, tracking: None, cell: None, analytics: None };
         self.stage.answer(request, deadline, answer).await
     }
 

@@ -14,6 +14,8 @@ pub enum InspectError {
     CameraIdTooLong { len: usize, max: usize },
     #[error("pipeline `{name}` does not exist; available: {}", available.join(", "))]
     UnknownPipeline { name: String, available: Vec<String> },
+    #[error("pipeline `{name}` is not a track pipeline and has no line counts; track pipelines: {}", tracking.join(", "))]
+    NotTracking { name: String, tracking: Vec<String> },
     #[error("image is missing")]
     MissingImage,
     #[error("image.encoding {0} is not a known encoding")]

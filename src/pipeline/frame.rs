@@ -155,6 +155,9 @@ pub struct FrameResult {
     pub tracking: Option<FrameOrder>,
     /// Segmentation pipelines: the image's verdict by the pipeline's rule.
     pub cell: Option<crate::segment::CellInspection>,
+    /// `track` pipelines with lines or zones on the frame's camera: this frame's crossings, the
+    /// camera's totals after it and its zones' occupants.
+    pub analytics: Option<crate::track::FrameAnalytics>,
 }
 
 /// What `ListPipelines` reports for one pipeline.

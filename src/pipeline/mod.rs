@@ -58,7 +58,7 @@ pub enum StartError {
     #[error("pipeline `{pipeline}`: model `{model}`'s decoder is not {expected}'s")]
     WrongDecoder { pipeline: String, model: String, expected: &'static str },
     #[error("pipeline `{pipeline}`: {key}: `{class}` is not one of its classes {known:?}")]
-    UnknownClass { pipeline: String, key: &'static str, class: String, known: Vec<String> },
+    UnknownClass { pipeline: String, key: String, class: String, known: Vec<String> },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -178,6 +178,13 @@ pub struct TrackingStats {
     pub stats: RegistryStats,
 }
 
+/// A `track` pipeline's line and zone counts per camera.
+#[derive(Debug, Clone)]
+pub struct PipelineCounts {
+    pub pipeline: String,
+    pub cameras: Vec<crate::track::CameraCounts>,
+}
+
 /// All served pipelines, by name.
 pub struct Pipelines {
     by_name: BTreeMap<String, Pipeline>,
@@ -260,6 +267,44 @@ impl Pipelines {
 
     pub fn describe(&self) -> Vec<PipelineInfo> {
         self.by_name.values().map(Pipeline::describe).collect()
+    }
+
+    /// Line totals and zone occupants per camera of `pipeline` (every track pipeline when empty),
+    /// of `camera_id` alone when given.
+    pub fn line_counts(&self, pipeline: &str, camera_id: Option<&str>) -> Result<Vec<PipelineCounts>, InspectError> {
+        let tracking = || -> Vec<String> {
+            self.by_name.iter().filter(|(_, p)| matches!(p, Pipeline::Track(_))).map(|(n, _)| n.clone()).collect()
+        };
+        let chosen: Vec<(&String, &Pipeline)> = if pipeline.is_empty() {
+            self.by_name.iter().collect()
+        } else {
+            let (name, found) = self.by_name.get_key_value(pipeline).ok_or_else(|| InspectError::UnknownPipeline {
+                name: pipeline.to_owned(),
+                available: self.by_name.keys().cloned().collect(),
+            })?;
+            if !matches!(found, Pipeline::Track(_)) {
+                return Err(InspectError::NotTracking { name: pipeline.to_owned(), tracking: tracking() });
+            }
+            vec![(name, found)]
+        };
+        Ok(chosen
+            .into_iter()
+            .filter_map(|(name, p)| match p {
+                Pipeline::Track(t) => Some(PipelineCounts { pipeline: name.clone(), cameras: t.counts(camera_id) }),
+                Pipeline::Detect(_) | Pipeline::Segment(_) => None,
+            })
+            .collect())
+    }
+
+    /// Crossings of every track pipeline's lines over all its cameras since start.
+    pub fn crossing_totals(&self) -> Vec<(String, Vec<crate::track::analytics::LineTotal>)> {
+        self.by_name
+            .iter()
+            .filter_map(|(name, p)| match p {
+                Pipeline::Track(t) => Some((name.clone(), t.crossing_totals())),
+                Pipeline::Detect(_) | Pipeline::Segment(_) => None,
+            })
+            .collect()
     }
 
     /// Every `track` pipeline's registry counts.

@@ -81,7 +81,8 @@ impl SegmentPipeline {
             })
             .await??;
         timings.postprocess = postprocess;
-        let answer = Answer { detections, image, timings, batch_size, tracking: None, cell: Some(cell) };
+        let answer =
+            Answer { detections, image, timings, batch_size, tracking: None, cell: Some(cell), analytics: None };
         self.stage.answer(request, deadline, answer).await
     }
 }
@@ -104,7 +105,7 @@ fn instances_for(
     let class_id = |name: &String| {
         manifest.classes.iter().position(|c| c == name).map(|i| i as u32).ok_or_else(|| StartError::UnknownClass {
             pipeline: pipeline.to_owned(),
-            key: "cell_rule.classes",
+            key: "cell_rule.classes".into(),
             class: name.clone(),
             known: manifest.classes.clone(),
         })

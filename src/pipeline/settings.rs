@@ -12,7 +12,7 @@ use serde_with::{DurationMilliSeconds, DurationSeconds, serde_as};
 use crate::batching::BatchPolicy;
 use crate::engine::SessionOptions;
 use crate::imaging::DecodeLimits;
-use crate::track::TrackerParams;
+use crate::track::{AnalyticsSettings, TrackerParams};
 
 /// One pipeline, by kind.
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +104,10 @@ pub struct DetectSettings {
     pub iou_threshold: Option<f32>,
     #[serde(default)]
     pub max_detections: Option<usize>,
+    /// NMS across classes (Ultralytics' `agnostic_nms`): one box per object even when the model
+    /// scores it as two classes. Counting lines want it; off by default, as in Ultralytics.
+    #[serde(default)]
+    pub class_agnostic_nms: bool,
     #[serde(default = "one")]
     pub instances: usize,
 }
@@ -117,6 +121,7 @@ impl DetectSettings {
             score_threshold: None,
             iou_threshold: None,
             max_detections: None,
+            class_agnostic_nms: false,
             instances: 1,
         }
     }
@@ -201,6 +206,9 @@ pub struct TrackSettings {
     pub detector: String,
     #[serde(default)]
     pub tracker: TrackerSettings,
+    /// Counting lines and zones on the tracks of this pipeline's cameras.
+    #[serde(default)]
+    pub analytics: AnalyticsSettings,
     #[serde(default, rename = "budget_ms")]
     #[serde_as(as = "Option<DurationMilliSeconds<u64>>")]
     pub budget: Option<Duration>,
@@ -214,6 +222,7 @@ impl TrackSettings {
             model: model.to_owned(),
             detector: detector.to_owned(),
             tracker: TrackerSettings::default(),
+            analytics: AnalyticsSettings::default(),
             budget: None,
             instances: 1,
         }

@@ -20,7 +20,7 @@ use crate::engine::{EngineError, Output, Provider};
 use crate::imaging::{self, Annotation, Letterbox, Preprocessor, TensorSpec};
 use crate::model::{ChannelOrder, InputSpec, ModelManifest};
 use crate::segment::CellInspection;
-use crate::track::FrameOrder;
+use crate::track::{FrameAnalytics, FrameOrder};
 
 thread_local! {
     static PREPROCESSOR: RefCell<Preprocessor> = RefCell::new(Preprocessor::new());
@@ -113,6 +113,7 @@ pub(super) struct Answer {
     pub batch_size: u32,
     pub tracking: Option<FrameOrder>,
     pub cell: Option<CellInspection>,
+    pub analytics: Option<FrameAnalytics>,
 }
 
 /// A frame decoded and made into its model input, not yet queued.
@@ -333,10 +334,10 @@ impl ModelStage {
         deadline: FrameDeadline,
         answer: Answer,
     ) -> Result<FrameResult, InspectError> {
-        let Answer { detections, image, mut timings, batch_size, tracking, cell } = answer;
+        let Answer { detections, image, mut timings, batch_size, tracking, cell, analytics } = answer;
         let (image_width, image_height) = image.dimensions();
         let image = request.annotate.then_some(image);
-        let (detections, annotated_jpeg) = self.annotate(image, detections, &mut timings).await?;
+        let (detections, analytics, annotated_jpeg) = self.annotate(image, detections, analytics, &mut timings).await?;
         timings.total = request.received.elapsed();
         Ok(FrameResult {
             camera_id: request.camera_id,
@@ -352,6 +353,7 @@ impl ModelStage {
             image_height,
             tracking,
             cell,
+            analytics,
         })
     }
 
@@ -361,21 +363,25 @@ impl ModelStage {
         &self,
         image: Option<Arc<RgbImage>>,
         detections: Vec<LabeledDetection>,
+        analytics: Option<FrameAnalytics>,
         timings: &mut StageTimings,
-    ) -> Result<(Vec<LabeledDetection>, Option<Vec<u8>>), InspectError> {
-        let Some(image) = image else { return Ok((detections, None)) };
+    ) -> Result<Annotated, InspectError> {
+        let Some(image) = image else { return Ok((detections, analytics, None)) };
         let mut image = Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone());
         let started = std::time::Instant::now();
-        let (detections, jpeg) = self
+        let (detections, analytics, jpeg) = self
             .on_cpu_pool(move || -> Result<_, InspectError> {
+                if let Some(analytics) = &analytics {
+                    draw_analytics(&mut image, analytics);
+                }
                 draw_detections(&mut image, &detections);
                 let jpeg = imaging::encode_jpeg(&image, 85)
                     .map_err(|e| InspectError::Internal(format!("JPEG encoding failed: {e}")))?;
-                Ok((detections, jpeg))
+                Ok((detections, analytics, jpeg))
             })
             .await??;
         timings.postprocess += started.elapsed();
-        Ok((detections, Some(jpeg)))
+        Ok((detections, analytics, Some(jpeg)))
     }
 
     pub async fn on_cpu_pool<T: Send + 'static>(
@@ -401,6 +407,30 @@ impl ModelStage {
 /// The batch's outputs as the decoders take them.
 pub(super) fn named_views(outputs: &[Output]) -> Result<Vec<crate::detect::NamedOutput<'_>>, EngineError> {
     outputs.iter().map(|o| o.view().map(|view| (o.name.as_str(), view))).collect()
+}
+
+/// Detections, the analytics carried with them, and the annotated JPEG when one was asked for.
+type Annotated = (Vec<LabeledDetection>, Option<FrameAnalytics>, Option<Vec<u8>>);
+
+/// Counting lines (yellow) and zones (cyan) with their names, and the camera's running counts in
+/// the top-left corner.
+pub fn draw_analytics(image: &mut RgbImage, analytics: &FrameAnalytics) {
+    for zone in &analytics.zone_shapes {
+        imaging::draw_path(image, &zone.polygon, true, &zone.name, [0, 220, 255]);
+    }
+    for line in &analytics.lines {
+        imaging::draw_path(image, &[line.from, line.to], false, &line.name, [255, 220, 0]);
+    }
+    let mut text: Vec<String> = analytics
+        .totals
+        .iter()
+        .map(|t| match t.backward {
+            0 => format!("{} {}: {}", t.line, t.class_name, t.forward),
+            back => format!("{} {}: {} (back {back})", t.line, t.class_name, t.forward),
+        })
+        .collect();
+    text.extend(analytics.zones.iter().map(|z| format!("{} {}: {} in", z.zone, z.class_name, z.objects)));
+    imaging::caption(image, &text);
 }
 
 /// Boxes with "class score" labels, one colour per class; tracked objects get "#id class" and one

@@ -13,7 +13,7 @@ use crate::detect::{BBox, Detection};
 use crate::engine::EngineError;
 use crate::imaging::{CropBox, Preprocessor};
 use crate::model::{DecoderSpec, ModelManifest};
-use crate::track::{FrameOrder, Observation, Placement, Registry, RegistryStats};
+use crate::track::{CameraCounts, FrameOrder, Observation, Placement, Registry, RegistryStats};
 
 thread_local! {
     static CROPPER: RefCell<Preprocessor> = RefCell::new(Preprocessor::new());
@@ -64,7 +64,7 @@ impl TrackPipeline {
             for class in &tracker.classes {
                 let id = known.iter().position(|k| k == class).ok_or_else(|| StartError::UnknownClass {
                     pipeline: name.to_owned(),
-                    key: "tracker.classes",
+                    key: "tracker.classes".into(),
                     class: class.clone(),
                     known: known.to_vec(),
                 })?;
@@ -88,7 +88,15 @@ impl TrackPipeline {
             detector.stage().context.clone(),
         )
         .map_err(|source| StartError::Engine { pipeline: name.to_owned(), source })?;
-        let registry = Arc::new(Registry::new(tracker.params, tracker.camera_idle));
+        let analytics = settings.analytics.plan(detector.classes(), tracker.params.max_age).map_err(|e| {
+            StartError::UnknownClass {
+                pipeline: name.to_owned(),
+                key: e.key,
+                class: e.class,
+                known: detector.classes().to_vec(),
+            }
+        })?;
+        let registry = Arc::new(Registry::with_analytics(tracker.params, tracker.camera_idle, analytics));
         let evictor = tokio::spawn(evict_idle_cameras(registry.clone(), tracker.camera_idle));
         tracing::info!(
             message = "Pipeline started.",
@@ -143,6 +151,16 @@ impl TrackPipeline {
         self.registry.stats()
     }
 
+    /// Line totals and zone occupants per camera (`camera_id`'s alone when given).
+    pub fn counts(&self, camera_id: Option<&str>) -> Vec<CameraCounts> {
+        self.registry.counts(camera_id)
+    }
+
+    /// Crossings over every camera since start, by line, class and direction.
+    pub fn crossing_totals(&self) -> Vec<crate::track::analytics::LineTotal> {
+        self.registry.analytics().crossing_totals()
+    }
+
     /// Stops the idle-camera evictor; the embedder's queue is closed with the other stages.
     pub(super) fn close(&self) {
         self.evictor.abort();
@@ -167,8 +185,8 @@ impl TrackPipeline {
             .filter(|d| self.tracked_classes.as_ref().is_none_or(|ids| ids.contains(&d.detection.class_id)))
             .collect();
 
-        let (detections, tracking) = match admission {
-            Placement::Refused(order) => (kept, order),
+        let (detections, tracking, analytics) = match admission {
+            Placement::Refused(order) => (kept, order, None),
             Placement::Accepted(ticket) => {
                 let started = std::time::Instant::now();
                 let boxes: Vec<BBox> = kept.iter().map(|d| d.detection.bbox).collect();
@@ -197,6 +215,7 @@ impl TrackPipeline {
                 let tracked = tracked_rx.await.map_err(|_| InspectError::ShuttingDown)?;
                 timings.track = started.elapsed();
                 let classes = self.detector.classes();
+                let analytics = tracked.analytics;
                 let tracked = tracked
                     .objects
                     .into_iter()
@@ -207,11 +226,11 @@ impl TrackPipeline {
                         shape: None,
                     })
                     .collect();
-                (tracked, FrameOrder::Applied)
+                (tracked, FrameOrder::Applied, analytics)
             }
         };
 
-        let answer = Answer { detections, image, timings, batch_size, tracking: Some(tracking), cell: None };
+        let answer = Answer { detections, image, timings, batch_size, tracking: Some(tracking), cell: None, analytics };
         self.embedder.answer(request, deadline, answer).await
     }
 

@@ -61,6 +61,23 @@ pub struct CloseLabels {
     pub reason: &'static str,
 }
 
+/// Lines and zones are named in the config, so these stay bounded; cameras are summed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LineLabels {
+    pub pipeline: String,
+    pub line: String,
+    pub class: String,
+    /// `forward` or `backward`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabels {
+    pub pipeline: String,
+    pub zone: String,
+    pub class: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds_histogram() -> Histogram {
@@ -70,6 +87,17 @@ fn seconds_histogram() -> Histogram {
 
 fn batch_histogram() -> Histogram {
     Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0])
+}
+
+/// `metric`, registered under `name`.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// Every metric the service exports. Counters and histograms are updated as frames are answered;
@@ -86,6 +114,8 @@ pub struct Metrics {
     pub active_cameras: Family<PipelineLabels, Gauge>,
     pub active_tracks: Family<PipelineLabels, Gauge>,
     pub model_state: Family<ModelStateLabels, Gauge>,
+    pub line_crossings: Family<LineLabels, Counter>,
+    pub zone_objects: Family<ZoneLabels, Gauge>,
     pub frames_in_flight: Gauge,
     pub connections_open: Gauge,
     pub connections_closed: Family<CloseLabels, Counter>,
@@ -99,69 +129,95 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    // One registration per metric: long, not complex.
+    #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("linesight");
-        let stage_seconds = HistogramFamily::<StageLabels>::new_with_constructor(seconds_histogram as fn() -> _);
-        registry.register(
+        let stage_seconds = registered(
+            &mut registry,
             "stage_duration_seconds",
             "Time each answered frame spent in each stage (decode, preprocess, queue_wait, inference, postprocess, embed, track) and in total",
-            stage_seconds.clone(),
+            HistogramFamily::<StageLabels>::new_with_constructor(seconds_histogram as fn() -> _),
         );
-        let batch_size = HistogramFamily::<ModelLabels>::new_with_constructor(batch_histogram as fn() -> _);
-        registry.register(
+        let batch_size = registered(
+            &mut registry,
             "frame_batch_size",
             "Frames in the inference batch each answered frame rode in",
-            batch_size.clone(),
+            HistogramFamily::<ModelLabels>::new_with_constructor(batch_histogram as fn() -> _),
         );
-        let frames = Family::<OutcomeLabels, Counter>::default();
-        registry.register("frames", "Frames answered, by outcome", frames.clone());
-        let frames_shed = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        let frames = registered(
+            &mut registry,
+            "frames",
+            "Frames answered, by outcome",
+            Family::<OutcomeLabels, Counter>::default(),
+        );
+        let frames_shed = registered(
+            &mut registry,
             "frames_shed",
             "Frames refused or dropped unserved, by reason (queue_full, budget, client_deadline, camera_in_flight, server_in_flight)",
-            frames_shed.clone(),
+            Family::<ReasonLabels, Counter>::default(),
         );
-        let frames_over_budget = Family::<PipelineLabels, Counter>::default();
-        registry.register(
+        let frames_over_budget = registered(
+            &mut registry,
             "frames_over_budget",
             "Frames served, but after their budget had run out",
-            frames_over_budget.clone(),
+            Family::<PipelineLabels, Counter>::default(),
         );
-        let queue_depth = Family::<PipelineLabels, Gauge>::default();
-        registry.register("queue_depth", "Frames waiting for a model, per pipeline", queue_depth.clone());
-        let active_cameras = Family::<PipelineLabels, Gauge>::default();
-        registry.register("active_cameras", "Cameras with tracker state, per track pipeline", active_cameras.clone());
-        let active_tracks = Family::<PipelineLabels, Gauge>::default();
-        registry.register(
+        let queue_depth = registered(
+            &mut registry,
+            "queue_depth",
+            "Frames waiting for a model, per pipeline",
+            Family::<PipelineLabels, Gauge>::default(),
+        );
+        let active_cameras = registered(
+            &mut registry,
+            "active_cameras",
+            "Cameras with tracker state, per track pipeline",
+            Family::<PipelineLabels, Gauge>::default(),
+        );
+        let active_tracks = registered(
+            &mut registry,
             "active_tracks",
             "Tracks (confirmed and tentative), per track pipeline",
-            active_tracks.clone(),
+            Family::<PipelineLabels, Gauge>::default(),
         );
-        let model_state = Family::<ModelStateLabels, Gauge>::default();
-        registry.register(
+        let model_state = registered(
+            &mut registry,
             "model_state",
             "1 for each model's current state (loading, ready, failing), 0 for the others",
-            model_state.clone(),
+            Family::<ModelStateLabels, Gauge>::default(),
         );
-        let frames_in_flight = Gauge::default();
-        registry.register("frames_in_flight", "Frames admitted and not yet answered", frames_in_flight.clone());
-        let connections_open = Gauge::default();
-        registry.register(
+        let line_crossings = registered(
+            &mut registry,
+            "line_crossings",
+            "Tracks that crossed each counting line, by class and direction, over every camera since start",
+            Family::<LineLabels, Counter>::default(),
+        );
+        let zone_objects = registered(
+            &mut registry,
+            "zone_objects",
+            "Tracks inside each zone in its cameras' last frames, by class, summed over cameras",
+            Family::<ZoneLabels, Gauge>::default(),
+        );
+        let frames_in_flight =
+            registered(&mut registry, "frames_in_flight", "Frames admitted and not yet answered", Gauge::default());
+        let connections_open = registered(
+            &mut registry,
             "connections_open",
             "gRPC connections in use (their HTTP/2 preface or TLS handshake has begun)",
-            connections_open.clone(),
+            Gauge::default(),
         );
-        let connections_closed = Family::<CloseLabels, Counter>::default();
-        registry.register(
+        let connections_closed = registered(
+            &mut registry,
             "connections_closed",
             "Connections the server closed before they were in use, by reason (preface_timeout, not_http2, not_tls, pending_full)",
-            connections_closed.clone(),
+            Family::<CloseLabels, Counter>::default(),
         );
-        let unauthenticated = Family::<ServiceLabels, Counter>::default();
-        registry.register(
+        let unauthenticated = registered(
+            &mut registry,
             "requests_unauthenticated",
             "Requests refused for a missing or wrong bearer token",
-            unauthenticated.clone(),
+            Family::<ServiceLabels, Counter>::default(),
         );
         Self {
             registry,
@@ -174,6 +230,8 @@ impl Metrics {
             active_cameras,
             active_tracks,
             model_state,
+            line_crossings,
+            zone_objects,
             frames_in_flight,
             connections_open,
             connections_closed,

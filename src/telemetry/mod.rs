@@ -4,8 +4,8 @@
 mod metrics;
 
 pub use metrics::{
-    CONTENT_TYPE, CloseLabels, Metrics, ModelLabels, ModelStateLabels, OutcomeLabels, PipelineLabels, ReasonLabels,
-    ServiceLabels, StageLabels,
+    CONTENT_TYPE, CloseLabels, LineLabels, Metrics, ModelLabels, ModelStateLabels, OutcomeLabels, PipelineLabels,
+    ReasonLabels, ServiceLabels, StageLabels, ZoneLabels,
 };
 
 use tracing_subscriber::EnvFilter;

@@ -1,6 +1,7 @@
 //! Multi-object tracking: DeepSORT (Kalman motion, appearance cascade, IoU fallback) per camera, and
 //! the registry that holds every camera's tracker.
 
+pub mod analytics;
 mod appearance;
 mod assignment;
 mod deepsort;
@@ -10,10 +11,11 @@ mod registry;
 
 use crate::detect::BBox;
 
+pub use analytics::{AnalyticsPlan, AnalyticsSettings, CameraAnalytics, FrameAnalytics};
 pub use appearance::{Gallery, cosine_distance, normalized};
 pub use assignment::{Assignment, CostMatrix, INFEASIBLE, min_cost_matching};
 pub use deepsort::{Track, TrackStatus, Tracker};
-pub use registry::{FrameOrder, Placement, Registry, RegistryStats, Ticket, TrackedFrame};
+pub use registry::{CameraCounts, FrameOrder, Placement, Registry, RegistryStats, Ticket, TrackedFrame};
 
 /// The tracker's parameters. DeepSORT's own are first; the rest add ByteTrack's use of detection
 /// scores and let lost tracks be found again by IoU. `TrackerParams::deep_sort()` is the paper's

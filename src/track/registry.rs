@@ -19,6 +19,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use super::analytics::{AnalyticsPlan, CameraAnalytics, FrameAnalytics, LineTotal, ZoneCount};
 use super::{Observation, TrackedObject, Tracker, TrackerParams};
 
 /// Where a frame stood in its camera's order.
@@ -37,6 +38,16 @@ pub enum FrameOrder {
 pub struct TrackedFrame {
     pub sequence: u64,
     pub objects: Vec<TrackedObject>,
+    /// Lines and zones, when the camera has any.
+    pub analytics: Option<FrameAnalytics>,
+}
+
+/// One camera's line totals since its first frame and its zones' occupants in its last frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraCounts {
+    pub camera_id: String,
+    pub lines: Vec<LineTotal>,
+    pub zones: Vec<ZoneCount>,
 }
 
 /// The answer to a frame asking to be tracked.
@@ -57,6 +68,7 @@ enum Pending {
 
 struct Camera {
     tracker: Tracker,
+    analytics: Option<CameraAnalytics>,
     last_applied: Option<u64>,
     in_flight: BTreeMap<u64, Pending>,
     last_seen: Instant,
@@ -74,9 +86,10 @@ impl Camera {
             let sequence = *entry.key();
             if let Pending::Ready { observations, reply } = entry.remove() {
                 let objects = self.tracker.step(&observations);
+                let analytics = self.analytics.as_mut().map(|a| a.observe(&objects));
                 self.last_applied = Some(sequence);
                 // The receiver may be gone (client hung up); the step still counts.
-                let _ = reply.send(TrackedFrame { sequence, objects });
+                let _ = reply.send(TrackedFrame { sequence, objects, analytics });
             }
         }
     }
@@ -149,6 +162,7 @@ pub struct RegistryStats {
 pub struct Registry {
     cameras: DashMap<String, Arc<Mutex<Camera>>>,
     params: TrackerParams,
+    analytics: Arc<AnalyticsPlan>,
     idle_after: Duration,
     evicted: AtomicU64,
     late: AtomicU64,
@@ -157,9 +171,15 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(params: TrackerParams, idle_after: Duration) -> Self {
+        Self::with_analytics(params, idle_after, AnalyticsPlan::none())
+    }
+
+    /// A registry whose cameras also count crossings of `analytics`' lines and its zones' occupants.
+    pub fn with_analytics(params: TrackerParams, idle_after: Duration, analytics: AnalyticsPlan) -> Self {
         Self {
             cameras: DashMap::new(),
             params,
+            analytics: Arc::new(analytics),
             idle_after,
             evicted: AtomicU64::new(0),
             late: AtomicU64::new(0),
@@ -207,6 +227,7 @@ impl Registry {
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Camera {
                     tracker: Tracker::new(self.params),
+                    analytics: self.analytics.for_camera(camera_id),
                     last_applied: None,
                     in_flight: BTreeMap::new(),
                     last_seen: now,
@@ -232,6 +253,37 @@ impl Registry {
         });
         self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
+    }
+
+    /// The lines and zones, and crossing totals over every camera since start (evicted ones too).
+    pub fn analytics(&self) -> &AnalyticsPlan {
+        &self.analytics
+    }
+
+    /// Line totals and zone occupants of `camera_id`, or of every camera with lines or zones.
+    pub fn counts(&self, camera_id: Option<&str>) -> Vec<CameraCounts> {
+        let counts = |camera_id: &str, slot: &Arc<Mutex<Camera>>| {
+            let camera = slot.lock();
+            camera.analytics.as_ref().map(|a| CameraCounts {
+                camera_id: camera_id.to_owned(),
+                lines: a.totals(),
+                zones: a.last_occupancy().to_vec(),
+            })
+        };
+        let mut all: Vec<CameraCounts> = match camera_id {
+            Some(id) => {
+                // Clone the slot so no shard lock is held while the camera is locked.
+                let slot = self.cameras.get(id).map(|s| s.value().clone());
+                slot.and_then(|s| counts(id, &s)).into_iter().collect()
+            }
+            None => {
+                let slots: Vec<(String, Arc<Mutex<Camera>>)> =
+                    self.cameras.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+                slots.iter().filter_map(|(id, s)| counts(id, s)).collect()
+            }
+        };
+        all.sort_by(|a, b| a.camera_id.cmp(&b.camera_id));
+        all
     }
 
     pub fn stats(&self) -> RegistryStats {

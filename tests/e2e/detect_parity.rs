@@ -44,6 +44,7 @@ fn yolo_decoders_match_ultralytics_postprocessing() {
             score: case["conf"].as_f64().expect("conf") as f32,
             iou: case["iou"].as_f64().expect("iou") as f32,
             max_detections: case["max_det"].as_u64().expect("max_det") as usize,
+            class_agnostic: false,
         };
         let letterbox = Letterbox::new(w0, h0, size, size);
         let versions: &[YoloVersion] = match case["layout"].as_str() {

@@ -18,6 +18,7 @@ mod device_input;
 mod el_defect;
 mod fuzz_replay;
 mod grpc_e2e;
+mod line_analytics;
 mod operations;
 mod overload;
 mod providers;

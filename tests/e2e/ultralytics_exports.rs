@@ -20,9 +20,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::common::{TestServer, fixture, test_config};
+use linesight::api::proto::inspection_client::InspectionClient;
 use linesight::api::proto::{self, Image, InspectRequest};
 use linesight::pipeline::{DetectSettings, PipelineSettings, Pipelines};
 use serde_json::Value;
+use tonic::transport::Channel;
 
 fn reference() -> Value {
     let text = std::fs::read_to_string(fixture("ultralytics/reference.json")).expect("reference.json");
@@ -87,6 +89,54 @@ fn twins(one: &[Found], other: &[Found], conf: f32, exact: bool, what: &str) -> 
     (worst_px, worst_score)
 }
 
+/// Inspects every image of a reference entry through `pipeline` and checks its detections against
+/// Ultralytics' both ways; returns how many of Ultralytics' were compared exactly.
+async fn matches_ultralytics(
+    client: &mut InspectionClient<Channel>,
+    pipeline: &str,
+    model: &str,
+    entry: &Value,
+    conf: f32,
+) -> usize {
+    let mut compared = 0;
+    let images = entry["images"].as_object().expect("images");
+    for (image, want) in images {
+        let png = std::fs::read(fixture(&format!("ultralytics/{image}"))).expect("image");
+        let response = client.inspect(png_request(pipeline, png)).await.expect("inspect").into_inner();
+        assert_eq!(response.model, *model);
+        let got: Vec<Found> = response
+            .detections
+            .iter()
+            .map(|d| {
+                let b = d.r#box.expect("box");
+                Found { class: d.class_name.clone(), score: d.score, bbox: [b.x1, b.y1, b.x2, b.y2] }
+            })
+            .collect();
+        let want: Vec<Found> = want
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|d| {
+                let b: Vec<f32> =
+                    d["box"].as_array().expect("box").iter().filter_map(Value::as_f64).map(|v| v as f32).collect();
+                Found {
+                    class: d["class_name"].as_str().expect("class").to_owned(),
+                    score: d["score"].as_f64().expect("score") as f32,
+                    bbox: [b[0], b[1], b[2], b[3]],
+                }
+            })
+            .collect();
+        // f16 outputs tie often (11 significant bits), and NMS breaks ties in its own order.
+        let exact = image.as_str() != "large.png" && !model.contains("fp16-io");
+        let what = format!("{model} on {image}");
+        let (px, score) = twins(&want, &got, conf, exact, &format!("{what}, Ultralytics → linesight"));
+        twins(&got, &want, conf, exact, &format!("{what}, linesight → Ultralytics"));
+        eprintln!("{what}: {} vs {} detections, worst twin {px:.3} px, {score:.4} score", got.len(), want.len());
+        compared += want.iter().filter(|d| d.score >= conf + 0.03).count();
+    }
+    compared
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ultralytics_exports_served_from_their_metadata_match_ultralytics_predict() {
     let _machine = crate::common::machine_shared();
@@ -111,41 +161,7 @@ async fn ultralytics_exports_served_from_their_metadata_match_ultralytics_predic
     let mut client = server.client().await;
     let mut compared = 0;
     for (model, entry) in models {
-        let images = entry["images"].as_object().expect("images");
-        for (image, want) in images {
-            let png = std::fs::read(fixture(&format!("ultralytics/{image}"))).expect("image");
-            let response = client.inspect(png_request(&pipeline_name(model), png)).await.expect("inspect").into_inner();
-            assert_eq!(response.model, *model);
-            let got: Vec<Found> = response
-                .detections
-                .iter()
-                .map(|d| {
-                    let b = d.r#box.expect("box");
-                    Found { class: d.class_name.clone(), score: d.score, bbox: [b.x1, b.y1, b.x2, b.y2] }
-                })
-                .collect();
-            let want: Vec<Found> = want
-                .as_array()
-                .expect("list")
-                .iter()
-                .map(|d| {
-                    let b: Vec<f32> =
-                        d["box"].as_array().expect("box").iter().filter_map(Value::as_f64).map(|v| v as f32).collect();
-                    Found {
-                        class: d["class_name"].as_str().expect("class").to_owned(),
-                        score: d["score"].as_f64().expect("score") as f32,
-                        bbox: [b[0], b[1], b[2], b[3]],
-                    }
-                })
-                .collect();
-            // f16 outputs tie often (11 significant bits), and NMS breaks ties in its own order.
-            let exact = image.as_str() != "large.png" && !model.contains("fp16-io");
-            let what = format!("{model} on {image}");
-            let (px, score) = twins(&want, &got, conf, exact, &format!("{what}, Ultralytics → linesight"));
-            twins(&got, &want, conf, exact, &format!("{what}, linesight → Ultralytics"));
-            eprintln!("{what}: {} vs {} detections, worst twin {px:.3} px, {score:.4} score", got.len(), want.len());
-            compared += want.iter().filter(|d| d.score >= conf + 0.03).count();
-        }
+        compared += matches_ultralytics(&mut client, &pipeline_name(model), model, entry, conf).await;
     }
     assert!(compared >= 50, "only {compared} detections compared: the parity models find too little");
     server.stop().await;
@@ -191,4 +207,32 @@ async fn a_folder_holding_only_an_export_is_a_model_and_unservable_exports_are_r
     let two = refusal("parts");
     assert!(two.contains("2 .onnx files") && two.contains("parts/best.onnx"), "{two}");
     assert!(Path::new(&parts).is_dir());
+}
+
+/// The shipped conveyor YOLO11n: a folder holding only its Ultralytics export, served with no
+/// `model.toml`, detecting as Ultralytics predicts on the held-out fixture images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_conveyor_yolo11n_is_served_from_its_export_alone_as_ultralytics_predicts() {
+    let _machine = crate::common::machine_shared();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let dir = models.join("yolo11n-conveyor");
+    assert!(!dir.join("model.toml").exists(), "the shipped YOLO is served from its export alone");
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+    let reference: Value = serde_json::from_str(&text).expect("json");
+    let conf = reference["conf"].as_f64().expect("conf") as f32;
+    let mut settings = DetectSettings::new("yolo11n-conveyor");
+    settings.score_threshold = Some(conf);
+    settings.iou_threshold = Some(reference["iou"].as_f64().expect("iou") as f32);
+    let mut config = test_config();
+    config.model_dir = Some(models);
+    config.pipelines = BTreeMap::from([("parts".to_owned(), PipelineSettings::Detect(settings))]);
+    config.default_pipeline = "parts".into();
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let listed = client.list_pipelines(proto::ListPipelinesRequest {}).await.expect("list").into_inner();
+    assert_eq!(listed.pipelines[0].classes, ["bolt", "nut", "washer", "bracket", "cap"]);
+    let entry = &reference["models"]["yolo11n-conveyor"];
+    let compared = matches_ultralytics(&mut client, "parts", "yolo11n-conveyor", entry, conf).await;
+    assert!(compared >= 20, "only {compared} detections compared");
+    server.stop().await;
 }
