@@ -3,12 +3,12 @@
 the conveyor dataset of `conveyor_synth.py`, validates it on the held-out split with Ultralytics'
 own `val`, and exports ONNX files as users export theirs.
 
-  train_yolo.py --family yolo11 --scale n --data DIR/data.yaml --epochs 60 --out runs/yolo11n
+  train_yolo.py --family yolo11 --scale n --data DIR/data.yaml --epochs 14 --close-mosaic 4 \
+      --out runs/yolo11n --export fp32                      # the shipped models/yolo11n-conveyor
   train_yolo.py --family yolo26 --scale tiny --epochs 3 ...   # the small parity models
 
-TODO(#18): the shipped YOLO11n (`--family yolo11 --scale n`, a full training) has not been run: on
-the 2-core CPU it is too slow for one session, and no GPU was lent to this work. Only the small
-parity models below exist.
+The shipped YOLO11n took 14 epochs, 74 minutes on the 2-core CPU; `--resume` continues an
+interrupted run from its last.pt. Its card: models/yolo11n-conveyor/README.md.
 
 `--scale tiny` is depth 0.33, width 0.125, max 256 channels: the same head and export layout as
 `n` at a tenth of the size, small enough to commit as a test fixture.
