@@ -100,13 +100,13 @@ def truth(video):
     return {p: classes[p] for p in crossed}, frames
 
 
-def replay(dump, settings):
+def replay(binary, dump, settings):
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         for key, value in settings.items():
             f.write(f"{key} = {value}\n")
         f.write(f'[[lines]]\nname = "exit"\nfrom = [{LINE_X}, 0.0]\nto = [{LINE_X}, 320.0]\nforward = [1.0, 0.0]\n')
     try:
-        out = subprocess.run([args.replay, "--tracks", dump, "--analytics", f.name, "--classes", ",".join(CLASSES)], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([binary, "--tracks", dump, "--analytics", f.name, "--classes", ",".join(CLASSES)], check=True, capture_output=True, text=True).stdout
     finally:
         os.unlink(f.name)
     return [json.loads(line) for line in out.splitlines()]
@@ -139,7 +139,6 @@ def score(crossings, boxes, parts, gt_frames):
 
 
 def main():
-    global args
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", default="127.0.0.1:50051")
     parser.add_argument("--videos", required=True, help="one folder per seed; missing ones are generated")
@@ -181,7 +180,7 @@ def main():
         sums = {split: Counter() for split in splits}
         per_video = {}
         for (split, seed, condition), (dump, boxes, parts, gt_frames) in recorded.items():
-            s = score(replay(str(dump), settings), boxes, parts, gt_frames)
+            s = score(replay(args.replay, str(dump), settings), boxes, parts, gt_frames)
             sums[split].update(s)
             per_video[f"{split}/{condition}/{seed}"] = s
         table.append({"settings": settings, "tune": dict(sums["tune"]), "heldout": dict(sums["heldout"]), "videos": per_video})

@@ -132,10 +132,8 @@ impl AnalyticsSettings {
         let mut names = std::collections::BTreeSet::new();
         for (i, line) in self.lines.iter().enumerate() {
             let at = format!("lines[{i}]");
-            if line.name.is_empty() {
-                say(format!("{at}.name"), "must not be empty");
-            } else if !names.insert(line.name.as_str()) {
-                say(format!("{at}.name"), "is already the name of another line");
+            if let Some(problem) = name_problem(&mut names, &line.name, "line") {
+                say(format!("{at}.name"), &problem);
             }
             if ![line.from, line.to, line.forward].iter().all(finite) {
                 say(at.clone(), "from, to and forward must be finite numbers");
@@ -153,10 +151,8 @@ impl AnalyticsSettings {
         let mut names = std::collections::BTreeSet::new();
         for (i, zone) in self.zones.iter().enumerate() {
             let at = format!("zones[{i}]");
-            if zone.name.is_empty() {
-                say(format!("{at}.name"), "must not be empty");
-            } else if !names.insert(zone.name.as_str()) {
-                say(format!("{at}.name"), "is already the name of another zone");
+            if let Some(problem) = name_problem(&mut names, &zone.name, "zone") {
+                say(format!("{at}.name"), &problem);
             }
             if zone.polygon.len() < 3 {
                 say(format!("{at}.polygon"), "needs at least 3 vertices");
@@ -304,6 +300,17 @@ impl Zone {
             }
         }
         inside
+    }
+}
+
+/// Why `name` cannot name a `kind` (line or zone) beside the ones in `taken`, if it cannot.
+fn name_problem<'a>(taken: &mut std::collections::BTreeSet<&'a str>, name: &'a str, kind: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("must not be empty".to_owned())
+    } else if !taken.insert(name) {
+        Some(format!("is already the name of another {kind}"))
+    } else {
+        None
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::common::{TestServer, fixture, http_get, jpeg_request, test_config};
 use linesight::api::proto::{self, InspectRequest, InspectResponse, LineCountsRequest};
 use linesight::config::{Config, MetricsConfig};
+use linesight::detect::{BBox, iou};
 use linesight::track::analytics::{AnalyticsSettings, LineSettings, ZoneSettings};
 use serde_json::Value;
 use tokio_stream::StreamExt;
@@ -226,7 +227,7 @@ async fn conveyor_parts_crossing_the_demo_line_are_each_counted_once() {
         for o in frame["objects"].as_array().expect("objects") {
             let b = truth_box(o);
             let id = o["id"].as_u64().expect("id");
-            if (b[0] + b[2]) / 2.0 < line_x {
+            if (b.x1 + b.x2) / 2.0 < line_x {
                 left.insert(id);
             } else if left.contains(&id) {
                 crossed.insert(id, o["class"].as_str().expect("class").to_owned());
@@ -244,12 +245,12 @@ async fn conveyor_parts_crossing_the_demo_line_are_each_counted_once() {
             assert_eq!(c.direction, proto::CrossingDirection::Forward as i32, "{c:?}");
             let d = r.detections.iter().find(|d| d.track_id == c.track_id).expect("crossing track in its frame");
             let b = d.r#box.expect("box");
-            let boxed = [b.x1, b.y1, b.x2, b.y2];
+            let boxed = BBox { x1: b.x1, y1: b.y1, x2: b.x2, y2: b.y2 };
             let part = truth[i]["objects"]
                 .as_array()
                 .expect("objects")
                 .iter()
-                .map(|o| (iou(boxed, truth_box(o)), o["id"].as_u64().expect("id")))
+                .map(|o| (iou(&boxed, &truth_box(o)), o["id"].as_u64().expect("id")))
                 .max_by(|a, b| a.0.total_cmp(&b.0))
                 .filter(|(overlap, _)| *overlap >= 0.3)
                 .map(|(_, id)| id);
@@ -303,14 +304,7 @@ async fn stream_clip(server: &TestServer, camera: &str) -> Vec<InspectResponse> 
     responses
 }
 
-fn truth_box(o: &Value) -> [f32; 4] {
+fn truth_box(o: &Value) -> BBox {
     let b: Vec<f32> = o["box"].as_array().expect("box").iter().filter_map(Value::as_f64).map(|v| v as f32).collect();
-    [b[0], b[1], b[2], b[3]]
-}
-
-fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h;
-    if union > 0.0 { w * h / union } else { 0.0 }
+    BBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] }
 }
