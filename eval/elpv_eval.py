@@ -12,6 +12,10 @@ for acceptance and must not be used to tune anything.
 
     .venv/bin/python eval/elpv_eval.py --binary target/release/linesight --out eval/results
     (needs eval/requirements-el.txt in that venv)
+
+The server judges by the model's own [cell_rule] unless --min-score, --min-area, --classes,
+--count-instances or --min-defect-probability set the pipeline's cell_rule. For a model with a cell
+head, the report also sweeps its defect probability, alone and beside the best instance rule.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(binary: str, port: int, min_score: float, min_area: float, classes: list[str], threads: int):
+def start_server(binary: str, port: int, model_dir: str, model: str, rule: dict, threads: int):
+    """`rule`: the pipeline's cell_rule keys to set; the rest come from the model's [cell_rule]."""
+    rule_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in rule.items())
     config = f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -61,21 +67,18 @@ model = "nanodet-g"
 
 [pipelines.el-defect]
 kind = "segment"
-model = "el-maskrcnn"
+model = "{model}"
 score_threshold = {SWEEP_FLOOR}
 
-[pipelines.el-defect.verdict]
-min_score = {min_score}
-min_area_fraction = {min_area}
-classes = {json.dumps(classes)}
+[pipelines.el-defect.cell_rule]
+{rule_lines}
 """
     directory = tempfile.mkdtemp()
     path = os.path.join(directory, "linesight.toml")
     with open(path, "w") as f:
         f.write(config)
-    models = os.path.join(ROOT, "models")
     return subprocess.Popen(
-        [binary, "serve", "--config", path, "--model-dir", models],
+        [binary, "serve", "--config", path, "--model-dir", model_dir],
         stderr=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
     )
@@ -145,11 +148,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/linesight"))
     ap.add_argument("--rows", choices=["odd", "even"], default="odd")
-    ap.add_argument("--min-score", type=float, default=0.2, help="the server's verdict rule: instance score")
-    ap.add_argument("--min-area", type=float, default=0.0, help="the server's verdict rule: defect area fraction")
-    ap.add_argument(
-        "--classes", default="crack,inactive", help="the server's verdict rule: counted classes, comma-separated (empty = all)"
-    )
+    ap.add_argument("--model-dir", default=os.path.join(ROOT, "models"))
+    ap.add_argument("--model", default="el-maskrcnn")
+    ap.add_argument("--min-score", type=float, help="cell rule: instance score (default: the model's)")
+    ap.add_argument("--min-area", type=float, help="cell rule: defect area fraction (default: the model's)")
+    ap.add_argument("--classes", help="cell rule: counted classes, comma-separated (default: the model's)")
+    ap.add_argument("--count-instances", choices=["true", "false"], help="cell rule (default: the model's)")
+    ap.add_argument("--min-defect-probability", type=float, help="cell rule (default: the model's)")
+    ap.add_argument("--row-list", help="only these rows (a JSON list of row numbers, all of the --rows parity)")
+    ap.add_argument("--name", help="report name (default: elpv_<rows>)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="at most this many cells (0 = all)")
     ap.add_argument("--out", default=os.path.join(ROOT, "eval/results"))
@@ -159,12 +166,27 @@ def main() -> None:
     rows = [line.split() for line in open(os.path.join(data, "labels.csv")) if line.strip()]
     parity = 1 if args.rows == "odd" else 0
     selected = [(i, r) for i, r in enumerate(rows) if i % 2 == parity]
+    if args.row_list:
+        wanted = set(json.load(open(args.row_list)))
+        if any(r % 2 != parity for r in wanted):
+            raise SystemExit(f"{args.row_list}: lists rows that are not {args.rows}")
+        selected = [(i, r) for i, r in selected if i in wanted]
     if args.limit:
         selected = selected[: args.limit]
 
     port = free_port()
-    classes = [c for c in args.classes.split(",") if c]
-    server = start_server(args.binary, port, args.min_score, args.min_area, classes, args.threads)
+    rule = {}
+    if args.min_score is not None:
+        rule["min_score"] = args.min_score
+    if args.min_area is not None:
+        rule["min_area_fraction"] = args.min_area
+    if args.classes is not None:
+        rule["classes"] = [c for c in args.classes.split(",") if c]
+    if args.count_instances is not None:
+        rule["count_instances"] = args.count_instances == "true"
+    if args.min_defect_probability is not None:
+        rule["min_defect_probability"] = args.min_defect_probability
+    server = start_server(args.binary, port, args.model_dir, args.model, rule, args.threads)
     try:
         channel, request_class, call = connect(port)
         cells = []
@@ -182,6 +204,7 @@ def main() -> None:
                     "type": cell_type,
                     "probability": float(probability),
                     "server_defective": response.cell.verdict == 2,
+                    "defect_probability": response.cell.defect_probability if response.cell.HasField("defect_probability") else None,
                     "instances": masks,
                     "total_us": response.timings.total_us,
                     "inference_us": response.timings.inference_us,
@@ -216,6 +239,17 @@ def main() -> None:
                 sweep.append({"classes": list(counted), "min_score": min_score, "min_area_fraction": min_area, **s})
     best_f1 = max(sweep, key=lambda s: (s["f1"], s["accuracy"]))
     best_accuracy = max(sweep, key=lambda s: (s["accuracy"], s["f1"]))
+    # The cell head's probability alone, and beside the best-F1 instance rule.
+    probability_sweep = []
+    if all(c["defect_probability"] is not None for c in cells):
+        best_rule = verdicts(best_f1["min_score"], best_f1["min_area_fraction"], tuple(best_f1["classes"]))
+        for threshold in [round(0.05 * k, 2) for k in range(1, 20)] + [0.97, 0.98, 0.99, 0.995, 0.998, 0.999]:
+            by_head = [c["defect_probability"] >= threshold for c in cells]
+            probability_sweep.append({"min_defect_probability": threshold, "count_instances": False, **scores_of(truth, by_head)})
+            either = [h or r for h, r in zip(by_head, best_rule)]
+            probability_sweep.append(
+                {"min_defect_probability": threshold, "count_instances": True, "instance_rule": "best F1 above", **scores_of(truth, either)}
+            )
 
     server_verdicts = [c["server_defective"] for c in cells]
     by_type = {
@@ -231,20 +265,22 @@ def main() -> None:
         "dataset": "PyPI elpv-dataset 1.0.0.post1 (CC BY-NC-SA 4.0), evaluation only",
         "rows": f"{args.rows} rows of labels.csv (0-based)",
         "defective_when_probability_at_least": DEFECTIVE_AT,
-        "server_rule": {"min_score": args.min_score, "min_area_fraction": args.min_area, "classes": classes},
+        "model": args.model,
+        "server_rule": rule or "the model's [cell_rule]",
         "server_verdicts": scores_of(truth, server_verdicts),
         "server_verdicts_by_type": by_type,
         "flagged_by_label_probability": by_probability,
         "rule_sweep_best_f1": best_f1,
         "rule_sweep_best_accuracy": best_accuracy,
         "rule_sweep": sweep,
+        "defect_probability_sweep": probability_sweep,
         "server_total_ms_median": round(latency[len(latency) // 2] / 1000, 2) if latency else None,
     }
     os.makedirs(args.out, exist_ok=True)
-    name = f"elpv_{args.rows}"
+    name = args.name or f"elpv_{args.rows}"
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(report, f, indent=1)
-    summary = {k: v for k, v in report.items() if k != "rule_sweep"}
+    summary = {k: v for k, v in report.items() if k not in ("rule_sweep", "defect_probability_sweep")}
     print(json.dumps(summary, indent=1))
 
 

@@ -4,7 +4,8 @@
   cell_<seed>.png    synthetic EL cells (models/tools/el_synth.py, seeds 900000.., never trained on)
   cells.json         per cell: its true instances (class, mask as runs over the whole image) and the
                      reference answer of Python onnxruntime on models/el-maskrcnn/model.onnx, masks
-                     pasted by models/tools/el_reference.py (class, score, box, mask runs)
+                     pasted by models/tools/el_reference.py (class, score, box, mask runs), its
+                     defect probability (the cell head) and the verdict the model.toml rule gives
   paste_cases.json   mask-paste cases (random 28x28 probabilities, boxes fractional, clipped, tiny)
                      and the reference paste of each, as runs over the box region
   contour_cases.json masks and OpenCV's outer contours of them (cv2.findContours, RETR_CCOMP outer
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tomllib
 
 import cv2
 import numpy as np
@@ -56,9 +58,30 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def defect_probability(session, img: np.ndarray) -> float | None:
+    x = np.repeat(((img.astype(np.float32) - MEAN) / STD)[None, None], 3, axis=1)
+    names = [o.name for o in session.get_outputs()]
+    if "cell_defect" not in names:
+        return None
+    return float(session.run(["cell_defect"], {"images": x})[0].reshape(-1)[0])
+
+
+def reference_verdict(rule: dict, instances: list[dict], probability: float | None) -> bool:
+    """The model.toml [cell_rule] (with the service's defaults) applied to the reference answer; the
+    fixture cells' instances are never tiny, so the area rule is not modelled beyond 0."""
+    assert rule.get("min_area_fraction", 0.0) == 0.0
+    classes = [CLASSES.index(c) for c in rule.get("classes", [])]
+    by_instances = rule.get("count_instances", True) and any(
+        i["score"] >= rule.get("min_score", 0.5) and (not classes or i["class_id"] in classes) for i in instances
+    )
+    threshold = rule.get("min_defect_probability")
+    return bool(by_instances or (threshold is not None and probability is not None and probability >= threshold))
+
+
 def reference_instances(session, img: np.ndarray, score: float) -> list[dict]:
     x = np.repeat(((img.astype(np.float32) - MEAN) / STD)[None, None], 3, axis=1)
-    boxes, labels, scores, masks = session.run(None, {"images": x})
+    named = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": x})))
+    boxes, labels, scores, masks = (named[k] for k in ["boxes", "labels", "scores", "masks"])
     out = []
     order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
     for i in order:
@@ -88,6 +111,8 @@ def main() -> None:
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(os.path.join(ROOT, "models/el-maskrcnn/model.onnx"), options, providers=["CPUExecutionProvider"])
 
+    with open(os.path.join(ROOT, "models/el-maskrcnn/model.toml"), "rb") as f:
+        rule = tomllib.load(f).get("cell_rule", {})
     cells = []
     for seed in FIXTURE_SEEDS:
         img, truth, info = make_cell(seed)
@@ -100,8 +125,11 @@ def main() -> None:
                 "truth": [{"class": CLASSES[t.class_id - 1], "class_id": t.class_id - 1, "runs": runs(t.mask)} for t in truth],
                 # Every instance down to score 0.05, so the test can apply any threshold.
                 "reference": reference_instances(session, img, 0.05),
+                "reference_defect_probability": defect_probability(session, img),
             }
         )
+        reference = cells[-1]
+        reference["reference_defective"] = reference_verdict(rule, reference["reference"], reference["reference_defect_probability"])
     with open(os.path.join(OUT, "cells.json"), "w") as f:
         json.dump({"width": SIZE, "height": SIZE, "cells": cells}, f)
 

@@ -21,7 +21,7 @@ Defect classes (ids as the model sees them; 0 is background):
                         area behind them poorly collected).
 
 Run as a script to write a montage and a folder of cells with their masks:
-    python models/tools/el_synth.py --out /tmp/el_synth --count 16
+    python models/tools/el_synth.py --out /tmp/el_synth --count 16 [--version 3]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _mono_texture(rng: np.random.Generator) -> np.ndarray:
     return 1.0 + rings + 0.03 * _smooth_noise(rng, 8, 4.0)
 
 
-def _clutter(rng: np.random.Generator, cell_type: str) -> np.ndarray:
+def _clutter(rng: np.random.Generator, cell_type: str, version: int = 2) -> np.ndarray:
     """What real cells show that is *not* a defect: dark dots, short faint strokes, faint finger
     lines, and (polycrystalline) dark mottled patches of low-lifetime material."""
     out = np.ones((SIZE, SIZE), np.float32)
@@ -119,6 +119,13 @@ def _clutter(rng: np.random.Generator, cell_type: str) -> np.ndarray:
         dark = np.clip((patches - level) / (1 - level), 0, 1)
         detail = 0.5 + 0.5 * _smooth_noise(rng, 120, 0.5)
         out *= 1.0 - rng.uniform(0.15, 0.45) * dark * detail
+        if version >= 3:  # real cast cells: large cloudy dark clusters of dislocations, finely structured
+            for _ in range(int(rng.integers(1, 4))):
+                patches = _smooth_noise(rng, int(rng.integers(6, 30)), 1.0)
+                level = rng.uniform(0.0, 0.5)
+                dark = np.clip((patches - level) / (1 - level) * 3, 0, 1)
+                detail = np.clip(0.2 + 0.8 * _smooth_noise(rng, int(rng.integers(80, 150)), 0.5), 0, 1)
+                out *= 1.0 - rng.uniform(0.3, 0.7) * dark * detail
     return out
 
 
@@ -140,7 +147,7 @@ def _crack_path(rng: np.random.Generator, start: np.ndarray, angle: float, lengt
     return np.array(pts, np.float32)
 
 
-def _add_crack(rng, img, busbar_dark):
+def _add_crack(rng, img, busbar_dark, version: int = 2):
     """A crack: a main path plus a few branches. Returns its mask and, sometimes, a region it cuts off."""
     edge_start = rng.random() < 0.5
     if edge_start:
@@ -160,11 +167,16 @@ def _add_crack(rng, img, busbar_dark):
     for _ in range(int(rng.integers(0, 4))):
         at = main[int(rng.integers(len(main)))]
         paths.append(_crack_path(rng, at, angle + rng.choice([-1, 1]) * rng.uniform(0.4, 1.3), rng.uniform(15, 120)))
-    thickness = int(rng.choice([1, 1, 2, 2, 3]))
+    faint = version >= 3 and rng.random() < 0.5
+    if faint:  # version 3: micro-cracks, 1 px and faint, more often branched
+        for _ in range(int(rng.integers(0, 4))):
+            at = main[int(rng.integers(len(main)))]
+            paths.append(_crack_path(rng, at, angle + rng.choice([-1, 1]) * rng.uniform(0.4, 1.3), rng.uniform(15, 80)))
+    thickness = 1 if faint else int(rng.choice([1, 1, 2, 2, 3]))
     line = np.zeros((SIZE, SIZE), bool)
     for p in paths:
         line |= _line_mask(p, thickness)
-    depth = rng.uniform(0.35, 0.8)
+    depth = rng.uniform(0.12, 0.35) if faint else rng.uniform(0.35, 0.8)
     shade = cv2.GaussianBlur(line.astype(np.float32), (0, 0), rng.uniform(0.5, 1.0))
     shade = shade / (shade.max() + 1e-6)
     img *= 1.0 - depth * shade
@@ -185,7 +197,7 @@ def _blob(rng, cx, cy, rx, ry) -> np.ndarray:
     return m.astype(bool)
 
 
-def _add_inactive(rng, img):
+def _add_inactive(rng, img, version: int = 2):
     """A dark region: a corner or edge piece cut off by a crack, or a blob (a separated island)."""
     kind = rng.choice(["corner", "edge", "blob"], p=[0.35, 0.3, 0.35])
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
@@ -217,6 +229,10 @@ def _add_inactive(rng, img):
     darkness = rng.uniform(0.35, 0.92)
     soft = cv2.GaussianBlur(region.astype(np.float32), (0, 0), rng.uniform(0.7, 3.0))
     inner = 1.0 - darkness * (0.8 + 0.2 * _smooth_noise(rng, 10, 2.0))
+    if version >= 3 and rng.random() < 0.6:  # faint, graded, sometimes with a blurred edge
+        darkness = rng.uniform(0.12, 0.5)
+        soft = cv2.GaussianBlur(region.astype(np.float32), (0, 0), rng.uniform(0.7, 6.0))
+        inner = 1.0 - darkness * _graded(rng, region) * (0.85 + 0.15 * _smooth_noise(rng, 10, 2.0))
     img *= 1.0 - soft * (1.0 - np.clip(inner, 0.02, 1.0))
     # Its boundary usually shows the crack that separated it.
     if rng.random() < 0.6:
@@ -250,13 +266,62 @@ def _add_finger_interruptions(rng, img, busbars, vertical_bars):
     return out
 
 
+def _add_finger_failures(rng, img, busbars, finger_pitch):
+    """Version 3: what real mono cells show most often — thin (1-3 px), faint (8-40 %) dark streaks
+    along fingers, from a few pixels up to the whole gap between two busbars, alone or in clusters
+    on neighbouring fingers. One instance per streak; the mask is the streak dilated by 1 px."""
+    out = []
+    edges = [0] + list(busbars) + [SIZE]
+    k = int(rng.integers(len(edges) - 1))
+    lo, hi = edges[k] + 4, edges[k + 1] - 4
+    if hi - lo < 12:
+        return out
+    count = int(rng.choice([1, 1, 2, 3, 4, 6, 8]))
+    spacing = finger_pitch * int(rng.integers(1, 4))
+    x = rng.uniform(15, SIZE - 15 - spacing * count)
+    depth = rng.uniform(0.08, 0.4)
+    for _ in range(count):
+        length = rng.uniform(10, hi - lo) if rng.random() < 0.6 else hi - lo
+        y0 = lo if rng.random() < 0.4 else rng.uniform(lo, hi - length)
+        y1 = y0 + length
+        line = np.zeros((SIZE, SIZE), np.uint8)
+        cv2.line(line, (int(round(x)), int(y0)), (int(round(x + rng.normal(0, 1))), int(y1)), 1, int(rng.choice([1, 1, 2, 2, 3])))
+        shade = cv2.GaussianBlur(line.astype(np.float32), (0, 0), rng.uniform(0.5, 1.2))
+        shade /= shade.max() + 1e-6
+        halo = cv2.GaussianBlur(line.astype(np.float32), (0, 0), rng.uniform(2, 5))
+        halo /= halo.max() + 1e-6
+        d = depth * rng.uniform(0.7, 1.3)
+        img *= 1.0 - np.clip(d * shade + 0.3 * d * halo, 0, 0.9)
+        mask = cv2.dilate(line, np.ones((3, 3), np.uint8)).astype(bool)
+        if mask.sum() >= 12:
+            out.append(mask)
+        x += spacing + rng.normal(0, 0.5)
+    return out
+
+
+def _graded(rng, region: np.ndarray) -> np.ndarray:
+    """Version 3: a ramp in [0.3, 1] across a region along a random direction, so a crack-isolated
+    area is darker on one side (real inactive areas are rarely uniformly dark)."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    a = rng.uniform(0, 2 * math.pi)
+    t = np.cos(a) * xx + np.sin(a) * yy
+    inside = t[region]
+    lo, hi = float(inside.min()), float(inside.max())
+    return np.clip(0.3 + 0.7 * (t - lo) / max(1.0, hi - lo), 0.3, 1.0)
+
+
 def make_cell(seed: int, defect_probability: float = 0.75, cell_type: str | None = None, version: int = 2):
     """Returns (image uint8 SIZE x SIZE, list[Instance], info dict).
 
     `version` 1 is the generator the model's first training phase drew from; version 2 (the
-    default) adds what real cells showed the first model to mistake for defects: dashed busbars
-    (solder pads), larger cut corners with the backsheet beyond them, and clutter that is not a
-    defect (dark dots, short faint strokes, faint fingers, dark mottled patches on poly cells).
+    default; the test fixtures are drawn from it) adds what real cells showed the first model to
+    mistake for defects: dashed busbars (solder pads), larger cut corners with the backsheet beyond
+    them, and clutter that is not a defect (dark dots, short faint strokes, faint fingers, dark
+    mottled patches on poly cells). Version 3 adds what real cells showed the version-2 model to
+    miss or mistake: thin faint streaks along fingers (clustered finger failures), faint 1-px
+    micro-cracks, faint graded inactive areas, large cloudy dislocation clusters on poly cells, and
+    a wider range of exposure, vignetting, blur and noise. Versions 1 and 2 draw the same cells as
+    before.
     """
     rng = np.random.default_rng(seed)
     cell_type = cell_type or ("mono" if rng.random() < 0.45 else "poly")
@@ -295,21 +360,27 @@ def make_cell(seed: int, defect_probability: float = 0.75, cell_type: str | None
         else:
             img *= 1.0 - bus_dark * band
     if version >= 2:
-        img *= _clutter(rng, cell_type)
+        img *= _clutter(rng, cell_type, version)
 
     instances: list[Instance] = []
     if rng.random() < defect_probability:
         n = int(rng.choice([1, 1, 1, 2, 2, 3, 4]))
         for _ in range(n):
-            kind = rng.choice([1, 2, 3], p=[0.5, 0.28, 0.22])
+            if version >= 3:
+                kind = rng.choice([1, 2, 3, 4], p=[0.35, 0.25, 0.1, 0.3])
+            else:
+                kind = rng.choice([1, 2, 3], p=[0.5, 0.28, 0.22])
             if kind == 1:
-                mask, _ = _add_crack(rng, img, bus_dark)
+                mask, _ = _add_crack(rng, img, bus_dark, version)
                 if mask.sum() >= 20:
                     instances.append(Instance(1, mask))
             elif kind == 2:
-                mask = _add_inactive(rng, img)
+                mask = _add_inactive(rng, img, version)
                 if mask is not None:
                     instances.append(Instance(2, mask))
+            elif kind == 4:
+                for mask in _add_finger_failures(rng, img, busbars, finger_pitch):
+                    instances.append(Instance(3, mask))
             else:
                 for mask in _add_finger_interruptions(rng, img, busbars, False):
                     instances.append(Instance(3, mask))
@@ -334,12 +405,21 @@ def make_cell(seed: int, defect_probability: float = 0.75, cell_type: str | None
         img[:, -frame:] *= 0.3
 
     # Capture: exposure, blur, gamma, noise.
-    level = rng.uniform(70, 215)
-    img = img * level
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.3))
-    gamma = rng.uniform(0.8, 1.25)
-    img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** gamma
-    img += rng.normal(0, rng.uniform(1.0, 6.0), img.shape)
+    if version >= 3:  # the wider range of real EL cameras: exposure, vignetting, blur, noise
+        level = rng.uniform(80, 235)
+        r2 = ((xx - rng.uniform(0, SIZE)) ** 2 + (yy - rng.uniform(0, SIZE)) ** 2) / SIZE**2
+        img = img * level * (1.0 - rng.uniform(0.0, 0.25) * r2)
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.8))
+        gamma = rng.uniform(0.7, 1.4)
+        img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** gamma
+        img += rng.normal(0, rng.uniform(1.0, 9.0), img.shape)
+    else:
+        level = rng.uniform(70, 215)
+        img = img * level
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.3))
+        gamma = rng.uniform(0.8, 1.25)
+        img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** gamma
+        img += rng.normal(0, rng.uniform(1.0, 6.0), img.shape)
     out = np.clip(img, 0, 255).astype(np.uint8)
 
     # Orientation: busbars horizontal most of the time, as in most module scans.
@@ -372,11 +452,12 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--count", type=int, default=16)
     ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--version", type=int, default=3, help="generator version (see make_cell)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     tiles = []
     for seed in range(args.first_seed, args.first_seed + args.count):
-        img, instances, info = make_cell(seed)
+        img, instances, info = make_cell(seed, version=args.version)
         cv2.imwrite(os.path.join(args.out, f"cell{seed:06d}.png"), img)
         meta = {**info, "instances": []}
         for k, inst in enumerate(instances):

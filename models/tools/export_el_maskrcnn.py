@@ -1,5 +1,6 @@
 """Exports the trained el-defect Mask R-CNN to ONNX, checks it against PyTorch, and scores it on
-held-out synthetic cells (seeds 0..--val-cells, never used in training).
+held-out synthetic cells (seeds 0..--val-cells of --generator-version, never used in training):
+instances, and the image-level verdicts of instances and of the cell head.
 
     python models/tools/export_el_maskrcnn.py --checkpoint /tmp/el-train/checkpoint.pt \
         --out models/el-maskrcnn
@@ -20,7 +21,7 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from el_maskrcnn import MEAN, SIZE, STD, ExportWrapper, build_model  # noqa: E402
+from el_maskrcnn import MEAN, SIZE, STD, ExportWrapper, build_model, export_onnx  # noqa: E402
 from el_reference import paste_mask  # noqa: E402
 from el_synth import CLASSES, make_cell  # noqa: E402
 
@@ -41,38 +42,32 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--val-cells", type=int, default=400)
     ap.add_argument("--score", type=float, default=0.5)
+    ap.add_argument("--generator-version", type=int, default=3, help="el_synth version of the held-out cells")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
     state = torch.load(args.checkpoint, map_location="cpu")
     model = build_model()
     model.load_state_dict(state["model"])
+    version = args.generator_version
     model.eval()
     wrapper = ExportWrapper(model).eval()
     onnx_path = os.path.join(args.out, "model.onnx")
     example = torch.from_numpy(tensor_of(make_cell(0)[0]))
-    torch.onnx.export(
-        wrapper,
-        (example,),
-        onnx_path,
-        input_names=["images"],
-        output_names=["boxes", "labels", "scores", "masks"],
-        dynamic_axes={k: {0: "instances"} for k in ["boxes", "labels", "scores", "masks"]},
-        opset_version=17,
-        dynamo=False,
-    )
+    export_onnx(model, onnx_path, example)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
 
     # ONNX vs PyTorch on the first cells.
-    worst_box, worst_score, worst_mask, compared = 0.0, 0.0, 0.0, 0
+    worst_box, worst_score, worst_mask, worst_cell, compared = 0.0, 0.0, 0.0, 0.0, 0
     for seed in range(20):
-        x = tensor_of(make_cell(seed)[0])
-        boxes, labels, scores, masks = session.run(None, {"images": x})
+        x = tensor_of(make_cell(seed, version=version)[0])
+        boxes, labels, scores, masks, cell = session.run(None, {"images": x})
         with torch.no_grad():
-            tb, tl, ts, tm = (t.numpy() for t in wrapper(torch.from_numpy(x)))
+            tb, tl, ts, tm, tc = (t.numpy() for t in wrapper(torch.from_numpy(x)))
+        worst_cell = max(worst_cell, float(np.abs(tc - cell).max()))
         if len(tb) != len(boxes):
             print(f"cell {seed}: {len(boxes)} instances in ONNX, {len(tb)} in PyTorch")
             continue
@@ -86,9 +81,14 @@ def main() -> None:
     per_class = {c: {"instances": 0, "found": 0, "iou_sum": 0.0} for c in CLASSES}
     image_tp = image_fp = image_fn = image_tn = 0
     false_instances = 0
+    head_tp = head_fp = head_fn = 0
     for seed in range(args.val_cells):
-        img, truth, _ = make_cell(seed)
-        boxes, labels, scores, masks = session.run(None, {"images": tensor_of(img)})
+        img, truth, _ = make_cell(seed, version=version)
+        boxes, labels, scores, masks, cell = session.run(None, {"images": tensor_of(img)})
+        head_flagged = float(cell.reshape(-1)[0]) >= 0.5
+        head_tp += bool(truth) and head_flagged
+        head_fp += head_flagged and not truth
+        head_fn += bool(truth) and not head_flagged
         keep = scores >= args.score
         predicted = [
             (int(round(l)) , paste_mask(m[0], b, SIZE, SIZE, 0.5))
@@ -116,10 +116,12 @@ def main() -> None:
             "max_abs_diff_boxes_px": worst_box,
             "max_abs_diff_scores": worst_score,
             "max_abs_diff_mask_probabilities": worst_mask,
+            "max_abs_diff_cell_defect": worst_cell,
         },
         "synthetic_validation": {
             "cells": args.val_cells,
             "seeds": f"0..{args.val_cells - 1}",
+            "generator_version": version,
             "score_threshold": args.score,
             "per_class": {
                 name: {
@@ -137,6 +139,13 @@ def main() -> None:
                 "tn": image_tn,
                 "recall": round(image_tp / max(1, image_tp + image_fn), 4),
                 "precision": round(image_tp / max(1, image_tp + image_fp), 4),
+            },
+            "cell_head_at_0.5": {
+                "tp": head_tp,
+                "fp": head_fp,
+                "fn": head_fn,
+                "recall": round(head_tp / max(1, head_tp + head_fn), 4),
+                "precision": round(head_tp / max(1, head_tp + head_fp), 4),
             },
         },
     }

@@ -6,8 +6,12 @@ validation and test fixtures. No real EL image is used.
 
     python models/tools/train_el_maskrcnn.py --out /tmp/el-train --iterations 6000
 
-A run can start from another run's weights (--init, e.g. after the generator changed) and draw its
-cells from further on (--first-cell), so no cell repeats across the two.
+A run can start from another run's weights (--init, a checkpoint; or --init-onnx, an exported
+model.onnx, read back by el_maskrcnn.load_onnx_weights; e.g. after the generator changed) and draw its
+cells from further on (--first-cell), so no cell repeats across the two. Batch norm stays frozen
+(running statistics kept) when starting from an ONNX file, whose batch norm is folded, or with
+--freeze-bn. The cell head trains on the cells' image labels (any instance = defective) with weight
+--cell-loss-weight.
 
 Writes checkpoint.pt (and checkpoint-<iteration>.pt every --save-every iterations) and
 training_log.tsv (iteration, seconds, learning rate, each loss) to --out.
@@ -25,14 +29,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from el_maskrcnn import MEAN, STD, build_model  # noqa: E402
+from el_maskrcnn import MEAN, STD, build_model, freeze_batch_norm, load_onnx_weights, optimise, training_losses  # noqa: E402
 from el_synth import boxes_of, make_cell  # noqa: E402
 
 TRAIN_SEED_BASE = 1_000_000
 
 
-def sample(index: int, generator_version: int):
-    img, instances, _ = make_cell(TRAIN_SEED_BASE + index, version=generator_version)
+def synthetic_sample(seed: int, generator_version: int):
+    """A synthetic cell as the network takes it ([1, 300, 300], normalised) and its targets."""
+    img, instances, _ = make_cell(seed, version=generator_version)
     x = torch.from_numpy((img.astype(np.float32) - MEAN) / STD)[None]
     target = {
         "boxes": torch.from_numpy(boxes_of(instances)),
@@ -56,7 +61,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", help="start from this checkpoint's weights (optimiser state is not kept)")
     ap.add_argument("--first-cell", type=int, default=0, help="index of the first training cell")
-    ap.add_argument("--generator-version", type=int, default=2, help="el_synth.make_cell's version")
+    ap.add_argument("--init-onnx", help="start from this exported model.onnx (batch norm frozen)")
+    ap.add_argument("--freeze-bn", action="store_true")
+    ap.add_argument("--cell-loss-weight", type=float, default=1.0)
+    ap.add_argument("--only-cell-head", action="store_true", help="train the cell head alone; the rest stays as loaded")
+    ap.add_argument("--generator-version", type=int, default=3, help="el_synth.make_cell's version")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -64,8 +73,17 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     model = build_model()
     if args.init:
-        model.load_state_dict(torch.load(args.init, map_location="cpu")["model"])
+        missing = model.load_state_dict(torch.load(args.init, map_location="cpu")["model"], strict=False).missing_keys
+        print(f"--init: new parameters {missing}", file=sys.stderr)
+    if args.init_onnx:
+        print(f"--init-onnx: new parameters {load_onnx_weights(model, args.init_onnx)}", file=sys.stderr)
     model.train()
+    frozen_bn = args.freeze_bn or bool(args.init_onnx)
+    if frozen_bn:
+        freeze_batch_norm(model)
+    if args.only_cell_head:
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("cell_head.")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
 
@@ -82,17 +100,14 @@ def main() -> None:
     for it in range(args.iterations):
         for g in opt.param_groups:
             g["lr"] = lr_at(it)
-        batch = [sample(args.first_cell + it * args.batch + k, args.generator_version) for k in range(args.batch)]
+        first = TRAIN_SEED_BASE + args.first_cell + it * args.batch
+        batch = [synthetic_sample(first + k, args.generator_version) for k in range(args.batch)]
         images = [b[0] for b in batch]
         targets = [b[1] for b in batch]
-        losses = model(images, targets)
-        total = sum(losses.values())
-        opt.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-        for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + v.item()
+        cell_labels = torch.tensor([float(len(t["labels"]) > 0) for t in targets])
+        losses = training_losses(model, images, None if args.only_cell_head else targets, cell_labels)
+        losses["loss_cell"] = losses["loss_cell"] * args.cell_loss_weight
+        total = optimise(opt, params, losses, running)
         running["total"] = running.get("total", 0.0) + total.item()
         if (it + 1) % 50 == 0:
             names = sorted(running)

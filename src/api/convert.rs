@@ -131,6 +131,7 @@ pub fn inspect_response(result: FrameResult) -> proto::InspectResponse {
             verdict: if c.defective { proto::CellVerdict::Defective } else { proto::CellVerdict::Ok } as i32,
             defect_area_fraction: c.defect_area_fraction,
             defects_counted: c.counted,
+            defect_probability: c.defect_probability,
         }),
         timings: Some(timings(&result.timings)),
         verdict: verdict(result.verdict) as i32,

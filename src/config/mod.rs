@@ -10,9 +10,7 @@ use serde::Deserialize;
 use serde_with::{DurationMilliSeconds, serde_as};
 
 use crate::imaging::DecodeLimits;
-use crate::pipeline::{
-    CellRuleSettings, DetectSettings, PipelineSettings, SegmentSettings, ServiceSettings, TrackSettings,
-};
+use crate::pipeline::{DetectSettings, PipelineSettings, SegmentSettings, ServiceSettings, TrackSettings};
 
 mod validate;
 pub use validate::{ConfigProblem, Validate};
@@ -275,13 +273,8 @@ impl Default for Config {
             "track".to_owned(),
             PipelineSettings::Track(TrackSettings::new(DEFAULT_EMBED_MODEL, DEFAULT_PIPELINE)),
         );
-        pipelines.insert(
-            "el-defect".to_owned(),
-            PipelineSettings::Segment(SegmentSettings {
-                cell_rule: CellRuleSettings::el_defect(),
-                ..SegmentSettings::new(DEFAULT_SEGMENT_MODEL)
-            }),
-        );
+        pipelines
+            .insert("el-defect".to_owned(), PipelineSettings::Segment(SegmentSettings::new(DEFAULT_SEGMENT_MODEL)));
         Self {
             server: ServerConfig::default(),
             engine: EngineConfig::default(),
@@ -385,7 +378,7 @@ mod tests {
             panic!("el-defect is a segment pipeline");
         };
         el.mask_threshold = Some(1.5);
-        el.cell_rule.min_area_fraction = -0.1;
+        el.cell_rule.min_area_fraction = Some(-0.1);
         el.cell_rule.min_score = Some(2.0);
         let problems = config.validate().expect_err("invalid");
         let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();

@@ -169,7 +169,8 @@ impl Validate for SegmentSettings {
 impl Validate for CellRuleSettings {
     fn validate_into(&self, at: &str, problems: &mut Vec<ConfigProblem>) {
         fraction(problems, at, "min_score", self.min_score);
-        fraction(problems, at, "min_area_fraction", Some(self.min_area_fraction));
+        fraction(problems, at, "min_area_fraction", self.min_area_fraction);
+        fraction(problems, at, "min_defect_probability", self.min_defect_probability);
     }
 }
 

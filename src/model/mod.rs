@@ -51,6 +51,10 @@ pub struct ModelManifest {
     /// Default thresholds (detectors).
     #[serde(default)]
     pub postprocess: Option<PostprocessSpec>,
+    /// Segmentation models: the cell rule this model was calibrated with; a pipeline's
+    /// `cell_rule` overrides it key by key.
+    #[serde(default)]
+    pub cell_rule: Option<CellRuleSpec>,
     /// Free-form: source, conversion script, upstream, licence, checksums.
     #[serde(default)]
     pub provenance: Option<toml::Table>,
@@ -109,8 +113,16 @@ pub enum DecoderSpec {
     Embedding { output: String, dim: usize },
     /// torchvision Mask R-CNN without its in-graph mask paste, one image per run: `boxes` [n, 4]
     /// in model-input pixels, `labels` [n] 1-based classes as f32, `scores` [n], `masks`
-    /// [n, 1, m, m] probabilities over each box.
-    Maskrcnn { boxes: String, labels: String, scores: String, masks: String },
+    /// [n, 1, m, m] probabilities over each box; optionally `defect_probability`, the output of a
+    /// cell head: [1] (or [1, 1]), the probability that the whole image is defective.
+    Maskrcnn {
+        boxes: String,
+        labels: String,
+        scores: String,
+        masks: String,
+        #[serde(default)]
+        defect_probability: Option<String>,
+    },
 }
 
 impl DecoderSpec {
@@ -142,6 +154,24 @@ pub struct PostprocessSpec {
     pub mask_threshold: f32,
 }
 
+/// A cell rule, every key optional: a segmentation model's own (`[cell_rule]` in `model.toml`) or a
+/// pipeline's (`cell_rule`), which overrides the model's key by key. A cell is defective when at
+/// least one instance of a counted class scores at least `min_score` and the counted instances
+/// cover at least `min_area_fraction` of the image, or when the model's defect probability (its
+/// cell head) is at least `min_defect_probability`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CellRuleSpec {
+    pub min_score: Option<f32>,
+    pub min_area_fraction: Option<f32>,
+    /// Class names counted; empty = every class.
+    pub classes: Option<Vec<String>>,
+    /// `false`: instances are returned but only the defect probability decides.
+    pub count_instances: Option<bool>,
+    /// Needs the decoder's `defect_probability` output.
+    pub min_defect_probability: Option<f32>,
+}
+
 fn default_mask_threshold() -> f32 {
     0.5
 }
@@ -149,6 +179,28 @@ fn default_mask_threshold() -> f32 {
 impl Default for PostprocessSpec {
     fn default() -> Self {
         Self { score_threshold: 0.25, iou_threshold: 0.45, max_detections: 100, mask_threshold: 0.5 }
+    }
+}
+
+impl CellRuleSpec {
+    fn check(&self, has_defect_probability: bool) -> Result<(), String> {
+        let fractions = [
+            ("min_score", self.min_score),
+            ("min_area_fraction", self.min_area_fraction),
+            ("min_defect_probability", self.min_defect_probability),
+        ];
+        for (key, value) in fractions {
+            if value.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                return Err(format!("cell_rule.{key}: must be within 0..=1"));
+            }
+        }
+        if self.min_defect_probability.is_some() && !has_defect_probability {
+            return Err("cell_rule.min_defect_probability: the decoder names no `defect_probability` output".into());
+        }
+        if self.count_instances == Some(false) && self.min_defect_probability.is_none() {
+            return Err("cell_rule: with count_instances = false, min_defect_probability must be set".into());
+        }
+        Ok(())
     }
 }
 
@@ -196,12 +248,15 @@ impl ModelManifest {
                     return Err("input.resize: detectors take `letterbox`".into());
                 }
             }
-            (Task::Segment, DecoderSpec::Maskrcnn { .. }) => {
+            (Task::Segment, DecoderSpec::Maskrcnn { defect_probability, .. }) => {
                 if self.classes.is_empty() {
                     return Err("classes: a segmentation model needs at least one class".into());
                 }
                 if self.input.resize != ResizeMode::Letterbox {
                     return Err("input.resize: segmentation models take `letterbox`".into());
+                }
+                if let Some(rule) = &self.cell_rule {
+                    rule.check(defect_probability.is_some())?;
                 }
             }
             (Task::Embed, DecoderSpec::Embedding { dim, .. }) => {
@@ -210,6 +265,9 @@ impl ModelManifest {
                 }
             }
             (task, _) => return Err(format!("decoder: this kind cannot serve a `{task}` model")),
+        }
+        if self.cell_rule.is_some() && self.task != Task::Segment {
+            return Err("cell_rule: only segmentation models judge cells".into());
         }
         if self.input.width == 0 || self.input.height == 0 {
             return Err("input: width and height must be positive".into());
@@ -249,5 +307,50 @@ mod tests {
             }
         }
         assert!(seen >= 1, "no model manifests found under {}", models.display());
+    }
+
+    fn segmenter(decoder_extra: &str, cell_rule: &str) -> Result<ModelManifest, String> {
+        let text = format!(
+            r#"
+name = "s"
+task = "segment"
+file = "model.onnx"
+classes = ["crack"]
+[input]
+name = "images"
+width = 300
+height = 300
+channel_order = "rgb"
+mean = [128.0, 128.0, 128.0]
+std = [64.0, 64.0, 64.0]
+resize = "letterbox"
+[decoder]
+kind = "maskrcnn"
+boxes = "boxes"
+labels = "labels"
+scores = "scores"
+masks = "masks"
+{decoder_extra}
+{cell_rule}
+"#
+        );
+        let manifest: ModelManifest = toml::from_str(&text).map_err(|e| e.to_string())?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    #[test]
+    fn a_segmenter_cell_rule_needs_what_it_names() {
+        let with_head = r#"defect_probability = "cell_defect""#;
+        let by_probability = "[cell_rule]\nmin_defect_probability = 0.4\ncount_instances = false";
+        let manifest = segmenter(with_head, by_probability).expect("valid");
+        assert_eq!(manifest.cell_rule.and_then(|v| v.min_defect_probability), Some(0.4));
+        let err = segmenter("", by_probability).unwrap_err();
+        assert!(err.contains("names no `defect_probability` output"), "{err}");
+        let err = segmenter(with_head, "[cell_rule]\ncount_instances = false").unwrap_err();
+        assert!(err.contains("min_defect_probability must be set"), "{err}");
+        let err = segmenter(with_head, "[cell_rule]\nmin_score = 1.5").unwrap_err();
+        assert!(err.contains("cell_rule.min_score"), "{err}");
+        assert!(segmenter("", "").is_ok(), "both sections are optional");
     }
 }

@@ -108,6 +108,7 @@ fn manifest_of(name: &str, onnx: &Path, signature: &OnnxSignature) -> Result<Mod
         },
         decoder: DecoderSpec::Yolo { version },
         postprocess: Some(PostprocessSpec { max_detections, ..ULTRALYTICS_POSTPROCESS }),
+        cell_rule: None,
         provenance: Some(provenance),
         dir: onnx.parent().map(Path::to_path_buf).unwrap_or_default(),
     })

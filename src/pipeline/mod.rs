@@ -59,6 +59,8 @@ pub enum StartError {
     WrongDecoder { pipeline: String, model: String, expected: &'static str },
     #[error("pipeline `{pipeline}`: {key}: `{class}` is not one of its classes {known:?}")]
     UnknownClass { pipeline: String, key: String, class: String, known: Vec<String> },
+    #[error("pipeline `{pipeline}`: cell_rule: {problem}")]
+    CellRule { pipeline: String, problem: String },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::stage::{Answer, FrameDeadline, InferredFrame, ModelStage, named_views};
 use super::{
-    FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, SegmentSettings, StageContext, StartError,
+    CellRuleSettings, FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, SegmentSettings,
+    StageContext, StartError,
 };
 use crate::model::{DecoderSpec, ModelManifest};
 use crate::segment::{CellRule, SegmentDecoder, SegmentThresholds, judge_cell};
@@ -66,7 +67,8 @@ impl SegmentPipeline {
                 // The rule may count instances under the score the response shows.
                 let decode_at = SegmentThresholds { score: thresholds.score.min(rule.min_score), ..*thresholds };
                 let found = decoder.decode(&named, &decode_at, &letterbox)?;
-                let cell = judge_cell(&found, letterbox.src_width, letterbox.src_height, rule);
+                let probability = decoder.defect_probability(&named)?;
+                let cell = judge_cell(&found, probability, letterbox.src_width, letterbox.src_height, rule);
                 let detections: Vec<LabeledDetection> = found
                     .into_iter()
                     .filter(|i| i.detection.score >= thresholds.score)
@@ -93,7 +95,7 @@ fn instances_for(
     settings: &SegmentSettings,
     manifest: &ModelManifest,
 ) -> Result<Instances, StartError> {
-    let DecoderSpec::Maskrcnn { boxes, labels, scores, masks } = &manifest.decoder else {
+    let DecoderSpec::Maskrcnn { boxes, labels, scores, masks, defect_probability } = &manifest.decoder else {
         return Err(StartError::WrongDecoder {
             pipeline: pipeline.to_owned(),
             model: manifest.name.clone(),
@@ -102,25 +104,26 @@ fn instances_for(
     };
     let post = manifest.postprocess.unwrap_or_default();
     let score = settings.score_threshold.unwrap_or(post.score_threshold);
-    let class_id = |name: &String| {
-        manifest.classes.iter().position(|c| c == name).map(|i| i as u32).ok_or_else(|| StartError::UnknownClass {
+    let rule = cell_rule(pipeline, &settings.cell_rule, manifest, score)?;
+    if rule.min_defect_probability.is_some() && defect_probability.is_none() {
+        return Err(StartError::CellRule {
             pipeline: pipeline.to_owned(),
-            key: "cell_rule.classes".into(),
-            class: name.clone(),
-            known: manifest.classes.clone(),
-        })
-    };
-    let rule = CellRule {
-        min_score: settings.cell_rule.min_score.unwrap_or(score),
-        min_area_fraction: settings.cell_rule.min_area_fraction,
-        classes: settings.cell_rule.classes.iter().map(class_id).collect::<Result<_, _>>()?,
-    };
+            problem: format!("min_defect_probability is set, but model `{}` has no cell head", manifest.name),
+        });
+    }
+    if !rule.count_instances && rule.min_defect_probability.is_none() {
+        return Err(StartError::CellRule {
+            pipeline: pipeline.to_owned(),
+            problem: "count_instances = false needs min_defect_probability, or every cell is OK".into(),
+        });
+    }
     Ok(Instances {
         decoder: SegmentDecoder {
             boxes: boxes.clone(),
             labels: labels.clone(),
             scores: scores.clone(),
             masks: masks.clone(),
+            defect_probability: defect_probability.clone(),
             num_classes: manifest.classes.len(),
         },
         thresholds: SegmentThresholds {
@@ -132,5 +135,36 @@ fn instances_for(
         },
         rule,
         classes: manifest.classes.clone(),
+    })
+}
+
+/// The cell rule: each key from the pipeline's `cell_rule`, else the model's `[cell_rule]`, else the
+/// built-in default.
+fn cell_rule(
+    pipeline: &str,
+    settings: &CellRuleSettings,
+    manifest: &ModelManifest,
+    score_threshold: f32,
+) -> Result<CellRule, StartError> {
+    let model = manifest.cell_rule.clone().unwrap_or_default();
+    let (classes, key) = match (&settings.classes, model.classes) {
+        (Some(classes), _) => (classes.clone(), "cell_rule.classes"),
+        (None, Some(classes)) => (classes, "the model's cell_rule.classes"),
+        (None, None) => (Vec::new(), ""),
+    };
+    let class_id = |name: &String| {
+        manifest.classes.iter().position(|c| c == name).map(|i| i as u32).ok_or_else(|| StartError::UnknownClass {
+            pipeline: pipeline.to_owned(),
+            key: key.into(),
+            class: name.clone(),
+            known: manifest.classes.clone(),
+        })
+    };
+    Ok(CellRule {
+        min_score: settings.min_score.or(model.min_score).unwrap_or(score_threshold),
+        min_area_fraction: settings.min_area_fraction.or(model.min_area_fraction).unwrap_or(0.0),
+        classes: classes.iter().map(class_id).collect::<Result<_, _>>()?,
+        count_instances: settings.count_instances.or(model.count_instances).unwrap_or(true),
+        min_defect_probability: settings.min_defect_probability.or(model.min_defect_probability),
     })
 }

@@ -171,28 +171,10 @@ impl SegmentSettings {
     }
 }
 
-/// A `segment` pipeline's cell rule: defective when at least one instance of a counted class
-/// scores at least `min_score` and the counted instances cover at least `min_area_fraction` of the
-/// image.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CellRuleSettings {
-    /// Default: the pipeline's score threshold.
-    pub min_score: Option<f32>,
-    pub min_area_fraction: f32,
-    /// Class names counted; empty = every class.
-    pub classes: Vec<String>,
-}
-
-impl CellRuleSettings {
-    /// The default `el-defect` rule: a crack or an inactive area scoring at least 0.2. Chosen on
-    /// the odd rows of ELPV (`eval/elpv_eval.py`, best F1 of the rules swept); finger interruptions
-    /// are found and returned but not counted, as on real cells they rarely made a cell defective
-    /// and the model confuses them with texture.
-    pub fn el_defect() -> Self {
-        Self { min_score: Some(0.2), min_area_fraction: 0.0, classes: vec!["crack".into(), "inactive".into()] }
-    }
-}
+/// A `segment` pipeline's cell rule (`cell_rule`): the same keys as a model's `[cell_rule]`. Each
+/// key unset here comes from the model's, and otherwise defaults to: the pipeline's score
+/// threshold, any area, every class, instances counted, no probability threshold.
+pub type CellRuleSettings = crate::model::CellRuleSpec;
 
 /// A `track` pipeline: DeepSORT per camera over the detections of a `detect` pipeline.
 #[serde_as]

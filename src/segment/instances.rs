@@ -18,6 +18,8 @@ pub struct SegmentDecoder {
     pub labels: String,
     pub scores: String,
     pub masks: String,
+    /// The cell head's output, when the model has one.
+    pub defect_probability: Option<String>,
     pub num_classes: usize,
 }
 
@@ -51,6 +53,22 @@ pub struct Instance {
 }
 
 impl SegmentDecoder {
+    /// The cell head's probability that the image is defective; `None` for a model without one.
+    pub fn defect_probability(&self, outputs: &[NamedOutput<'_>]) -> Result<Option<f32>, DetectError> {
+        let Some(name) = &self.defect_probability else {
+            return Ok(None);
+        };
+        let output = find_output(outputs, name)?;
+        match (output.len(), output.iter().next()) {
+            (1, Some(&p)) if p.is_finite() => Ok(Some(p.clamp(0.0, 1.0))),
+            _ => Err(DetectError::BadShape {
+                name: name.clone(),
+                shape: output.shape().to_vec(),
+                expected: "one finite value, [1] or [1, 1]".into(),
+            }),
+        }
+    }
+
     /// The instances of one image, best first, in original-image pixels.
     pub fn decode(
         &self,
@@ -140,6 +158,7 @@ mod tests {
             labels: "labels".into(),
             scores: "scores".into(),
             masks: "masks".into(),
+            defect_probability: None,
             num_classes: 3,
         }
     }
@@ -167,6 +186,21 @@ mod tests {
         assert_eq!(found[1].detection.class_id, 0);
         assert_eq!((found[1].shape.mask.width, found[1].shape.mask.height), (20, 40));
         assert_eq!(found[1].shape.polygons.len(), 1);
+    }
+
+    #[test]
+    fn the_defect_probability_is_read_when_the_model_has_a_cell_head() {
+        let head = SegmentDecoder { defect_probability: Some("cell_defect".into()), ..decoder() };
+        let one = ArrayD::from_shape_vec(IxDyn(&[1, 1]), vec![0.75f32]).unwrap();
+        assert_eq!(head.defect_probability(&[("cell_defect", one.view())]).unwrap(), Some(0.75));
+        assert_eq!(decoder().defect_probability(&[("cell_defect", one.view())]).unwrap(), None);
+        let err = head.defect_probability(&[]).unwrap_err();
+        assert_eq!(err, DetectError::MissingOutput("cell_defect".into()));
+        let two = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.1f32, 0.2]).unwrap();
+        let err = head.defect_probability(&[("cell_defect", two.view())]).unwrap_err();
+        assert!(matches!(err, DetectError::BadShape { ref name, .. } if name == "cell_defect"), "{err}");
+        let nan = ArrayD::from_shape_vec(IxDyn(&[1]), vec![f32::NAN]).unwrap();
+        assert!(head.defect_probability(&[("cell_defect", nan.view())]).is_err(), "NaN is an error, not a verdict");
     }
 
     #[test]

@@ -134,6 +134,8 @@ fn detection_mask(d: &proto::Detection, image: (u32, u32)) -> Vec<bool> {
 /// how many reach 0.5 (measured 7).
 const MIN_MEAN_IOU: f64 = 0.5;
 const MIN_FOUND_AT_HALF: usize = 7;
+/// Cell verdicts (by the model's own rule) that match the truth (any true defect), of the 8 cells.
+const MIN_RIGHT_VERDICTS: usize = 7;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn el_defect_over_grpc_matches_python_onnxruntime_and_finds_the_known_defects() {
@@ -148,6 +150,7 @@ async fn el_defect_over_grpc_matches_python_onnxruntime_and_finds_the_known_defe
     let fixtures = json("cells.json");
     let image = (u32_of(&fixtures, "width"), u32_of(&fixtures, "height"));
     let mut ious = Vec::new();
+    let mut right_verdicts = 0;
     for (sequence, cell) in fixtures["cells"].as_array().expect("cells").iter().enumerate() {
         let file = cell["file"].as_str().expect("file");
         let response = client.inspect(cell_request(file, sequence as u64, false)).await.expect("served").into_inner();
@@ -195,13 +198,21 @@ async fn el_defect_over_grpc_matches_python_onnxruntime_and_finds_the_known_defe
                 .fold(0.0, f64::max);
             ious.push((file.to_owned(), t["class"].as_str().unwrap_or_default().to_owned(), best));
         }
-        // The default rule counts cracks and inactive areas: those make a cell defective.
-        let counted_truth =
-            cell["truth"].as_array().expect("truth").iter().any(|t| t["class"] != "finger_interruption");
-        println!("{file}: a true crack or inactive area {counted_truth}, verdict {:?}", cell_verdict.verdict());
-        let expected = if counted_truth { proto::CellVerdict::Defective } else { proto::CellVerdict::Ok };
-        assert_eq!(cell_verdict.verdict(), expected, "{file}");
+        // Parity of the cell head and of the verdict the model's own rule gives on the reference.
+        let reference_probability = cell["reference_defect_probability"].as_f64();
+        match (cell_verdict.defect_probability, reference_probability) {
+            (Some(ours), Some(theirs)) => {
+                assert!((f64::from(ours) - theirs).abs() < 1e-4, "{file}: defect probability {ours} vs {theirs}")
+            }
+            (ours, theirs) => assert_eq!(ours.is_some(), theirs.is_some(), "{file}: defect probability"),
+        }
+        let reference_defective = cell["reference_defective"].as_bool().expect("reference_defective");
+        assert_eq!(cell_verdict.verdict() == proto::CellVerdict::Defective, reference_defective, "{file}: verdict");
+        let truly_defective = !cell["truth"].as_array().expect("truth").is_empty();
+        println!("{file}: truly defective {truly_defective}, verdict {:?}", cell_verdict.verdict());
+        right_verdicts += usize::from(reference_defective == truly_defective);
     }
+    assert!(right_verdicts >= MIN_RIGHT_VERDICTS, "{right_verdicts} of 8 verdicts match the truth");
     let mean = ious.iter().map(|(_, _, v)| v).sum::<f64>() / ious.len().max(1) as f64;
     let found = ious.iter().filter(|(_, _, v)| *v >= 0.5).count();
     println!("true defects {}, mean best IoU {mean:.3}, {found} at IoU >= 0.5: {ious:?}", ious.len());
@@ -217,7 +228,7 @@ async fn el_defect_annotates_with_mask_overlays_and_judges_by_the_configured_rul
     let mut config = test_config();
     if let Some(p) = config.pipelines.get_mut("el-defect").and_then(|p| p.as_segment_mut()) {
         // Nothing can cover the whole cell: every cell is judged OK whatever is found.
-        p.cell_rule.min_area_fraction = 1.0;
+        p.cell_rule.min_area_fraction = Some(1.0);
     }
     let server = TestServer::start(config).await;
     let mut client = server.client().await;
@@ -249,7 +260,7 @@ async fn a_verdict_rule_naming_an_unknown_class_stops_start_up_with_the_classes(
     let mut config = test_config();
     config.pipelines.retain(|name, _| name == "el-defect" || name == "detect");
     if let Some(p) = config.pipelines.get_mut("el-defect").and_then(|p| p.as_segment_mut()) {
-        p.cell_rule.classes = vec!["crack".into(), "scratch".into()];
+        p.cell_rule.classes = Some(vec!["crack".into(), "scratch".into()]);
     }
     let err = match linesight::pipeline::Pipelines::start(&config.service_settings()) {
         Ok(_) => panic!("started with an unknown verdict class"),
@@ -257,4 +268,75 @@ async fn a_verdict_rule_naming_an_unknown_class_stops_start_up_with_the_classes(
     };
     assert!(err.contains("`scratch` is not one of its classes"), "{err}");
     assert!(err.contains("finger_interruption"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_defect_probability_alone_decides_when_the_rule_says_so() {
+    let _machine = crate::common::machine_shared();
+    let fixtures = json("cells.json");
+    let cells = fixtures["cells"].as_array().expect("cells");
+    let mut probabilities: Vec<f64> =
+        cells.iter().map(|c| c["reference_defect_probability"].as_f64().expect("the model has a cell head")).collect();
+    probabilities.sort_by(f64::total_cmp);
+    // Halfway between two middle cells, so each side of it is clear of float noise.
+    let threshold = ((probabilities[3] + probabilities[4]) / 2.0) as f32;
+    assert!(probabilities[4] - probabilities[3] > 1e-3, "the fixtures' probabilities are too close: {probabilities:?}");
+    let mut config = test_config();
+    if let Some(p) = config.pipelines.get_mut("el-defect").and_then(|p| p.as_segment_mut()) {
+        p.cell_rule.count_instances = Some(false);
+        p.cell_rule.min_defect_probability = Some(threshold);
+    }
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    for (sequence, cell) in cells.iter().enumerate() {
+        let file = cell["file"].as_str().expect("file");
+        let response = client.inspect(cell_request(file, sequence as u64, false)).await.expect("served").into_inner();
+        let verdict = response.cell.expect("a cell verdict");
+        let p = verdict.defect_probability.expect("a defect probability");
+        let expected = cell["reference_defect_probability"].as_f64().expect("probability") >= f64::from(threshold);
+        assert_eq!(
+            verdict.verdict() == proto::CellVerdict::Defective,
+            expected,
+            "{file}: p {p}, threshold {threshold}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probability_rule_on_a_model_without_a_cell_head_stops_start_up() {
+    let _machine = crate::common::machine_shared();
+    // The shipped model, its manifest naming no cell head.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = dir.path().join("el-no-head");
+    std::fs::create_dir(&model).expect("model dir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/el-maskrcnn");
+    std::fs::copy(shipped.join("model.onnx"), model.join("model.onnx")).expect("copy model");
+    let manifest = std::fs::read_to_string(shipped.join("model.toml")).expect("manifest");
+    let without_head: String = manifest
+        .lines()
+        .filter(|l| !l.starts_with("defect_probability") && !l.starts_with("min_defect_probability"))
+        .filter(|l| !l.starts_with("count_instances"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(model.join("model.toml"), without_head).expect("manifest");
+    let mut config = test_config();
+    config.model_dir = Some(dir.path().to_owned());
+    config.pipelines.retain(|name, _| name == "el-defect");
+    config.default_pipeline = "el-defect".into();
+    if let Some(p) = config.pipelines.get_mut("el-defect").and_then(|p| p.as_segment_mut()) {
+        p.model = "el-no-head".into();
+    }
+    // Without a probability rule, it serves.
+    if let Err(e) = linesight::pipeline::Pipelines::start(&config.service_settings()) {
+        panic!("the headless copy should start: {e}");
+    }
+    if let Some(p) = config.pipelines.get_mut("el-defect").and_then(|p| p.as_segment_mut()) {
+        p.cell_rule.min_defect_probability = Some(0.5);
+    }
+    let err = match linesight::pipeline::Pipelines::start(&config.service_settings()) {
+        Ok(_) => panic!("started a probability rule on a model without a cell head"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("min_defect_probability is set, but model `el-maskrcnn` has no cell head"), "{err}");
 }

@@ -561,6 +561,8 @@ struct InferCell {
     defective: bool,
     defect_area_fraction: f32,
     defects_counted: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    defect_probability: Option<f32>,
 }
 
 impl InferReport {
@@ -595,6 +597,7 @@ impl InferReport {
                 defective: c.defective,
                 defect_area_fraction: c.defect_area_fraction,
                 defects_counted: c.counted,
+                defect_probability: c.defect_probability,
             }),
         }
     }

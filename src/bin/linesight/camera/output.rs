@@ -86,6 +86,8 @@ pub struct CellLine {
     pub defective: bool,
     pub defect_area_fraction: f32,
     pub defects_counted: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub defect_probability: Option<f32>,
 }
 
 #[derive(Serialize)]
@@ -148,6 +150,7 @@ impl<'a> AnswerLine<'a> {
                 defective: cell.verdict == proto::CellVerdict::Defective as i32,
                 defect_area_fraction: cell.defect_area_fraction,
                 defects_counted: cell.defects_counted,
+                defect_probability: cell.defect_probability,
             }),
             error: response.error.as_ref().map(|e| ErrorLine { code: e.code, message: &e.message }),
             annotated,
