@@ -198,6 +198,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if not 0.0 <= args.threshold <= 1.0:
+        raise SystemExit(f"--threshold {args.threshold}: a probability, 0..1")
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
