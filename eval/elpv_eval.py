@@ -21,7 +21,6 @@ head, the report also sweeps its defect probability, alone and beside the best i
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import socket

@@ -58,12 +58,10 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def defect_probability(session, img: np.ndarray) -> float | None:
+def run_model(session, img: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's outputs by name for one gray cell, normalised as the service does."""
     x = np.repeat(((img.astype(np.float32) - MEAN) / STD)[None, None], 3, axis=1)
-    names = [o.name for o in session.get_outputs()]
-    if "cell_defect" not in names:
-        return None
-    return float(session.run(["cell_defect"], {"images": x})[0].reshape(-1)[0])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": x})))
 
 
 def reference_verdict(rule: dict, instances: list[dict], probability: float | None) -> bool:
@@ -78,9 +76,7 @@ def reference_verdict(rule: dict, instances: list[dict], probability: float | No
     return bool(by_instances or (threshold is not None and probability is not None and probability >= threshold))
 
 
-def reference_instances(session, img: np.ndarray, score: float) -> list[dict]:
-    x = np.repeat(((img.astype(np.float32) - MEAN) / STD)[None, None], 3, axis=1)
-    named = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": x})))
+def reference_instances(named: dict[str, np.ndarray], score: float) -> list[dict]:
     boxes, labels, scores, masks = (named[k] for k in ["boxes", "labels", "scores", "masks"])
     out = []
     order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
@@ -116,6 +112,7 @@ def main() -> None:
     cells = []
     for seed in FIXTURE_SEEDS:
         img, truth, info = make_cell(seed)
+        named = run_model(session, img)
         name = f"cell_{seed}.png"
         cv2.imwrite(os.path.join(OUT, name), img)
         cells.append(
@@ -124,8 +121,8 @@ def main() -> None:
                 "cell_type": info["cell_type"],
                 "truth": [{"class": CLASSES[t.class_id - 1], "class_id": t.class_id - 1, "runs": runs(t.mask)} for t in truth],
                 # Every instance down to score 0.05, so the test can apply any threshold.
-                "reference": reference_instances(session, img, 0.05),
-                "reference_defect_probability": defect_probability(session, img),
+                "reference": reference_instances(named, 0.05),
+                "reference_defect_probability": float(named["cell_defect"].reshape(-1)[0]) if "cell_defect" in named else None,
             }
         )
         reference = cells[-1]
