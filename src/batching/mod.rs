@@ -12,6 +12,8 @@
 
 pub mod estimate;
 pub mod plan;
+#[cfg(test)]
+mod simulation;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -50,6 +52,34 @@ impl Default for BatchPolicy {
 pub struct QueueFull<T> {
     pub item: T,
     pub capacity: usize,
+}
+
+/// An admitted item's place, held while its owner prepares it ([`BatchQueue::reserve`]).
+#[derive(Debug)]
+pub struct Reservation<'a, T> {
+    queue: &'a BatchQueue<T>,
+    open: bool,
+}
+
+impl<T> Reservation<'_, T> {
+    /// Queues the item in the place reserved for it (see [`BatchQueue::submit`]).
+    pub fn submit(mut self, item: T, flow: u64, deadlines: Deadlines) -> Result<(), QueueFull<T>> {
+        self.open = false;
+        self.queue.queue_item(item, flow, deadlines, true)
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.open) {
+            let mut state = self.queue.lock();
+            state.incoming = state.incoming.saturating_sub(1);
+        }
+    }
+}
+
+impl<T> Drop for Reservation<'_, T> {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// When an item should be done by, and when its client stops waiting for it.
@@ -93,11 +123,29 @@ impl<T> BatchQueue<T> {
     }
 
     /// Whether an item of `flow` arriving now should be refused before its owner spends work on
-    /// it: only behind a queue that it could not clear in time ([`plan::refuse_on_arrival`]).
-    pub fn refuse_on_arrival(&self, flow: u64, deadlines: Deadlines) -> bool {
+    /// it — only behind a queue or a running batch that it could not clear in time — and if so,
+    /// how much later an item with as much time left could be admitted ([`plan::refuse_on_arrival`]).
+    /// `busy_for`: how long work outside this queue keeps the model from starting (zero: none).
+    pub fn refuse_on_arrival(&self, flow: u64, deadlines: Deadlines, busy_for: Duration) -> Option<Duration> {
         let now = Instant::now();
         let workers = self.workers.load(Ordering::Relaxed);
-        plan::refuse_on_arrival(&mut self.lock(), flow, deadlines.due, now, workers)
+        plan::refuse_on_arrival(&mut self.lock(), flow, deadlines.due, now, workers, busy_for)
+    }
+
+    /// As [`Self::refuse_on_arrival`], but an admitted item reserves its place: until it is
+    /// submitted through the reservation (or the reservation is dropped), later arrivals count it
+    /// as waiting ahead of them, so that items admitted together while their owners prepare them
+    /// are not all admitted into a queue they cannot clear. Refused: how much later an item with
+    /// as much time left could be admitted.
+    pub fn reserve(&self, flow: u64, deadlines: Deadlines, busy_for: Duration) -> Result<Reservation<'_, T>, Duration> {
+        let now = Instant::now();
+        let workers = self.workers.load(Ordering::Relaxed);
+        let mut state = self.lock();
+        if let Some(later) = plan::refuse_on_arrival(&mut state, flow, deadlines.due, now, workers, busy_for) {
+            return Err(later);
+        }
+        state.incoming += 1;
+        Ok(Reservation { queue: self, open: true })
     }
 
     pub fn policy(&self) -> BatchPolicy {
@@ -120,8 +168,16 @@ impl<T> BatchQueue<T> {
 
     /// Queues an item of `flow`, or hands it back at once when `max_queue_size` items already wait.
     pub fn submit(&self, item: T, flow: u64, deadlines: Deadlines) -> Result<(), QueueFull<T>> {
+        self.queue_item(item, flow, deadlines, false)
+    }
+
+    /// Queues an item, releasing its reservation under the same lock when `reserved`.
+    fn queue_item(&self, item: T, flow: u64, deadlines: Deadlines, reserved: bool) -> Result<(), QueueFull<T>> {
         {
             let mut state = self.lock();
+            if reserved {
+                state.incoming = state.incoming.saturating_sub(1);
+            }
             if state.closed || state.items.len() >= self.policy.max_queue_size {
                 return Err(QueueFull { item, capacity: self.policy.max_queue_size });
             }
@@ -143,11 +199,14 @@ impl<T> BatchQueue<T> {
         self.notify.notify_waiters();
     }
 
-    /// Feeds the estimates with the measured service time of a batch of `items`. Every instance
-    /// records under the one lock, so no measurement is lost.
+    /// Feeds the estimates with the measured service time of a batch of `items`, which has ended.
+    /// Every instance records under the one lock, so no measurement is lost. Call once per shipped
+    /// batch.
     pub fn record_service_time(&self, items: usize, took: Duration) {
         let now = Instant::now();
-        self.lock().times.record(items, took, now);
+        let mut state = self.lock();
+        state.times.record(items, took, now);
+        state.finished();
     }
 
     /// `figure` of the service time of a batch of `items`, from recent batches (`None`: none lately).
@@ -269,6 +328,22 @@ mod tests {
         assert!(q.submit(2, 0, far()).is_err(), "closed queue accepts nothing");
         assert_eq!(q.next_batch().await.expect("drain").items.len(), 1);
         assert!(q.next_batch().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_admitted_item_being_prepared_counts_ahead_of_later_arrivals() {
+        let q = BatchQueue::<&str>::new(policy(1, 0, 16));
+        q.record_service_time(1, ms(50));
+        q.record_service_time(1, ms(50));
+        let due = Deadlines::soft(Instant::now() + ms(83));
+        let first = q.reserve(1, due, Duration::ZERO).expect("nothing ahead, idle model");
+        // 50 ms for the first, then its own 50 ms: past 83.
+        assert!(q.reserve(2, due, Duration::ZERO).is_err(), "admitted into a queue it cannot clear");
+        drop(first);
+        let second = q.reserve(2, due, Duration::ZERO).expect("the first was dropped");
+        second.submit("second", 2, due).expect("room");
+        assert_eq!(q.len(), 1);
+        assert!(q.refuse_on_arrival(3, due, Duration::ZERO).is_some(), "the queued item is ahead now");
     }
 
     #[tokio::test(start_paused = true)]

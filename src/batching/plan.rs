@@ -13,25 +13,36 @@
 //!    is viable, the ones that are not are shed: running one of them would spend the model on a
 //!    frame that is most likely late, in place of a frame that is most likely on time. W is a high
 //!    percentile rather than the mean because the choice is between two frames: a frame admitted
-//!    on the mean misses about half of the time, its replacement almost never. When no waiting
-//!    item is viable, nothing is shed: the head of the line runs and the rest stay queued, to run
-//!    or be shed when their turn comes. So a slow estimate (an outlier, a busy spell) can delay a
-//!    shedding decision but never shed wholesale, and every plan that finds items ships one, so the
-//!    model is measured again with every batch.
-//! 4. **Fair.** Viable items ride least-served flow first (an exponential average of 1 per item of
+//!    on the mean misses about half of the time, its replacement almost never.
+//! 4. **A slow machine: freshest first.** When no waiting item is viable on W — a busy machine,
+//!    where W nears or passes the budget — the items that can still make it on the *typical* time
+//!    T (the median) run, flows whose oldest such item has the most time left first, and those
+//!    that cannot make it even on T are shed. Running the head of the line instead serves every
+//!    frame late: each waits for the others, so the oldest, which cannot make it, runs while the
+//!    newest, which could, grows old. When nothing can make it even on T, the item with the most
+//!    time left runs and only items already past their deadline are shed, so no estimate, however
+//!    far off, sheds a frame that still had time. T moves only when half the window has changed,
+//!    so one slow batch sheds nothing; and every plan that finds items ships one, so the model is
+//!    measured again with every batch.
+//! 5. **Fair.** Viable items ride least-served flow first (an exponential average of 1 per item of
 //!    that flow that rode, 0 per item shed), then oldest first, so overload is spread across
 //!    cameras rather than falling on whichever sends at unlucky moments; a flow's own items keep
 //!    their order.
-//! 5. **Batches only as large as they pay** (see [`super::estimate::ServiceTimes::paying_size`]),
+//! 6. **Batches only as large as they pay** (see [`super::estimate::ServiceTimes::paying_size`]),
 //!    and cut short when their oldest items would miss their deadline at the full size but make it
 //!    at a smaller one.
-//!
-//! 6. **Refused on arrival when hopeless behind a queue** ([`refuse_on_arrival`]): under
-//!    contention, an item that the viable items ahead of it would keep past its deadline is
-//!    refused before its owner decodes and preprocesses it, so that overload does not spend the
-//!    CPU the model needs on frames that would be shed anyway; its owner asks again once it has a
-//!    CPU worker, as that wait is a queue this planner does not see. An item with nothing ahead of
-//!    it is never refused.
+//! 7. **Refused on arrival when hopeless behind a queue or a busy model** ([`refuse_on_arrival`]):
+//!    an item that the viable items ahead of it would keep past its deadline, or that could not be
+//!    sure (on W) to make it once the running batch ends (on its W), is refused before its owner
+//!    decodes and preprocesses it, so that overload does not spend the CPU the model needs on
+//!    frames that would be shed anyway; its owner asks again once it has a CPU worker, as that wait
+//!    is a queue this planner does not see. Behind a busy model the bar is W, not T: every client
+//!    refused early would otherwise come back at the first moment T allows, and the frame running
+//!    next would be the oldest of that herd, not the freshest. The refusal says how much later a
+//!    frame with as much time left would be admitted, so that its owner can answer it then (never
+//!    after the frame's deadline) and a client that sends its next frame on each answer is paced to
+//!    the model instead of spinning on refusals. An item with nothing ahead of it and an idle model
+//!    is never refused.
 //!
 //! A batch ships when it holds `max_batch` items or when its oldest item has waited
 //! `max_queue_delay`.
@@ -109,6 +120,9 @@ const MAX_FLOWS: usize = 1024;
 /// A flow unseen this long is forgotten when the table is full.
 const FLOW_IDLE: Duration = Duration::from_secs(10);
 
+/// Running batches remembered at most (a worker that never reports back cannot grow the list).
+const MAX_RUNNING: usize = 64;
+
 /// The queue and everything the planner decides on.
 #[derive(Debug)]
 pub struct State<T> {
@@ -116,11 +130,38 @@ pub struct State<T> {
     pub closed: bool,
     pub times: ServiceTimes,
     flows: HashMap<u64, FlowShare>,
+    /// Items admitted on arrival and being prepared by their owners, not yet queued: they go ahead
+    /// of later arrivals as queued items do.
+    pub incoming: usize,
+    /// When each batch shipped and still running may end (on its expected worst time), oldest first.
+    running: VecDeque<Instant>,
 }
 
 impl<T> State<T> {
     pub fn new(max_batch: usize) -> Self {
-        Self { items: VecDeque::new(), closed: false, times: ServiceTimes::new(max_batch), flows: HashMap::new() }
+        Self {
+            items: VecDeque::new(),
+            closed: false,
+            times: ServiceTimes::new(max_batch),
+            flows: HashMap::new(),
+            incoming: 0,
+            running: VecDeque::new(),
+        }
+    }
+
+    /// A shipped batch has ended.
+    pub fn finished(&mut self) {
+        self.running.pop_front();
+    }
+
+    /// When a model instance is sure to be free for the next batch: now while one of `parallel` is
+    /// idle, else when the first running batch may end on its expected worst time (now once it has
+    /// overrun even that).
+    fn free_at(&self, now: Instant, parallel: usize) -> Instant {
+        if self.running.len() < parallel.max(1) {
+            return now;
+        }
+        self.running.iter().min().map_or(now, |&end| end.max(now))
     }
 
     fn share(&self, flow: u64) -> f32 {
@@ -148,28 +189,50 @@ impl<T> State<T> {
 }
 
 /// Whether an item of `flow` that must be done by `due` is refused on arrival, before its owner
-/// spends work on it (decoding, preprocessing): only when items are waiting ahead of it — the
-/// viable ones the planner would run first: of flows served no better than its own — and the
-/// typical time to run them, shared over `parallel` model instances, plus the item's own expected
-/// worst time, would take it past `due`. With nothing ahead of it an item is never refused, so a
-/// lone frame is always run. A refusal counts against the flow's share, as a shed item does, so
-/// that its next item goes ahead of others.
-pub fn refuse_on_arrival<T>(state: &mut State<T>, flow: u64, due: Instant, now: Instant, parallel: usize) -> bool {
-    let Some(worst) = state.times.estimate(1, Figure::Worst, now) else { return false };
+/// spends work on it (decoding, preprocessing), and if so how much later an item like it (as much
+/// time left) could be admitted: `None` admits it.
+///
+/// `busy_for`: how long work outside this queue keeps the model from starting (a later stage's
+/// work on the same CPU); zero when none.
+///
+/// It is refused when the items that would run before it — the viable ones, of flows served no
+/// better than its own, and those admitted and still being prepared — and the batch still running, then its own expected worst time, would take
+/// it past `due`; and behind a busy model (every one of `parallel` instances running) when it could
+/// not finish by `due` on the expected worst time once the model frees. With nothing ahead of it
+/// and an idle model an item is never refused, so a lone frame is always run. A refusal counts
+/// against the flow's share, as a shed item does, so that its next item goes ahead of others.
+pub fn refuse_on_arrival<T>(
+    state: &mut State<T>,
+    flow: u64,
+    due: Instant,
+    now: Instant,
+    parallel: usize,
+    busy_for: Duration,
+) -> Option<Duration> {
+    let worst = state.times.estimate(1, Figure::Worst, now)?;
     let typical = state.times.estimate(1, Figure::Typical, now).unwrap_or(worst);
     let share = state.share(flow);
-    let viable_from = now + worst;
-    let ahead = state.items.iter().filter(|q| q.deadline >= viable_from && state.share(q.flow) <= share).count();
-    if ahead == 0 {
-        return false;
+    let start = state.free_at(now, parallel).max(now + busy_for);
+    let viable_from = start + worst;
+    let queued_ahead = state.items.iter().filter(|q| q.deadline >= viable_from && state.share(q.flow) <= share).count();
+    let ahead = queued_ahead + state.incoming;
+    let needed = if ahead > 0 {
+        let wait = typical.saturating_mul(u32::try_from(ahead).unwrap_or(u32::MAX))
+            / u32::try_from(parallel.max(1)).unwrap_or(1);
+        start + wait + worst
+    } else if start > now {
+        // Only the running batch stands between it and the model. It must be sure to make it once
+        // the model frees, so that the frame that runs then is a fresh one rather than the first
+        // of a herd admitted early.
+        viable_from
+    } else {
+        return None;
+    };
+    if due >= needed {
+        return None;
     }
-    let wait =
-        typical.saturating_mul(u32::try_from(ahead).unwrap_or(u32::MAX)) / u32::try_from(parallel.max(1)).unwrap_or(1);
-    let refused = due < now + wait + worst;
-    if refused {
-        state.record(flow, false, now);
-    }
-    refused
+    state.record(flow, false, now);
+    Some(needed - due)
 }
 
 /// The next step for an idle worker, at `now`. See the module doc for the rule.
@@ -203,29 +266,37 @@ pub fn plan<T>(state: &mut State<T>, policy: &BatchPolicy, now: Instant) -> Plan
     let mut order: Vec<usize> = (0..state.items.len()).collect();
     order.sort_by(|&a, &b| shares[a].total_cmp(&shares[b]).then(a.cmp(&b)));
 
-    let worst = |n: usize| state.times.estimate(n, Figure::Worst, now);
-    let finish_alone = worst(1).map(|w| now + w);
-    let viable = |i: usize| finish_alone.is_none_or(|at| state.items[i].deadline >= at);
-    let candidates: Vec<usize> = order.iter().copied().filter(|&i| viable(i)).collect();
+    let estimate = |n: usize, figure: Figure| state.times.estimate(n, figure, now);
+    let finish_alone = |figure: Figure| estimate(1, figure).map(|w| now + w);
+    let (cautious, typical) = (finish_alone(Figure::Worst), finish_alone(Figure::Typical));
+    let reaches = |i: usize, finish: Option<Instant>| finish.is_none_or(|at| state.items[i].deadline >= at);
+    let viable: Vec<usize> = order.iter().copied().filter(|&i| reaches(i, cautious)).collect();
 
-    let chosen: Vec<usize> = if candidates.is_empty() {
-        // Nobody can make it: the head of the line runs rather than the model idling.
-        order.first().copied().into_iter().collect()
+    let (chosen, unreachable): (Vec<usize>, Vec<usize>) = if viable.is_empty() {
+        // A slow machine: no frame is sure to make it. The ones with the most time left run first,
+        // as they are the likeliest to; what cannot make it even on the typical time gives way,
+        // and so does, behind a frame that runs, any frame already past its deadline.
+        let hopeful: Vec<usize> = (0..state.items.len()).filter(|&i| reaches(i, typical)).collect();
+        let freshest = freshest_flows_first(if hopeful.is_empty() { &order } else { &hopeful }, &state.items, &shares);
+        let chosen = if hopeful.is_empty() {
+            freshest.first().copied().into_iter().collect()
+        } else {
+            fitting(&freshest, policy.max_batch, |n| estimate(n, Figure::Typical).map(|t| now + t), &state.items)
+        };
+        let chosen = chosen[..state.times.paying_size(chosen.len())].to_vec();
+        let gives_way = |i: usize| {
+            !chosen.contains(&i)
+                && if hopeful.is_empty() { state.items[i].deadline <= now } else { !reaches(i, typical) }
+        };
+        let unreachable = (0..state.items.len()).filter(|&i| gives_way(i)).collect();
+        (chosen, unreachable)
     } else {
-        let mut n = candidates.len().min(policy.max_batch);
-        while n > 1 {
-            let finish = worst(n).map(|w| now + w);
-            if finish.is_none_or(|at| candidates[..n].iter().all(|&i| state.items[i].deadline >= at)) {
-                break;
-            }
-            n -= 1;
-        }
-        let n = state.times.paying_size(n);
-        candidates[..n].to_vec()
+        let chosen = fitting(&viable, policy.max_batch, |n| estimate(n, Figure::Worst).map(|w| now + w), &state.items);
+        let chosen = chosen[..state.times.paying_size(chosen.len())].to_vec();
+        // Contention: items that cannot make it give way to those that can.
+        let unreachable = (0..state.items.len()).filter(|&i| !reaches(i, cautious)).collect();
+        (chosen, unreachable)
     };
-    // Contention: items that cannot make it give way to those that can.
-    let unreachable: Vec<usize> =
-        if candidates.is_empty() { Vec::new() } else { (0..state.items.len()).filter(|&i| !viable(i)).collect() };
 
     // Taken in queue order, so that a flow's own items keep theirs.
     let mut leaving: Vec<(usize, bool)> =
@@ -241,7 +312,51 @@ pub fn plan<T>(state: &mut State<T>, policy: &BatchPolicy, now: Instant) -> Plan
             shed.push(Shed { queued, reason: ShedReason::Unreachable });
         }
     }
+    // Judged on its worst time: a frame admitted behind it must make it even if it overruns.
+    let expected = state.times.estimate(items.len(), Figure::Worst, now).unwrap_or_default();
+    if state.running.len() >= MAX_RUNNING {
+        state.running.pop_front();
+    }
+    state.running.push_back(now + expected);
     Plan::Ship(Batch { items, shed })
+}
+
+/// `candidates` ordered for a slow machine: flows by how much time their oldest candidate has left,
+/// most first (the likeliest to make it), then least served; a flow's own items stay together and
+/// in queue order, so that its answers keep their order.
+fn freshest_flows_first<T>(candidates: &[usize], items: &VecDeque<Queued<T>>, shares: &[f32]) -> Vec<usize> {
+    let mut head_deadline: HashMap<u64, Instant> = HashMap::new();
+    for &i in candidates {
+        head_deadline.entry(items[i].flow).or_insert(items[i].deadline);
+    }
+    let mut ordered = candidates.to_vec();
+    ordered.sort_by(|&a, &b| {
+        let (head_a, head_b) = (head_deadline[&items[a].flow], head_deadline[&items[b].flow]);
+        head_b
+            .cmp(&head_a)
+            .then(shares[a].total_cmp(&shares[b]))
+            .then(items[a].flow.cmp(&items[b].flow))
+            .then(a.cmp(&b))
+    });
+    ordered
+}
+
+/// The longest prefix of `candidates` (at most `max_batch`) that all finish by their deadlines at
+/// `finish(n)` when run as one batch of n; at least one item.
+fn fitting<T>(
+    candidates: &[usize],
+    max_batch: usize,
+    finish: impl Fn(usize) -> Option<Instant>,
+    items: &VecDeque<Queued<T>>,
+) -> Vec<usize> {
+    let mut n = candidates.len().min(max_batch).max(1);
+    while n > 1 {
+        if finish(n).is_none_or(|at| candidates[..n].iter().all(|&i| items[i].deadline >= at)) {
+            break;
+        }
+        n -= 1;
+    }
+    candidates[..n.min(candidates.len())].to_vec()
 }
 
 #[cfg(test)]
@@ -325,8 +440,85 @@ mod tests {
         );
     }
 
+    /// A window of `typical` times with two `worst` ones: median `typical`, second-largest `worst`.
+    fn spread(typical: Duration, worst: Duration, now: Instant) -> State<&'static str> {
+        let mut state = measured(1, 1, typical, now);
+        state.times.record(1, worst, now);
+        state.times.record(1, worst, now);
+        state
+    }
+
     #[test]
-    fn when_no_waiting_frame_can_make_it_the_head_runs_and_nothing_is_shed() {
+    fn on_a_slow_machine_the_frame_with_most_time_left_runs_and_hopeless_ones_give_way() {
+        let now = Instant::now();
+        // Typical 40 ms, worst 120 ms: no frame is sure to make its 83 ms.
+        let mut state = spread(ms(40), ms(120), now);
+        push(&mut state, "old", 1, now - ms(50), now + ms(30));
+        push(&mut state, "middle", 2, now - ms(20), now + ms(60));
+        push(&mut state, "fresh", 3, now, now + ms(80));
+        assert_eq!(
+            shipped(plan(&mut state, &policy(1, 0), now)),
+            (vec!["fresh"], vec![("old", ShedReason::Unreachable)]),
+            "the head of the line would have run, late, and the fresh frame grown old behind it"
+        );
+        assert_eq!(state.items.iter().map(|q| q.item).collect::<Vec<_>>(), vec!["middle"], "it can still make it");
+    }
+
+    #[test]
+    fn on_a_slow_machine_a_flows_own_frames_keep_their_order() {
+        let now = Instant::now();
+        let mut state = spread(ms(40), ms(120), now);
+        push(&mut state, "flow 1, first", 1, now - ms(30), now + ms(50));
+        push(&mut state, "flow 2", 2, now - ms(10), now + ms(70));
+        push(&mut state, "flow 1, second", 1, now, now + ms(80));
+        // Flow 2's oldest frame has more time left than flow 1's: flow 2 first, and flow 1's
+        // newer frame does not overtake its older one.
+        assert_eq!(shipped(plan(&mut state, &policy(1, 0), now)).0, vec!["flow 2"]);
+        assert_eq!(shipped(plan(&mut state, &policy(1, 0), now)).0, vec!["flow 1, first"]);
+    }
+
+    #[test]
+    fn when_nothing_can_make_it_even_on_the_typical_time_only_frames_past_their_deadline_are_shed() {
+        let now = Instant::now();
+        let mut state = measured(1, 1, ms(200), now);
+        push(&mut state, "past", 1, now - ms(100), now - ms(5));
+        push(&mut state, "waiting", 2, now - ms(10), now + ms(70));
+        push(&mut state, "fresh", 3, now, now + ms(80));
+        assert_eq!(
+            shipped(plan(&mut state, &policy(1, 0), now)),
+            (vec!["fresh"], vec![("past", ShedReason::Unreachable)])
+        );
+        assert_eq!(state.items.len(), 1, "a frame that still had time is not shed on an estimate");
+    }
+
+    #[test]
+    fn behind_a_busy_model_an_arrival_must_be_sure_to_make_it_once_the_model_frees() {
+        let now = Instant::now();
+        let mut state = spread(ms(40), ms(60), now);
+        push(&mut state, "running", 1, now, now + ms(83));
+        assert_eq!(shipped(plan(&mut state, &policy(1, 0), now)).0, vec!["running"]);
+        // The running batch may take 60 ms, then the arrival 60 ms: 120 ms, 37 ms past its 83.
+        assert_eq!(refuse_on_arrival(&mut state, 2, now + ms(83), now, 1, Duration::ZERO), Some(ms(37)));
+        // 40 ms later, a fresh frame makes it once the model frees.
+        let later = now + ms(40);
+        assert_eq!(refuse_on_arrival(&mut state, 3, later + ms(83), later, 1, Duration::ZERO), None);
+        // With two instances one is idle: nothing stands between it and a model.
+        assert_eq!(refuse_on_arrival(&mut state, 4, now + ms(83), now, 2, Duration::ZERO), None);
+        state.finished();
+        assert_eq!(refuse_on_arrival(&mut state, 5, now + ms(83), now, 1, Duration::ZERO), None, "the model is idle");
+    }
+
+    #[test]
+    fn work_outside_the_queue_that_keeps_the_model_busy_counts_as_a_running_batch() {
+        let now = Instant::now();
+        let mut state = measured(1, 1, ms(40), now);
+        // An idle queue, but a later stage's work holds the CPU for 50 ms: 50 + 40 > 83.
+        assert_eq!(refuse_on_arrival(&mut state, 1, now + ms(83), now, 1, ms(50)), Some(ms(7)));
+        assert_eq!(refuse_on_arrival(&mut state, 1, now + ms(83), now, 1, ms(40)), None);
+    }
+
+    #[test]
+    fn when_no_waiting_frame_can_make_it_the_freshest_runs_and_nothing_with_time_left_is_shed() {
         // One slow batch (a preempted run) made every waiting frame look hopeless.
         let now = Instant::now();
         let mut state = measured(1, 1, ms(500), now);
@@ -338,6 +530,7 @@ mod tests {
 
     #[test]
     fn one_slow_batch_among_ordinary_ones_sheds_nothing() {
+        // (The typical time ignores it as well: see the tests above for what a slow machine sheds.)
         let now = Instant::now();
         let mut state = measured(1, 1, ms(30), now);
         state.times.record(1, ms(600), now);
@@ -418,19 +611,19 @@ mod tests {
         let now = Instant::now();
         let mut state = measured(1, 1, ms(30), now);
         // Nothing ahead: admitted however hopeless its deadline.
-        assert!(!refuse_on_arrival(&mut state, 1, now + ms(1), now, 1));
+        assert!(refuse_on_arrival(&mut state, 1, now + ms(1), now, 1, Duration::ZERO).is_none());
         push(&mut state, "a", 2, now, now + ms(80));
         push(&mut state, "b", 3, now, now + ms(80));
         // Two ahead at 30 ms, then its own 30 ms: 90 ms.
-        assert!(refuse_on_arrival(&mut state, 1, now + ms(83), now, 1));
-        assert!(!refuse_on_arrival(&mut state, 4, now + ms(95), now, 1));
+        assert!(refuse_on_arrival(&mut state, 1, now + ms(83), now, 1, Duration::ZERO).is_some());
+        assert!(refuse_on_arrival(&mut state, 4, now + ms(95), now, 1, Duration::ZERO).is_none());
         // Two instances share the queue: 30 + 30 ms.
-        assert!(!refuse_on_arrival(&mut state, 5, now + ms(83), now, 2));
+        assert!(refuse_on_arrival(&mut state, 5, now + ms(83), now, 2, Duration::ZERO).is_none());
         // Items ahead that cannot make it themselves do not count.
         let mut hopeless = measured(1, 1, ms(30), now);
         push(&mut hopeless, "x", 2, now, now + ms(10));
         push(&mut hopeless, "y", 3, now, now + ms(10));
-        assert!(!refuse_on_arrival(&mut hopeless, 1, now + ms(40), now, 1));
+        assert!(refuse_on_arrival(&mut hopeless, 1, now + ms(40), now, 1, Duration::ZERO).is_none());
     }
 
     #[test]
@@ -439,9 +632,9 @@ mod tests {
         let mut state = measured(1, 1, ms(30), now);
         push(&mut state, "a", 2, now, now + ms(80));
         push(&mut state, "b", 3, now, now + ms(80));
-        assert!(refuse_on_arrival(&mut state, 1, now + ms(83), now, 1));
+        assert!(refuse_on_arrival(&mut state, 1, now + ms(83), now, 1, Duration::ZERO).is_some());
         // Flow 1 was refused: flows 2 and 3 (served as well as ever) are no longer ahead of it.
-        assert!(!refuse_on_arrival(&mut state, 1, now + ms(83), now, 1));
+        assert!(refuse_on_arrival(&mut state, 1, now + ms(83), now, 1, Duration::ZERO).is_none());
         push(&mut state, "flow 1", 1, now, now + ms(83));
         assert_eq!(shipped(plan(&mut state, &policy(1, 0), now)).0, vec!["flow 1"]);
     }
@@ -451,7 +644,7 @@ mod tests {
         let now = Instant::now();
         let mut state: State<&'static str> = State::new(1);
         push(&mut state, "a", 2, now, now + ms(80));
-        assert!(!refuse_on_arrival(&mut state, 1, now + ms(1), now, 1));
+        assert!(refuse_on_arrival(&mut state, 1, now + ms(1), now, 1, Duration::ZERO).is_none());
     }
 
     #[test]

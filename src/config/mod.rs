@@ -168,6 +168,11 @@ pub struct EngineConfig {
     /// Let ONNX Runtime's idle intra-op threads spin before sleeping. Off by default: with more than
     /// one model instance on a few cores, spinning pools steal each other's CPU.
     pub intra_op_spinning: bool,
+    /// On the CPU provider, one inference at a time over every model, each run with all its
+    /// intra-op threads. Two sessions' thread pools running at once on the same cores stall each
+    /// other (each operator waits for its slowest thread), so a `track` frame's embedder and the
+    /// next frame's detector are better run one after the other.
+    pub exclusive_cpu_runs: bool,
 }
 
 /// How GPU sessions meet batches of varying size.
@@ -260,6 +265,7 @@ impl Default for EngineConfig {
             gpu_batch_shapes: BatchShapes::Fixed,
             tensorrt: TensorRtConfig::default(),
             intra_op_spinning: false,
+            exclusive_cpu_runs: true,
         }
     }
 }
@@ -333,6 +339,7 @@ impl Config {
             fixed_shapes: engine.gpu_batch_shapes == BatchShapes::Fixed,
             gpu_memory_budget_bytes: engine.gpu_memory_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
             device_id: engine.device_id,
+            exclusive_cpu_runs: engine.exclusive_cpu_runs,
             cpu_workers: server.cpu_workers,
             decode_limits: DecodeLimits { max_pixels: server.max_decoded_pixels, max_side: server.max_image_side },
             default_budget: server.default_budget,

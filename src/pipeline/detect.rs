@@ -22,6 +22,8 @@ pub(super) struct Detected {
     /// decode, preprocess, queue_wait, inference and postprocess; the rest is the caller's.
     pub timings: StageTimings,
     pub batch_size: u32,
+    /// The later stage's work announced on the CPU, until the caller drops it.
+    pub later_stage: Option<super::worker::LaterStagePending>,
 }
 
 pub struct DetectPipeline {
@@ -85,19 +87,22 @@ impl DetectPipeline {
 
     pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
-        let Detected { detections, image, timings, batch_size } = self.detect(&request, deadline).await?;
+        let Detected { detections, image, timings, batch_size, .. } = self.detect(&request, deadline, false).await?;
         let answer = Answer { detections, image, timings, batch_size, tracking: None, cell: None, analytics: None };
         self.stage.answer(request, deadline, answer).await
     }
 
-    /// The model stage, then decode + NMS on the CPU pool, for one frame.
+    /// The model stage, then decode + NMS on the CPU pool, for one frame (`followed`: by a later
+    /// stage, whose pending work comes back in [`Detected::later_stage`]).
     pub(super) async fn detect(
         &self,
         request: &FrameRequest,
         deadline: FrameDeadline,
+        followed: bool,
     ) -> Result<Detected, InspectError> {
-        let InferredFrame { inferred, letterbox, image, mut timings } =
-            self.stage.infer_frame(request, deadline).await?;
+        let InferredFrame { mut inferred, letterbox, image, mut timings } =
+            self.stage.infer_frame(request, deadline, followed).await?;
+        let later_stage = inferred.later_stage.take();
         let (decoder, thresholds, classes) = (self.decoder.clone(), self.thresholds, self.classes.clone());
         let batch_size = inferred.batch_frames as u32;
         let (detections, postprocess) = self
@@ -119,6 +124,6 @@ impl DetectPipeline {
             })
             .await??;
         timings.postprocess = postprocess;
-        Ok(Detected { detections, image, timings, batch_size })
+        Ok(Detected { detections, image, timings, batch_size, later_stage })
     }
 }

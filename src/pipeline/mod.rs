@@ -82,6 +82,8 @@ pub struct EngineSetup<'a> {
     /// GPU sessions keep fixed batch shapes.
     pub fixed_shapes: bool,
     pub device_memory: &'a crate::cuda::DeviceMemory,
+    /// Held by a CPU session through each run when CPU runs are exclusive (`None`: concurrent).
+    pub(crate) cpu_runs: Option<Arc<worker::CpuRuns>>,
 }
 
 /// A `camera_id` must be present and at most [`MAX_CAMERA_ID_BYTES`] long.
@@ -210,6 +212,7 @@ impl Pipelines {
             gpu_preprocess: settings.gpu_preprocess,
             fixed_shapes: settings.fixed_shapes,
             device_memory: &device_memory,
+            cpu_runs: settings.exclusive_cpu_runs.then(|| Arc::new(worker::CpuRuns::default())),
         };
         let load = |name: &str, model: &str, task: Task, kind: &'static str| {
             let manifest = resolve_manifest(runtime, &settings.model_dir, model)

@@ -55,7 +55,7 @@ impl SegmentPipeline {
     pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
         let InferredFrame { inferred, letterbox, image, mut timings } =
-            self.stage.infer_frame(&request, deadline).await?;
+            self.stage.infer_frame(&request, deadline, false).await?;
         let batch_size = inferred.batch_frames as u32;
         let instances = self.instances.clone();
         let (detections, cell, postprocess) = self

@@ -263,6 +263,8 @@ pub struct ServiceSettings {
     /// Refuse to start when the models' device memory exceeds this many bytes.
     pub gpu_memory_budget_bytes: Option<u64>,
     pub device_id: u32,
+    /// One CPU inference at a time over every model (each with all its intra-op threads).
+    pub exclusive_cpu_runs: bool,
     /// Frames decoded / pre- / post-processed at once.
     pub cpu_workers: usize,
     pub decode_limits: DecodeLimits,

@@ -15,7 +15,7 @@ use super::{
     FrameRequest, FrameResult, ImageInput, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext,
     StageTimings, Verdict,
 };
-use crate::batching::{BatchPolicy, BatchQueue, Deadlines};
+use crate::batching::{BatchPolicy, BatchQueue, Deadlines, Reservation};
 use crate::engine::{EngineError, Output, Provider};
 use crate::imaging::{self, Annotation, Letterbox, Preprocessor, TensorSpec};
 use crate::model::{ChannelOrder, InputSpec, ModelManifest};
@@ -61,6 +61,11 @@ impl FrameDeadline {
         }
     }
 
+    /// The deadline of an earlier stage, which must leave `later` for the stages after it.
+    pub fn reserving(self, later: Duration) -> Self {
+        Self { at: self.at.checked_sub(later).unwrap_or(self.at), ..self }
+    }
+
     /// What the batcher holds the frame to.
     pub fn deadlines(&self) -> Deadlines {
         Deadlines { due: self.at, expires: self.expires }
@@ -78,6 +83,8 @@ pub(super) struct StageSetup<'a> {
     /// Batch sizes (in rows) a GPU worker with fixed shapes keeps a session for, fewest first.
     pub row_buckets: Vec<usize>,
     pub warm_batches: &'a [usize],
+    /// The model is a pipeline's later stage (its frames carry earlier stages' work).
+    pub later_stage: bool,
 }
 
 /// One model, its queue and its workers.
@@ -93,6 +100,8 @@ pub(super) struct ModelStage {
     /// Frames go to the workers as pixels; the GPU letterboxes (or crops) them.
     pub device_preprocess: bool,
     pub device_memory: Option<u64>,
+    /// The CPU's run gate, for a first-stage model on the CPU when runs are exclusive.
+    first_stage_cpu_runs: Option<Arc<super::worker::CpuRuns>>,
 }
 
 /// A frame decoded, letterboxed and run through the model.
@@ -140,6 +149,7 @@ impl ModelStage {
                 instances: setup.instances,
                 spec: setup.spec,
                 warm_batches: setup.warm_batches,
+                later_stage: setup.later_stage,
             },
             &queue,
         )?;
@@ -164,6 +174,7 @@ impl ModelStage {
             provider,
             device_preprocess,
             device_memory,
+            first_stage_cpu_runs: engine.cpu_runs.clone().filter(|_| !setup.later_stage && !provider.on_gpu()),
         })
     }
 
@@ -200,6 +211,7 @@ impl ModelStage {
             instances,
             row_buckets: vec![1, max_batch],
             warm_batches: &[1, max_batch],
+            later_stage: false,
         };
         Self::start(setup, engine, context)
             .map_err(|source| super::StartError::Engine { pipeline: pipeline.to_owned(), source })
@@ -234,6 +246,17 @@ impl ModelStage {
         join_all(&self.workers).await;
     }
 
+    /// How long later stages' work already announced keeps this (first-stage, CPU) model from
+    /// the CPU; zero for a later stage or a model on a GPU.
+    fn cpu_busy_for(&self) -> Duration {
+        self.first_stage_cpu_runs.as_ref().map_or(Duration::ZERO, |gate| gate.pending_wait())
+    }
+
+    /// The typical time of one frame's batch on this model lately (`None`: none run lately).
+    pub fn typical_service(&self) -> Option<Duration> {
+        self.queue.service_estimate(1, crate::batching::Figure::Typical)
+    }
+
     /// Frames waiting for this model.
     pub fn queue_depth(&self) -> usize {
         self.queue.len()
@@ -243,35 +266,54 @@ impl ModelStage {
         &self.health
     }
 
-    /// Queues `rows` rows of one frame and waits for the batch they ride in.
+    /// Queues `rows` rows of one frame and waits for the batch they ride in. `followed`: a later
+    /// stage of the frame's pipeline runs after this one.
     pub async fn infer(
         &self,
         input: JobInput,
         rows: usize,
         flow: u64,
         deadline: FrameDeadline,
+        followed: bool,
+    ) -> Result<Inferred, InspectError> {
+        self.infer_in(None, input, rows, flow, deadline, followed).await
+    }
+
+    /// As [`Self::infer`], in the place `reservation` holds when there is one.
+    async fn infer_in(
+        &self,
+        reservation: Option<Reservation<'_, Job>>,
+        input: JobInput,
+        rows: usize,
+        flow: u64,
+        deadline: FrameDeadline,
+        followed: bool,
     ) -> Result<Inferred, InspectError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .submit(Job { input, rows, limit: deadline.limit, reply }, flow, deadline.deadlines())
-            .map_err(|full| InspectError::QueueFull { pipeline: self.pipeline.clone(), capacity: full.capacity })?;
+        let job = Job { input, rows, limit: deadline.limit, followed, reply };
+        match reservation {
+            Some(reservation) => reservation.submit(job, flow, deadline.deadlines()),
+            None => self.queue.submit(job, flow, deadline.deadlines()),
+        }
+        .map_err(|full| InspectError::QueueFull { pipeline: self.pipeline.clone(), capacity: full.capacity })?;
         answer.await.map_err(|_| InspectError::ShuttingDown)?
     }
 
-    /// Decode → letterbox → batch → infer, for one whole frame.
+    /// Decode → letterbox → batch → infer, for one whole frame (`followed`: by a later stage).
     pub async fn infer_frame(
         &self,
         request: &FrameRequest,
         deadline: FrameDeadline,
+        followed: bool,
     ) -> Result<InferredFrame, InspectError> {
         let image = request.image.clone().ok_or(InspectError::MissingImage)?;
         let flow = super::flow_of(&request.camera_id);
         // Behind a queue it cannot clear in time, the frame is refused before it costs a decode.
-        if self.queue.refuse_on_arrival(flow, deadline.deadlines()) {
-            return Err(InspectError::Shed { limit: deadline.limit, waited: Duration::ZERO });
+        if let Some(later) = self.queue.refuse_on_arrival(flow, deadline.deadlines(), self.cpu_busy_for()) {
+            return Err(refused(deadline, later, tokio::time::Instant::now()).await);
         }
-        let prepared = self.prepare(image, flow, deadline).await?;
-        let inferred = self.infer(prepared.input, 1, flow, deadline).await?;
+        let (prepared, reservation) = self.prepare(image, flow, deadline).await?;
+        let inferred = self.infer_in(Some(reservation), prepared.input, 1, flow, deadline, followed).await?;
         Ok(InferredFrame {
             timings: StageTimings {
                 decode: prepared.decode,
@@ -290,40 +332,51 @@ impl ModelStage {
     /// GPU preprocessing, only the geometry is worked out here). The wait for a CPU worker is a
     /// queue the batcher does not see: on a busy machine it can outlast the frame's chances, so the
     /// frame is judged again once it has a worker, before the decode is spent on it.
-    async fn prepare(&self, image: ImageInput, flow: u64, deadline: FrameDeadline) -> Result<Prepared, InspectError> {
+    async fn prepare(
+        &self,
+        image: ImageInput,
+        flow: u64,
+        deadline: FrameDeadline,
+    ) -> Result<(Prepared, Reservation<'_, Job>), InspectError> {
         let spec = self.spec;
         let limits = self.context.decode_limits;
         let on_device = self.device_preprocess;
         let asked = tokio::time::Instant::now();
         let permit = self.context.cpu_permits.acquire().await.map_err(|_| InspectError::ShuttingDown)?;
-        if self.queue.refuse_on_arrival(flow, deadline.deadlines()) {
-            return Err(InspectError::Shed { limit: deadline.limit, waited: asked.elapsed() });
-        }
-        self.on_cpu_pool_with(permit, move || -> Result<Prepared, InspectError> {
-            let t0 = std::time::Instant::now();
-            let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
-            let decode = t0.elapsed();
-            let t1 = std::time::Instant::now();
-            if on_device {
-                let letterbox = Letterbox::new(rgb.width(), rgb.height(), spec.width, spec.height);
-                let image = Arc::new(rgb);
-                let input =
-                    JobInput::Pixels { image: image.clone(), rows: vec![imaging::RowSource::Letterbox(letterbox)] };
-                return Ok(Prepared { input, letterbox, image, decode, preprocess: t1.elapsed() });
+        let reservation = match self.queue.reserve(flow, deadline.deadlines(), self.cpu_busy_for()) {
+            Ok(reservation) => reservation,
+            Err(later) => {
+                drop(permit);
+                return Err(refused(deadline, later, asked).await);
             }
-            let mut tensor = vec![0f32; spec.len()];
-            let letterbox = PREPROCESSOR
-                .with(|p| p.borrow_mut().letterbox_into(&rgb, &spec, &mut tensor))
-                .map_err(|e| InspectError::Internal(e.to_string()))?;
-            Ok(Prepared {
-                input: JobInput::Tensor(tensor),
-                letterbox,
-                image: Arc::new(rgb),
-                decode,
-                preprocess: t1.elapsed(),
+        };
+        let prepared = self
+            .on_cpu_pool_with(permit, move || -> Result<Prepared, InspectError> {
+                let t0 = std::time::Instant::now();
+                let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
+                let decode = t0.elapsed();
+                let t1 = std::time::Instant::now();
+                if on_device {
+                    let letterbox = Letterbox::new(rgb.width(), rgb.height(), spec.width, spec.height);
+                    let image = Arc::new(rgb);
+                    let input =
+                        JobInput::Pixels { image: image.clone(), rows: vec![imaging::RowSource::Letterbox(letterbox)] };
+                    return Ok(Prepared { input, letterbox, image, decode, preprocess: t1.elapsed() });
+                }
+                let mut tensor = vec![0f32; spec.len()];
+                let letterbox = PREPROCESSOR
+                    .with(|p| p.borrow_mut().letterbox_into(&rgb, &spec, &mut tensor))
+                    .map_err(|e| InspectError::Internal(e.to_string()))?;
+                Ok(Prepared {
+                    input: JobInput::Tensor(tensor),
+                    letterbox,
+                    image: Arc::new(rgb),
+                    decode,
+                    preprocess: t1.elapsed(),
+                })
             })
-        })
-        .await?
+            .await??;
+        Ok((prepared, reservation))
     }
 
     /// The frame's response: annotated if asked, its total time taken now, judged against its
@@ -402,6 +455,16 @@ impl ModelStage {
         drop(permit);
         done.map_err(|e| InspectError::Internal(format!("CPU stage failed: {e}")))
     }
+}
+
+/// A frame refused on arrival, answered once a frame with as much time left could be admitted
+/// (`later` from now), and never after its own deadline. A client that sends its next frame when
+/// answered (a closed loop) is so paced to the model instead of spinning on refusals, which would
+/// take the CPU the model needs; the wait holds no CPU worker and no model.
+async fn refused(deadline: FrameDeadline, later: Duration, asked: Instant) -> InspectError {
+    let answer_at = (Instant::now() + later).min(deadline.at);
+    tokio::time::sleep_until(answer_at).await;
+    InspectError::Shed { limit: deadline.limit, waited: asked.elapsed() }
 }
 
 /// The batch's outputs as the decoders take them.

@@ -83,6 +83,7 @@ impl TrackPipeline {
                 // One frame's crops, and a full batch of frames' (rows past that run unpadded).
                 row_buckets: vec![EMBED_ROWS, EMBED_ROWS * policy.max_batch],
                 warm_batches: &[1, EMBED_ROWS],
+                later_stage: true,
             },
             engine,
             detector.stage().context.clone(),
@@ -178,15 +179,21 @@ impl TrackPipeline {
 
     pub async fn inspect(&self, request: FrameRequest, admission: Placement) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
-        let detected = self.detector.detect(&request, deadline).await?;
-        let Detected { detections, image, mut timings, batch_size } = detected;
+        // The detector holds the frame to the time that leaves its embedding room to finish.
+        let embedding = self.embedder.typical_service().unwrap_or_default();
+        let detected = self.detector.detect(&request, deadline.reserving(embedding), true).await?;
+        // Held until the frame's embedding is done: on the CPU, no detector run slips in between.
+        let Detected { detections, image, mut timings, batch_size, later_stage } = detected;
         let kept: Vec<LabeledDetection> = detections
             .into_iter()
             .filter(|d| self.tracked_classes.as_ref().is_none_or(|ids| ids.contains(&d.detection.class_id)))
             .collect();
 
         let (detections, tracking, analytics) = match admission {
-            Placement::Refused(order) => (kept, order, None),
+            Placement::Refused(order) => {
+                drop(later_stage);
+                (kept, order, None)
+            }
             Placement::Accepted(ticket) => {
                 let started = std::time::Instant::now();
                 let boxes: Vec<BBox> = kept.iter().map(|d| d.detection.bbox).collect();
@@ -199,6 +206,7 @@ impl TrackPipeline {
                 let features: Vec<Vec<f32>> =
                     needed.iter().map(|&n| if n { embedded.next().unwrap_or_default() } else { Vec::new() }).collect();
                 timings.embed = started.elapsed();
+                drop(later_stage);
 
                 let started = std::time::Instant::now();
                 let observations: Vec<Observation> = kept
@@ -256,7 +264,7 @@ impl TrackPipeline {
         } else {
             JobInput::Tensor(self.crop_on_cpu(image, boxes).await?)
         };
-        let inferred = self.embedder.infer(input, rows, flow, deadline).await?;
+        let inferred = self.embedder.infer(input, rows, flow, deadline, false).await?;
         self.embeddings(&inferred)
     }
 

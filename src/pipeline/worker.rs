@@ -31,6 +31,8 @@ pub(super) struct Job {
     pub rows: usize,
     /// The deadline this frame is held to, should it be shed.
     pub limit: ShedLimit,
+    /// A later stage of the frame's pipeline runs on the same CPU after this one.
+    pub followed: bool,
     pub reply: oneshot::Sender<Result<Inferred, InspectError>>,
 }
 
@@ -46,6 +48,8 @@ pub(super) struct Inferred {
     /// Preprocessing done on the worker (GPU), for the whole batch; zero on the CPU path.
     pub device_preprocess: Duration,
     pub inference: Duration,
+    /// For a job `followed` by a later stage on the CPU: that stage's work, pending until dropped.
+    pub later_stage: Option<LaterStagePending>,
 }
 
 /// A model's workers, and how they run.
@@ -212,6 +216,7 @@ fn model_worker(
     queue: Arc<BatchQueue<Job>>,
     health: Arc<super::ModelHealth>,
     handle: tokio::runtime::Handle,
+    cpu_runs: Option<(Arc<CpuRuns>, bool)>,
 ) {
     while let Some(batch) = handle.block_on(queue.next_batch()) {
         let now = Instant::now();
@@ -230,13 +235,19 @@ fn model_worker(
         let n: usize = batch.items.iter().map(|q| q.item.rows).sum();
         let started = Instant::now();
         let jobs: Vec<&Job> = batch.items.iter().map(|q| &q.item).collect();
-        // A panic inside one batch must not take the worker (and every later frame) with it.
+        // One CPU run at a time when configured (the wait counts as service time: the batch's frames
+        // spend it). A panic inside one batch must not take the worker (and every later frame) with it.
+        let exclusive = cpu_runs.as_ref().map(|(gate, later_stage)| gate.acquire(*later_stage));
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(&jobs))).unwrap_or_else(|_| {
                 Err(EngineError::Run { model: worker.name().to_owned(), message: "inference panicked".into() })
             });
+        drop(exclusive);
         drop(jobs);
         let elapsed = started.elapsed();
+        if let Some((gate, true)) = &cpu_runs {
+            gate.record_later_run(elapsed);
+        }
         queue.record_service_time(frames, elapsed);
         match result {
             Ok((outputs, device_preprocess)) => {
@@ -258,6 +269,10 @@ fn model_worker(
                     BatchOutputs::PerFrame(per_frame) => per_frame.into_iter().map(|o| (Arc::new(o), 0)).collect(),
                 };
                 for (q, (outputs, first_row)) in batch.items.into_iter().zip(shares) {
+                    // Announced before the answer leaves, so that no first-stage run slips in
+                    // between this frame's stages.
+                    let later_stage =
+                        cpu_runs.as_ref().filter(|_| q.item.followed).map(|(gate, _)| gate.expect_later_stage());
                     let _ = q.item.reply.send(Ok(Inferred {
                         outputs,
                         first_row,
@@ -266,6 +281,7 @@ fn model_worker(
                         queue_wait: started - q.enqueued,
                         device_preprocess,
                         inference: elapsed.saturating_sub(device_preprocess),
+                        later_stage,
                     }));
                 }
             }
@@ -290,6 +306,7 @@ fn warm_up_job(spec: &TensorSpec, rows: usize) -> Job {
         input: JobInput::Pixels { image, rows: vec![RowSource::Letterbox(letterbox); rows] },
         rows,
         limit: ShedLimit::Budget(Duration::ZERO),
+        followed: false,
         reply,
     }
 }
@@ -305,6 +322,7 @@ fn warm_up(worker: &mut Worker, batches: &[usize]) -> Result<(), EngineError> {
                     input: JobInput::Tensor(vec![0f32; n * worker.spec.len()]),
                     rows: n,
                     limit: ShedLimit::Budget(Duration::ZERO),
+                    followed: false,
                     reply,
                 }
             }
@@ -314,6 +332,95 @@ fn warm_up(worker: &mut Worker, batches: &[usize]) -> Result<(), EngineError> {
         worker.run(&[&job])?;
     }
     Ok(())
+}
+
+/// One CPU inference at a time over every model, when the engine is so configured: two sessions'
+/// intra-op pools running at once on the same cores stall each other, as each operator waits for
+/// its slowest thread. A run of a later stage (a `track` frame's embedder, whose frame already has
+/// its detector's work in it) goes before a waiting first-stage run, so that the work spent on a
+/// frame is not thrown away by shedding it at its last stage.
+#[derive(Debug, Default)]
+pub struct CpuRuns {
+    state: std::sync::Mutex<CpuRunsState>,
+    freed: std::sync::Condvar,
+    /// Later-stage runs lately, µs: an exponential average (α = 1/8).
+    later_run_us: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct CpuRunsState {
+    running: bool,
+    later_stages_waiting: usize,
+    /// Frames a first stage has run whose later stage has not yet: a first-stage run waits for
+    /// them, so that on a CPU a pipeline's frames go through both stages one after the other.
+    later_stages_pending: usize,
+}
+
+/// A frame's later-stage work, announced when its first stage ran; done when dropped.
+#[derive(Debug)]
+pub struct LaterStagePending(Arc<CpuRuns>);
+
+impl Drop for LaterStagePending {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.later_stages_pending = state.later_stages_pending.saturating_sub(1);
+        drop(state);
+        self.0.freed.notify_all();
+    }
+}
+
+/// The CPU's one inference slot, held until dropped.
+pub struct CpuRun<'a>(&'a CpuRuns);
+
+impl CpuRuns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CpuRunsState> {
+        // Every critical section is a flag or a counter: a panic elsewhere leaves them consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long the later-stage work announced so far should keep the CPU from a first stage.
+    pub fn pending_wait(&self) -> Duration {
+        let pending = self.lock().later_stages_pending as u64;
+        Duration::from_micros(pending * self.later_run_us.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// A later-stage run took `took`.
+    fn record_later_run(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let old = self.later_run_us.load(Relaxed);
+        self.later_run_us.store(if old == 0 { us } else { (old * 7 + us) / 8 }, Relaxed);
+    }
+
+    /// Announces a frame's later-stage work (see [`CpuRunsState::later_stages_pending`]).
+    pub fn expect_later_stage(self: &Arc<Self>) -> LaterStagePending {
+        self.lock().later_stages_pending += 1;
+        LaterStagePending(self.clone())
+    }
+
+    /// Waits for the slot; a later stage goes before any first stage waiting with it, and a first
+    /// stage waits while later-stage work it announced is pending.
+    pub fn acquire(&self, later_stage: bool) -> CpuRun<'_> {
+        let mut state = self.lock();
+        if later_stage {
+            state.later_stages_waiting += 1;
+        }
+        while state.running || (!later_stage && (state.later_stages_waiting > 0 || state.later_stages_pending > 0)) {
+            state = self.freed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        if later_stage {
+            state.later_stages_waiting -= 1;
+        }
+        state.running = true;
+        CpuRun(self)
+    }
+}
+
+impl Drop for CpuRun<'_> {
+    fn drop(&mut self) {
+        self.0.lock().running = false;
+        self.0.freed.notify_all();
+    }
 }
 
 /// Everything a pipeline's workers need at start-up.
@@ -327,6 +434,8 @@ pub(super) struct WorkerSetup<'a> {
     /// The model input every row is made into.
     pub spec: TensorSpec,
     pub warm_batches: &'a [usize],
+    /// The model is a pipeline's later stage (its frames carry earlier stages' work).
+    pub later_stage: bool,
 }
 
 /// Loads `instances` sessions of one model, warms each up and starts its worker thread.
@@ -376,9 +485,11 @@ pub(super) fn start_workers(setup: WorkerSetup<'_>, queue: &Arc<BatchQueue<Job>>
         let queue = queue.clone();
         let handle = handle.clone();
         let health = health.clone();
+        // Only sessions on the CPU contend for its cores.
+        let cpu_runs = engine.cpu_runs.clone().filter(|_| !provider.on_gpu()).map(|gate| (gate, setup.later_stage));
         let thread = std::thread::Builder::new()
             .name(format!("model-{model}-{instance}"))
-            .spawn(move || model_worker(worker, queue, health, handle))
+            .spawn(move || model_worker(worker, queue, health, handle, cpu_runs))
             .map_err(|e| EngineError::Thread { model: model.to_owned(), message: e.to_string() })?;
         handles.push(thread);
     }

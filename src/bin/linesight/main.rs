@@ -163,6 +163,22 @@ struct BenchArgs {
     /// on purpose).
     #[arg(long, default_value_t = 0)]
     background_load: usize,
+    /// Run a grid instead of one load: background load (--matrix-background busy cores) × load
+    /// shape (one camera at 10 fps, three times capacity open loop, six closed-loop clients) ×
+    /// pipeline (--matrix-pipelines), each against one client's capacity under the same
+    /// background; prints one table. Measured seconds per run: --duration-s.
+    #[arg(long, conflicts_with_all = ["capacity", "compare_batching", "overload", "server", "background_load"])]
+    matrix: bool,
+    /// --matrix: the pipelines, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "detect,track")]
+    matrix_pipelines: Vec<String>,
+    /// --matrix: the background loads, in busy cores, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+    matrix_background: Vec<usize>,
+    /// --matrix: write each capacity run's service times (decode, preprocess, inference per frame)
+    /// as CSV into this folder, one file per pipeline and background.
+    #[arg(long, requires = "matrix")]
+    trace_dir: Option<PathBuf>,
     /// Write the full report (every figure, per run) as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -250,7 +266,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Mot(args) => mot(&args),
         Command::Busy { threads, seconds } => {
-            busy(threads, std::time::Duration::from_secs_f64(seconds.clamp(0.0, BUSY_LIMIT.as_secs_f64())));
+            bench::busy(
+                threads,
+                std::time::Duration::from_secs_f64(seconds.clamp(0.0, bench::BUSY_LIMIT.as_secs_f64())),
+            );
             Ok(())
         }
         Command::Serve { common, listen } => runtime()?.block_on(serve(common, listen)),
@@ -282,55 +301,6 @@ async fn gpu_check(common: Common, frames: Vec<PathBuf>, iterations: usize, out:
     let report = gpu_check::run(options).await.map_err(|e| anyhow::anyhow!(e))?;
     print!("{}", gpu_check::table(&report));
     if report.passed() { Ok(()) } else { anyhow::bail!("gpu-check failed") }
-}
-
-/// The longest a background load runs, should the bench that started it die without stopping it.
-const BUSY_LIMIT: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
-
-/// Keeps `threads` threads computing for `length`.
-fn busy(threads: usize, length: std::time::Duration) {
-    let until = std::time::Instant::now() + length;
-    let spinners: Vec<_> = (0..threads)
-        .map(|seed| {
-            std::thread::spawn(move || {
-                let mut x = seed as u64 | 1;
-                while std::time::Instant::now() < until {
-                    for _ in 0..100_000 {
-                        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
-                    }
-                }
-            })
-        })
-        .collect();
-    for spinner in spinners {
-        let _ = spinner.join();
-    }
-}
-
-/// Busy threads in another process (`linesight busy`), stopped when this is dropped.
-struct BackgroundLoad(std::process::Child);
-
-impl BackgroundLoad {
-    fn start(threads: usize) -> Result<Option<Self>> {
-        if threads == 0 {
-            return Ok(None);
-        }
-        let exe = std::env::current_exe().context("cannot find this executable to start the background load")?;
-        let child = std::process::Command::new(exe)
-            .args(["busy", "--threads", &threads.to_string(), "--seconds", &BUSY_LIMIT.as_secs().to_string()])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("cannot start the background load")?;
-        Ok(Some(Self(child)))
-    }
-}
-
-impl Drop for BackgroundLoad {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // The command line's flags mapped one by one onto the bench's options.
@@ -375,7 +345,35 @@ async fn bench(args: BenchArgs) -> Result<()> {
         access: args.remote.access()?,
         overload: args.overload,
     };
-    let background = BackgroundLoad::start(args.background_load)?;
+    if args.matrix {
+        let spec = bench::matrix::MatrixSpec {
+            pipelines: args.matrix_pipelines.clone(),
+            backgrounds: args.matrix_background.clone(),
+            duration: options.load.duration,
+            warmup: options.load.warmup,
+            trace_dir: args.trace_dir.clone(),
+        };
+        let report = bench::matrix::run(&options, &spec).await?;
+        let machine = &report.machine;
+        println!(
+            "machine: {} CPUs ({}), {} {}, model on {}; budget {:.0} ms; {} s measured per run",
+            machine.cpus,
+            machine.cpu_model.as_deref().unwrap_or("unknown CPU"),
+            machine.os,
+            machine.arch,
+            machine.execution_provider,
+            report.budget_ms,
+            spec.duration.as_secs_f64()
+        );
+        print!("{}", report.table());
+        if let Some(path) = &args.out {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("report: {}", path.display());
+        }
+        return Ok(());
+    }
+    let background = bench::BackgroundLoad::start(args.background_load)?;
     let outcome = bench::run(options).await;
     drop(background);
     let outcome = outcome?;

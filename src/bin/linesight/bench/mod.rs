@@ -2,9 +2,11 @@
 //! to a server (one it starts itself on 127.0.0.1, or a running one), the report of what they saw,
 //! a capacity search, batching on against off, and the bare model's latency for the overhead ratio.
 
+pub mod background;
 pub mod bare;
 pub mod capacity;
 pub mod load;
+pub mod matrix;
 pub mod plot;
 pub mod report;
 
@@ -15,6 +17,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::remote::{self, Access};
+pub use background::{BUSY_LIMIT, BackgroundLoad, busy};
 pub use bare::BareTiming;
 pub use capacity::{CapacityReport, Probe};
 use linesight::api::proto::ListPipelinesRequest;
@@ -42,6 +45,8 @@ pub enum BenchError {
     Bare { model: String, message: String },
     #[error("plot: {0}")]
     Plot(String),
+    #[error("background load: {0}")]
+    Background(String),
 }
 
 /// Where the frames go.
