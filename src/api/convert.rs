@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::proto;
-use super::status::{code_of, code_of_undecodable};
+use super::status::{code_of, code_of_undecodable, message_of};
 use super::wire::UndecodableMessage;
 use crate::imaging::ImageEncoding;
 use crate::pipeline::{
@@ -212,7 +212,7 @@ pub fn error_response(
         sequence,
         timings: Some(proto::StageTimings { total_us: micros(total), ..Default::default() }),
         verdict: if error.is_shed() { proto::Verdict::Shed } else { proto::Verdict::Unspecified } as i32,
-        error: Some(proto::FrameError { code: code_of(error) as i32, message: error.to_string() }),
+        error: Some(proto::FrameError { code: code_of(error) as i32, message: message_of(error) }),
         pipeline,
         ..Default::default()
     }
@@ -223,7 +223,7 @@ pub fn error_response(
 pub fn undecodable_response(error: &UndecodableMessage, total: Duration) -> proto::InspectResponse {
     proto::InspectResponse {
         timings: Some(proto::StageTimings { total_us: micros(total), ..Default::default() }),
-        error: Some(proto::FrameError { code: code_of_undecodable(error) as i32, message: error.to_string() }),
+        error: Some(proto::FrameError { code: code_of_undecodable(error) as i32, message: message_of(error) }),
         ..Default::default()
     }
 }

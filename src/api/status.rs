@@ -28,8 +28,26 @@ pub fn is_shed_code(code: Code) -> bool {
     matches!(code, Code::ResourceExhausted | Code::DeadlineExceeded)
 }
 
+/// Longest message a status (or a stream frame's error) carries, in bytes. Messages quote what the
+/// client sent (a pipeline name, say), which can be as long as the largest request; past this they
+/// are cut, so that no answer echoes megabytes back into a header.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `error`'s text, cut at [`MAX_MESSAGE_BYTES`] on a character boundary, saying how much was cut.
+pub fn message_of(error: &impl std::fmt::Display) -> String {
+    let full = error.to_string();
+    if full.len() <= MAX_MESSAGE_BYTES {
+        return full;
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !full.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes cut)", &full[..end], full.len() - end)
+}
+
 pub fn to_status(error: &InspectError) -> Status {
-    Status::new(code_of(error), error.to_string())
+    Status::new(code_of(error), message_of(error))
 }
 
 /// A message that is not protobuf is the client's bytes, not the server's failure (tonic's own
@@ -39,7 +57,7 @@ pub fn code_of_undecodable(_: &UndecodableMessage) -> Code {
 }
 
 pub fn undecodable_status(error: &UndecodableMessage) -> Status {
-    Status::new(code_of_undecodable(error), error.to_string())
+    Status::new(code_of_undecodable(error), message_of(error))
 }
 
 /// tonic refuses an oversized request with OUT_OF_RANGE before any handler runs; gRPC's convention
@@ -191,6 +209,18 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), undecodable.to_string());
         assert!(status.message().contains("could not be decoded") && status.message().contains("invalid wire type"));
+    }
+
+    #[test]
+    fn client_text_in_a_message_is_cut_at_the_limit() {
+        let name = "é".repeat(50_000);
+        let error = InspectError::UnknownPipeline { name: name.clone(), available: vec!["detect".into()] };
+        let message = to_status(&error).message().to_owned();
+        assert!(message.len() <= MAX_MESSAGE_BYTES + 40, "{} bytes", message.len());
+        assert!(message.starts_with("pipeline `"), "{message}");
+        assert!(message.ends_with("more bytes cut)"), "{}", &message[message.len() - 40..]);
+        // Short messages are whole.
+        assert_eq!(message_of(&InspectError::EmptyCameraId), InspectError::EmptyCameraId.to_string());
     }
 
     #[test]

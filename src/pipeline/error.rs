@@ -6,6 +6,23 @@ use crate::detect::DetectError;
 use crate::engine::EngineError;
 use crate::imaging::DecodeError;
 
+/// Client text longer than this is cut where an error quotes it, so that the message still says
+/// what the client should have sent.
+pub const MAX_QUOTED_BYTES: usize = 128;
+
+/// `text` as an error quotes it: whole, or its first [`MAX_QUOTED_BYTES`] (on a character boundary)
+/// and how long it was.
+pub fn quoted(text: &str) -> String {
+    if text.len() <= MAX_QUOTED_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_QUOTED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InspectError {
     #[error("camera_id is empty; every frame must name its camera")]
@@ -109,5 +126,21 @@ impl InspectError {
             InspectError::ServerBusy { .. } => Some(ShedCause::ServerInFlight),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod quoting_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_unknown_pipeline_name_is_cut_and_the_message_still_names_the_pipelines() {
+        let name = "x".repeat(100_000);
+        let message =
+            InspectError::UnknownPipeline { name: quoted(&name), available: vec!["detect".into()] }.to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.contains("(100000 bytes)") && message.ends_with("available: detect"), "{message}");
+        assert_eq!(quoted("track"), "track");
+        assert!(quoted(&"é".repeat(100)).starts_with(&"é".repeat(64)), "cut on a character boundary");
     }
 }

@@ -68,8 +68,9 @@ pub enum StartError {
 /// What every stage shares: the bounded CPU pool and the input limits.
 #[derive(Debug)]
 pub struct StageContext {
-    /// Permits for CPU-heavy stages (decode, pre/postprocess) on the blocking pool.
-    pub cpu_permits: Semaphore,
+    /// Permits for CPU-heavy stages (decode, pre/postprocess) on the blocking pool; each is held by
+    /// the blocking work itself, so a call that is cancelled keeps its place until its work ends.
+    pub cpu_permits: Arc<Semaphore>,
     pub decode_limits: DecodeLimits,
     pub default_budget: Duration,
 }
@@ -201,7 +202,7 @@ impl Pipelines {
     pub fn start(settings: &ServiceSettings) -> Result<Self, StartError> {
         let runtime = OrtRuntime::init(settings.ort_dylib_path.as_deref())?;
         let context = Arc::new(StageContext {
-            cpu_permits: Semaphore::new(settings.cpu_workers),
+            cpu_permits: Arc::new(Semaphore::new(settings.cpu_workers)),
             decode_limits: settings.decode_limits,
             default_budget: settings.default_budget,
         });
@@ -265,7 +266,7 @@ impl Pipelines {
     pub fn get(&self, name: &str) -> Result<&Pipeline, InspectError> {
         let name = if name.is_empty() { self.default.as_str() } else { name };
         self.by_name.get(name).ok_or_else(|| InspectError::UnknownPipeline {
-            name: name.to_owned(),
+            name: error::quoted(name),
             available: self.by_name.keys().cloned().collect(),
         })
     }
@@ -284,7 +285,7 @@ impl Pipelines {
             self.by_name.iter().collect()
         } else {
             let (name, found) = self.by_name.get_key_value(pipeline).ok_or_else(|| InspectError::UnknownPipeline {
-                name: pipeline.to_owned(),
+                name: error::quoted(pipeline),
                 available: self.by_name.keys().cloned().collect(),
             })?;
             if !matches!(found, Pipeline::Track(_)) {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use image::RgbImage;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::worker::{Inferred, Job, JobInput, WorkerSetup, Workers, join_all, start_workers};
@@ -342,7 +342,7 @@ impl ModelStage {
         let limits = self.context.decode_limits;
         let on_device = self.device_preprocess;
         let asked = tokio::time::Instant::now();
-        let permit = self.context.cpu_permits.acquire().await.map_err(|_| InspectError::ShuttingDown)?;
+        let permit = cpu_permit(&self.context.cpu_permits).await?;
         let reservation = match self.queue.reserve(flow, deadline.deadlines(), self.cpu_busy_for()) {
             Ok(reservation) => reservation,
             Err(later) => {
@@ -441,20 +441,38 @@ impl ModelStage {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InspectError> {
-        let permit = self.context.cpu_permits.acquire().await.map_err(|_| InspectError::ShuttingDown)?;
+        let permit = cpu_permit(&self.context.cpu_permits).await?;
         self.on_cpu_pool_with(permit, work).await
     }
 
     /// `work` on the CPU pool under a permit already taken.
     async fn on_cpu_pool_with<T: Send + 'static>(
         &self,
-        permit: tokio::sync::SemaphorePermit<'_>,
+        permit: OwnedSemaphorePermit,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InspectError> {
-        let done = tokio::task::spawn_blocking(work).await;
-        drop(permit);
-        done.map_err(|e| InspectError::Internal(format!("CPU stage failed: {e}")))
+        run_on_cpu_pool(permit, work).await
     }
+}
+
+/// A permit of the CPU pool, waited for.
+async fn cpu_permit(permits: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, InspectError> {
+    permits.clone().acquire_owned().await.map_err(|_| InspectError::ShuttingDown)
+}
+
+/// `work` on the blocking pool, holding `permit` until it ends: when the caller is dropped (its
+/// client cancelled, or its deadline passed) the work runs on, and so its permit stays taken, so
+/// that `cpu_workers` bounds the CPU work and the memory of frames being decoded whatever clients do.
+async fn run_on_cpu_pool<T: Send + 'static>(
+    permit: OwnedSemaphorePermit,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, InspectError> {
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|e| InspectError::Internal(format!("CPU stage failed: {e}")))
 }
 
 /// A frame refused on arrival, answered once a frame with as much time left could be admitted
@@ -530,4 +548,29 @@ pub fn draw_detections(image: &mut RgbImage, detections: &[LabeledDetection]) {
         })
         .collect();
     imaging::annotate(image, &annotations);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_callers_cpu_work_keeps_its_permit_until_the_work_ends() {
+        let permits = Arc::new(Semaphore::new(1));
+        let (started, has_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let permit = cpu_permit(&permits).await.expect("permit");
+        let call = tokio::spawn(run_on_cpu_pool(permit, move || {
+            let _ = started.send(());
+            let _ = released.recv();
+        }));
+        tokio::task::spawn_blocking(move || has_started.recv()).await.expect("join").expect("the work started");
+        // The client walks away while its frame is being decoded.
+        call.abort();
+        let _ = call.await;
+        assert_eq!(permits.available_permits(), 0, "the work still runs, so its permit must still be taken");
+        let _ = release.send(());
+        let again = tokio::time::timeout(Duration::from_secs(30), cpu_permit(&permits)).await;
+        assert!(again.is_ok(), "the permit comes back when the work ends");
+    }
 }
