@@ -14,9 +14,10 @@ pub fn code_of(error: &InspectError) -> Code {
         | InspectError::Decode(_) => Code::InvalidArgument,
         InspectError::UnknownPipeline { .. } => Code::NotFound,
         InspectError::NotTracking { .. } => Code::InvalidArgument,
-        InspectError::QueueFull { .. } | InspectError::CameraBusy { .. } | InspectError::ServerBusy { .. } => {
-            Code::ResourceExhausted
-        }
+        InspectError::QueueFull { .. }
+        | InspectError::CameraBusy { .. }
+        | InspectError::ServerBusy { .. }
+        | InspectError::TooManyCameras { .. } => Code::ResourceExhausted,
         InspectError::Shed { .. } => Code::DeadlineExceeded,
         InspectError::ShuttingDown | InspectError::Loading => Code::Unavailable,
         InspectError::Engine(_) | InspectError::Detect(_) | InspectError::Internal(_) => Code::Internal,
@@ -169,6 +170,7 @@ mod tests {
             (InspectError::ShuttingDown, Code::Unavailable),
             (InspectError::Loading, Code::Unavailable),
             (InspectError::CameraBusy { camera_id: "cam".into(), max: 16 }, Code::ResourceExhausted),
+            (InspectError::TooManyCameras { pipeline: "track".into(), max: 4 }, Code::ResourceExhausted),
             (InspectError::ServerBusy { max: 256 }, Code::ResourceExhausted),
             (InspectError::Engine(crate::engine::EngineError::NoSession), Code::Internal),
             (InspectError::Detect(crate::detect::DetectError::MissingOutput("cls".into())), Code::Internal),
@@ -194,10 +196,11 @@ mod tests {
                 InspectError::ShuttingDown => 13,
                 InspectError::Internal(_) => 14,
                 InspectError::NotTracking { .. } => 15,
+                InspectError::TooManyCameras { .. } => 16,
             }
         }
         let covered: std::collections::BTreeSet<usize> = table.iter().map(|(e, _)| variant(e)).collect();
-        assert_eq!(covered, (0..16).collect(), "every InspectError variant needs a row");
+        assert_eq!(covered, (0..17).collect(), "every InspectError variant needs a row");
         for (error, code) in table {
             let status = to_status(&error);
             assert_eq!(status.code(), code, "{error}");

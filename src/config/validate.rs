@@ -198,6 +198,7 @@ impl Validate for TrackSettings {
             }
         }
         positive(problems, &at, "camera_idle_s", t.camera_idle.is_zero());
+        positive(problems, &at, "max_cameras", t.max_cameras == 0);
         t.embedder_batching.validate_into(&path(&at, "embedder_batching"), problems);
     }
 }

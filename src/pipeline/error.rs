@@ -45,6 +45,11 @@ pub enum InspectError {
     CameraBusy { camera_id: String, max: usize },
     #[error("the server already has {max} frames in flight (server.max_frames_in_flight); frame refused")]
     ServerBusy { max: usize },
+    #[error(
+        "pipeline `{pipeline}` already tracks {max} cameras (pipelines.{pipeline}.tracker.max_cameras); a new camera \
+         is refused until one has sent nothing for camera_idle_s"
+    )]
+    TooManyCameras { pipeline: String, max: usize },
     #[error("models are still loading; retry shortly")]
     Loading,
     #[error("frame shed: it could no longer finish {} (waited {} ms)", limit, waited.as_millis())]
@@ -72,15 +77,18 @@ pub enum ShedCause {
     CameraInFlight,
     /// The server had `server.max_frames_in_flight` frames in flight.
     ServerInFlight,
+    /// A new camera of a `track` pipeline that already tracks `max_cameras`.
+    TrackedCameras,
 }
 
 impl ShedCause {
-    pub const ALL: [ShedCause; 5] = [
+    pub const ALL: [ShedCause; 6] = [
         ShedCause::QueueFull,
         ShedCause::Budget,
         ShedCause::ClientDeadline,
         ShedCause::CameraInFlight,
         ShedCause::ServerInFlight,
+        ShedCause::TrackedCameras,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +98,7 @@ impl ShedCause {
             ShedCause::ClientDeadline => "client_deadline",
             ShedCause::CameraInFlight => "camera_in_flight",
             ShedCause::ServerInFlight => "server_in_flight",
+            ShedCause::TrackedCameras => "tracked_cameras",
         }
     }
 }
@@ -124,6 +133,7 @@ impl InspectError {
             InspectError::Shed { limit: ShedLimit::ClientDeadline, .. } => Some(ShedCause::ClientDeadline),
             InspectError::CameraBusy { .. } => Some(ShedCause::CameraInFlight),
             InspectError::ServerBusy { .. } => Some(ShedCause::ServerInFlight),
+            InspectError::TooManyCameras { .. } => Some(ShedCause::TrackedCameras),
             _ => None,
         }
     }

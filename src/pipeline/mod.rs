@@ -167,6 +167,10 @@ impl Pipeline {
             }),
             Pipeline::Track(p) => {
                 let order = p.admit(&request);
+                if let crate::track::Placement::NoRoom { max_cameras } = order {
+                    let refused = InspectError::TooManyCameras { pipeline: p.name().to_owned(), max: max_cameras };
+                    return Box::pin(std::future::ready(Err(refused)));
+                }
                 Box::pin(async move {
                     let _ticket = ticket;
                     p.inspect(request, order).await

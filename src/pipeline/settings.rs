@@ -228,6 +228,9 @@ pub struct TrackerSettings {
     #[serde(rename = "camera_idle_s")]
     #[serde_as(as = "DurationSeconds<u64>")]
     pub camera_idle: Duration,
+    /// Cameras tracked at once: a new camera beyond them is refused (`RESOURCE_EXHAUSTED`) until one
+    /// has been idle `camera_idle_s`, so that a client cycling camera ids cannot grow memory.
+    pub max_cameras: usize,
     /// Embedder batching: a batch holds the crops of up to `max_batch` frames.
     pub embedder_batching: BatchPolicy,
 }
@@ -240,6 +243,7 @@ impl Default for TrackerSettings {
             crop_width: None,
             crop_height: None,
             camera_idle: Duration::from_secs(60),
+            max_cameras: 1024,
             embedder_batching: BatchPolicy::default(),
         }
     }

@@ -97,7 +97,10 @@ impl TrackPipeline {
                 known: detector.classes().to_vec(),
             }
         })?;
-        let registry = Arc::new(Registry::with_analytics(tracker.params, tracker.camera_idle, analytics));
+        let registry = Arc::new(
+            Registry::with_analytics(tracker.params, tracker.camera_idle, analytics)
+                .with_max_cameras(tracker.max_cameras),
+        );
         let evictor = tokio::spawn(evict_idle_cameras(registry.clone(), tracker.camera_idle));
         tracing::info!(
             message = "Pipeline started.",
@@ -121,6 +124,10 @@ impl TrackPipeline {
             registry,
             evictor,
         })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn describe(&self) -> PipelineInfo {
@@ -193,6 +200,10 @@ impl TrackPipeline {
             Placement::Refused(order) => {
                 drop(later_stage);
                 (kept, order, None)
+            }
+            // Refused before the frame was decoded (`Pipeline::inspect`); never reaches here.
+            Placement::NoRoom { max_cameras } => {
+                return Err(InspectError::TooManyCameras { pipeline: self.name.clone(), max: max_cameras });
             }
             Placement::Accepted(ticket) => {
                 let started = std::time::Instant::now();

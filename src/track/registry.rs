@@ -55,6 +55,10 @@ pub struct CameraCounts {
 pub enum Placement {
     Accepted(Ticket),
     Refused(FrameOrder),
+    /// A camera not yet held, when the registry already holds `max_cameras`: nothing was stored.
+    NoRoom {
+        max_cameras: usize,
+    },
 }
 
 enum Pending {
@@ -161,6 +165,9 @@ pub struct RegistryStats {
 
 pub struct Registry {
     cameras: DashMap<String, Arc<Mutex<Camera>>>,
+    /// Cameras held at most (new ones beyond it are refused; concurrent first frames of new
+    /// cameras can pass it by as many as arrive at once).
+    max_cameras: usize,
     params: TrackerParams,
     analytics: Arc<AnalyticsPlan>,
     idle_after: Duration,
@@ -178,6 +185,7 @@ impl Registry {
     pub fn with_analytics(params: TrackerParams, idle_after: Duration, analytics: AnalyticsPlan) -> Self {
         Self {
             cameras: DashMap::new(),
+            max_cameras: usize::MAX,
             params,
             analytics: Arc::new(analytics),
             idle_after,
@@ -187,10 +195,19 @@ impl Registry {
         }
     }
 
+    /// The same registry, holding at most `max` cameras.
+    #[must_use]
+    pub fn with_max_cameras(mut self, max: usize) -> Self {
+        self.max_cameras = max;
+        self
+    }
+
     /// Reserves `sequence` in `camera_id`'s order, or says why the frame cannot be tracked.
     pub fn admit(&self, camera_id: &str, sequence: u64, now: Instant) -> Placement {
         loop {
-            let slot = self.slot(camera_id, now);
+            let Some(slot) = self.slot(camera_id, now) else {
+                return Placement::NoRoom { max_cameras: self.max_cameras };
+            };
             let mut camera = slot.lock();
             if camera.evicted {
                 continue;
@@ -218,11 +235,16 @@ impl Registry {
     }
 
     /// The camera's slot, created on first use. The shard lock is released before returning.
-    fn slot(&self, camera_id: &str, now: Instant) -> Arc<Mutex<Camera>> {
+    /// `camera_id`'s state, made if there is room (`None`: a new camera and `max_cameras` held).
+    fn slot(&self, camera_id: &str, now: Instant) -> Option<Arc<Mutex<Camera>>> {
         if let Some(slot) = self.cameras.get(camera_id) {
-            return slot.value().clone();
+            return Some(slot.value().clone());
         }
-        self.cameras
+        if self.cameras.len() >= self.max_cameras {
+            return None;
+        }
+        let made = self
+            .cameras
             .entry(camera_id.to_owned())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Camera {
@@ -235,7 +257,8 @@ impl Registry {
                 }))
             })
             .value()
-            .clone()
+            .clone();
+        Some(made)
     }
 
     /// Drops cameras with no frame admitted for `idle_after` and none in flight; returns how many.
@@ -323,6 +346,7 @@ mod tests {
         match a {
             Placement::Accepted(t) => t,
             Placement::Refused(why) => panic!("refused: {why:?}"),
+            Placement::NoRoom { max_cameras } => panic!("no room past {max_cameras} cameras"),
         }
     }
 

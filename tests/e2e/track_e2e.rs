@@ -148,6 +148,30 @@ async fn late_and_duplicate_frames_are_reported_not_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_past_max_cameras_is_refused_with_a_clear_status_and_the_others_are_served() {
+    let _machine = crate::common::machine_shared();
+    let mut config = test_config();
+    config.pipelines.get_mut("track").and_then(|p| p.as_track_mut()).expect("track").tracker.max_cameras = 2;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let frames = clip();
+    for camera in ["line-1", "line-2"] {
+        client.inspect(track_request(camera, 0, frames[0].clone())).await.expect("a camera within the cap");
+    }
+    let refused = client.inspect(track_request("line-3", 0, frames[0].clone())).await.expect_err("a third camera");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("max_cameras") && refused.message().contains("2 cameras"),
+        "{}",
+        refused.message()
+    );
+    // The cameras already held go on being tracked.
+    let r = client.inspect(track_request("line-1", 1, frames[1].clone())).await.expect("a held camera").into_inner();
+    assert_eq!(r.tracking, proto::Tracking::Applied as i32);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_cameras_are_evicted() {
     let _machine = crate::common::machine_shared();
     let mut config = test_config();

@@ -60,6 +60,7 @@ fn many_cameras_with_out_of_order_completion_are_tracked_in_sequence_order() {
                 match registry.admit(&format!("cam-{camera}"), sequence, Instant::now()) {
                     Placement::Accepted(t) => tickets.push((camera, t)),
                     Placement::Refused(why) => panic!("camera {camera} frame {sequence} refused: {why:?}"),
+                    Placement::NoRoom { max_cameras } => panic!("camera {camera}: no room past {max_cameras} cameras"),
                 }
             }
         }
@@ -137,4 +138,28 @@ fn a_camera_evicted_while_frames_race_in_starts_over_cleanly() {
         h.join().expect("no deadlock, no panic");
     }
     assert_eq!(registry.stats().frames_in_flight, 0);
+}
+
+#[test]
+fn a_client_cycling_camera_ids_is_refused_past_max_cameras_and_memory_stays_bounded() {
+    let registry = Registry::new(TrackerParams::default(), Duration::from_secs(60)).with_max_cameras(100);
+    let start = Instant::now();
+    let (mut accepted, mut no_room) = (0usize, 0usize);
+    for id in 0..100_000u64 {
+        match registry.admit(&format!("cycling-{id}"), 1, start) {
+            // A frame whose work is abandoned: the camera stays held, as its state would.
+            Placement::Accepted(_) => accepted += 1,
+            Placement::NoRoom { max_cameras } => {
+                assert_eq!(max_cameras, 100);
+                no_room += 1;
+            }
+            Placement::Refused(why) => panic!("camera {id} refused for order: {why:?}"),
+        }
+    }
+    assert_eq!((accepted, no_room), (100, 99_900));
+    assert_eq!(registry.stats().cameras, 100, "cameras held");
+    // A camera already held is still served; once the held ones go idle, new ones get room.
+    assert!(matches!(registry.admit("cycling-7", 2, start), Placement::Accepted(_)));
+    assert_eq!(registry.evict_idle(start + Duration::from_secs(61)), 100);
+    assert!(matches!(registry.admit("a new camera", 1, start + Duration::from_secs(61)), Placement::Accepted(_)));
 }
