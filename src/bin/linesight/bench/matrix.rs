@@ -269,6 +269,10 @@ mod tests {
         assert!((late.goodput_over_attainable - 0.85).abs() < 1e-9);
         assert!((late.served_within_budget - 0.9).abs() < 1e-9);
         assert!(!late.meets_bar);
+        // Every served frame on time, but half the capacity: goodput alone misses the bar.
+        let idle = Cell::new("detect", 1, Shape::ThreeTimesCapacity, 30.0, report(90.0, 15.0, 150, 0));
+        assert!((idle.served_within_budget - 1.0).abs() < 1e-9);
+        assert!(!idle.meets_bar);
         // The busy machine: 0.7 of 14.9 frames/s.
         let collapsed = Cell::new("detect", 2, Shape::SixClosedClients, 14.9, report(20.0, 0.7, 10, 240));
         assert!(!collapsed.meets_bar);
