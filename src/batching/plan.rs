@@ -274,22 +274,23 @@ pub fn plan<T>(state: &mut State<T>, policy: &BatchPolicy, now: Instant) -> Plan
 
     let (chosen, unreachable): (Vec<usize>, Vec<usize>) = if viable.is_empty() {
         // A slow machine: no frame is sure to make it. The ones with the most time left run first,
-        // as they are the likeliest to; what cannot make it even on the typical time gives way,
-        // and so does, behind a frame that runs, any frame already past its deadline.
+        // as they are the likeliest to.
         let hopeful: Vec<usize> = (0..state.items.len()).filter(|&i| reaches(i, typical)).collect();
-        let freshest = freshest_flows_first(if hopeful.is_empty() { &order } else { &hopeful }, &state.items, &shares);
-        let chosen = if hopeful.is_empty() {
-            freshest.first().copied().into_iter().collect()
+        if hopeful.is_empty() {
+            // Nothing can make it even on the typical time: the freshest runs, and only frames
+            // already past their deadline give way.
+            let freshest = freshest_flows_first(&order, &state.items, &shares);
+            let chosen: Vec<usize> = freshest.first().copied().into_iter().collect();
+            let past = (0..state.items.len()).filter(|&i| !chosen.contains(&i) && state.items[i].deadline <= now);
+            (chosen.clone(), past.collect())
         } else {
-            fitting(&freshest, policy.max_batch, |n| estimate(n, Figure::Typical).map(|t| now + t), &state.items)
-        };
-        let chosen = chosen[..state.times.paying_size(chosen.len())].to_vec();
-        let gives_way = |i: usize| {
-            !chosen.contains(&i)
-                && if hopeful.is_empty() { state.items[i].deadline <= now } else { !reaches(i, typical) }
-        };
-        let unreachable = (0..state.items.len()).filter(|&i| gives_way(i)).collect();
-        (chosen, unreachable)
+            // What cannot make it even on the typical time gives way.
+            let freshest = freshest_flows_first(&hopeful, &state.items, &shares);
+            let chosen =
+                fitting(&freshest, policy.max_batch, |n| estimate(n, Figure::Typical).map(|t| now + t), &state.items);
+            let chosen = chosen[..state.times.paying_size(chosen.len())].to_vec();
+            (chosen, (0..state.items.len()).filter(|&i| !reaches(i, typical)).collect())
+        }
     } else {
         let chosen = fitting(&viable, policy.max_batch, |n| estimate(n, Figure::Worst).map(|w| now + w), &state.items);
         let chosen = chosen[..state.times.paying_size(chosen.len())].to_vec();

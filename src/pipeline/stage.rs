@@ -350,32 +350,31 @@ impl ModelStage {
                 return Err(refused(deadline, later, asked).await);
             }
         };
-        let prepared = self
-            .on_cpu_pool_with(permit, move || -> Result<Prepared, InspectError> {
-                let t0 = std::time::Instant::now();
-                let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
-                let decode = t0.elapsed();
-                let t1 = std::time::Instant::now();
-                if on_device {
-                    let letterbox = Letterbox::new(rgb.width(), rgb.height(), spec.width, spec.height);
-                    let image = Arc::new(rgb);
-                    let input =
-                        JobInput::Pixels { image: image.clone(), rows: vec![imaging::RowSource::Letterbox(letterbox)] };
-                    return Ok(Prepared { input, letterbox, image, decode, preprocess: t1.elapsed() });
-                }
-                let mut tensor = vec![0f32; spec.len()];
-                let letterbox = PREPROCESSOR
-                    .with(|p| p.borrow_mut().letterbox_into(&rgb, &spec, &mut tensor))
-                    .map_err(|e| InspectError::Internal(e.to_string()))?;
-                Ok(Prepared {
-                    input: JobInput::Tensor(tensor),
-                    letterbox,
-                    image: Arc::new(rgb),
-                    decode,
-                    preprocess: t1.elapsed(),
-                })
+        let prepared = run_on_cpu_pool(permit, move || -> Result<Prepared, InspectError> {
+            let t0 = std::time::Instant::now();
+            let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
+            let decode = t0.elapsed();
+            let t1 = std::time::Instant::now();
+            if on_device {
+                let letterbox = Letterbox::new(rgb.width(), rgb.height(), spec.width, spec.height);
+                let image = Arc::new(rgb);
+                let input =
+                    JobInput::Pixels { image: image.clone(), rows: vec![imaging::RowSource::Letterbox(letterbox)] };
+                return Ok(Prepared { input, letterbox, image, decode, preprocess: t1.elapsed() });
+            }
+            let mut tensor = vec![0f32; spec.len()];
+            let letterbox = PREPROCESSOR
+                .with(|p| p.borrow_mut().letterbox_into(&rgb, &spec, &mut tensor))
+                .map_err(|e| InspectError::Internal(e.to_string()))?;
+            Ok(Prepared {
+                input: JobInput::Tensor(tensor),
+                letterbox,
+                image: Arc::new(rgb),
+                decode,
+                preprocess: t1.elapsed(),
             })
-            .await??;
+        })
+        .await??;
         Ok((prepared, reservation))
     }
 
@@ -441,17 +440,7 @@ impl ModelStage {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InspectError> {
-        let permit = cpu_permit(&self.context.cpu_permits).await?;
-        self.on_cpu_pool_with(permit, work).await
-    }
-
-    /// `work` on the CPU pool under a permit already taken.
-    async fn on_cpu_pool_with<T: Send + 'static>(
-        &self,
-        permit: OwnedSemaphorePermit,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, InspectError> {
-        run_on_cpu_pool(permit, work).await
+        run_on_cpu_pool(cpu_permit(&self.context.cpu_permits).await?, work).await
     }
 }
 

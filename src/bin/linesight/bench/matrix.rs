@@ -156,7 +156,8 @@ impl MatrixReport {
 /// The frames one client sent back to back, as a service-time trace: per served frame, its decode,
 /// preprocess and inference times in µs, in the order they were answered.
 fn write_trace(dir: &std::path::Path, name: &str, samples: &[Sample]) -> Result<(), BenchError> {
-    let io = |e: std::io::Error| BenchError::Frames(format!("trace {}: {e}", dir.join(name).display()));
+    let io =
+        |e: std::io::Error| BenchError::Trace { path: dir.join(name).display().to_string(), message: e.to_string() };
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join(name)).map_err(io)?);
     writeln!(file, "decode_us,preprocess_us,inference_us").map_err(io)?;

@@ -47,6 +47,8 @@ pub enum BenchError {
     Plot(String),
     #[error("background load: {0}")]
     Background(String),
+    #[error("service-time trace {path}: {message}")]
+    Trace { path: String, message: String },
 }
 
 /// Where the frames go.
