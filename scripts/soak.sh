@@ -4,9 +4,11 @@
 #   scripts/soak.sh [OUT_DIR]          (default target/soak)
 # Environment: SOAK_S (default 1800), CAMERAS (2), FPS (10), PIPELINE (detect), LINESIGHT_BIN
 # (default target/release/linesight; build with `cargo build --release`), FRAMES (default
-# target/bench-frames, made by scripts/bench-frames.sh). Writes OUT_DIR/rss.csv (seconds, MiB),
-# OUT_DIR/load.json (the bench report) and OUT_DIR/summary.json, and exits non-zero if memory
-# grew 5 % or more, any frame failed, or fewer than 99 % of frames were served within budget.
+# target/bench-frames, made by scripts/bench-frames.sh). Writes OUT_DIR/rss.csv (seconds, resident
+# MiB, and the server's own frame counters from /metrics: answered, within budget, shed), so memory
+# and goodput can be read over time; OUT_DIR/load.json (the bench report) and OUT_DIR/summary.json.
+# Exits non-zero if memory grew 5 % or more, any frame failed, fewer than 99 % of frames were
+# served within budget, or a minute's goodput fell under 95 % of the offered rate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/soak}
@@ -17,11 +19,13 @@ pipeline=${PIPELINE:-detect}
 bin=${LINESIGHT_BIN:-target/release/linesight}
 frames=${FRAMES:-target/bench-frames}
 port=${PORT:-50077}
+metrics_port=${METRICS_PORT:-50078}
 [ -x "$bin" ] || { echo "no $bin (cargo build --release)" >&2; exit 1; }
 [ -d "$frames" ] || scripts/bench-frames.sh "$frames"
 mkdir -p "$out"
 
-NO_COLOR=1 "$bin" serve --listen "127.0.0.1:$port" --threads 2 2> "$out/server.log" &
+printf '[server.metrics]\nlisten = "127.0.0.1:%s"\n' "$metrics_port" > "$out/soak.toml"
+NO_COLOR=1 "$bin" serve --listen "127.0.0.1:$port" --threads 2 --config "$out/soak.toml" 2> "$out/server.log" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 # Serving once health says so; the bench's own ListPipelines call waits for that too.
@@ -30,12 +34,16 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 
-echo "seconds,rss_mib" > "$out/rss.csv"
+echo "seconds,rss_mib,frames,within_budget,shed" > "$out/rss.csv"
 (
   start=$(date +%s)
   while kill -0 "$server" 2>/dev/null; do
     rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$server/status" 2>/dev/null || echo "")
-    [ -n "$rss_kb" ] && echo "$(( $(date +%s) - start )),$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k/1024}')" >> "$out/rss.csv"
+    counts=$(curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '
+      /^linesight_frames_total\{/ { frames += $NF; if ($0 ~ /outcome="within_budget"/) within += $NF }
+      /^linesight_frames_shed_total\{/ { shed += $NF }
+      END { printf "%d,%d,%d", frames, within, shed }')
+    [ -n "$rss_kb" ] && echo "$(( $(date +%s) - start )),$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k/1024}'),$counts" >> "$out/rss.csv"
     sleep 10
   done
 ) &
@@ -49,10 +57,20 @@ wait "$server"; server_exit=$?
 kill "$sampler" 2>/dev/null || true
 trap - EXIT
 
-python3 - "$out" "$server_exit" <<'PY'
+python3 - "$out" "$server_exit" "$cameras" "$fps" <<'PY'
 import csv, json, pathlib, sys
 out, server_exit = pathlib.Path(sys.argv[1]), int(sys.argv[2])
-rows = [(int(r["seconds"]), float(r["rss_mib"])) for r in csv.DictReader(open(out / "rss.csv"))]
+samples = list(csv.DictReader(open(out / "rss.csv")))
+rows = [(int(r["seconds"]), float(r["rss_mib"])) for r in samples]
+# Goodput per minute: frames answered within budget per second, from the server's own counters.
+minutes, i = [], 0
+while True:
+    j = next((k for k in range(i, len(samples)) if int(samples[k]["seconds"]) - int(samples[i]["seconds"]) >= 60), None)
+    if j is None:
+        break
+    span = int(samples[j]["seconds"]) - int(samples[i]["seconds"])
+    minutes.append(round((int(samples[j]["within_budget"]) - int(samples[i]["within_budget"])) / span, 2))
+    i = j
 load = json.load(open(out / "load.json"))["runs"][0]
 # Baseline after the first minute (allocator and ONNX Runtime arenas settle); end = the highest
 # sample of the last five minutes.
@@ -66,13 +84,19 @@ summary = {
     "rss_growth_percent": round(growth, 2), "frames": load["frames"], "within_budget": load["within_budget"],
     "over_budget": load["over_budget"], "shed": load["shed"], "failed": load["failed"],
     "failed_codes": load["failed_codes"], "latency_ms": load["latency_ms"], "server_exit": server_exit,
+    "offered_fps": int(sys.argv[3]) * int(sys.argv[4]), "goodput_fps_per_minute": minutes,
+    "goodput_fps_per_minute_min": min(minutes[1:-1] or minutes or [0]),
+    "goodput_fps_per_minute_median": sorted(minutes)[len(minutes) // 2] if minutes else 0,
 }
 json.dump(summary, open(out / "summary.json", "w"), indent=2)
 print(json.dumps(summary, indent=2))
 within = load["within_budget"] / max(load["frames"], 1)
 summary["within_budget_fraction"] = round(within, 4)
 json.dump(summary, open(out / "summary.json", "w"), indent=2)
-ok = growth < 5 and load["failed"] == 0 and within >= 0.99 and server_exit == 0
+offered = int(sys.argv[3]) * int(sys.argv[4])
+steady = minutes[1:-1] or minutes
+goodput_ok = bool(steady) and min(steady) >= 0.95 * offered
+ok = growth < 5 and load["failed"] == 0 and within >= 0.99 and server_exit == 0 and goodput_ok
 print("soak:", "PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)
 PY

@@ -14,14 +14,14 @@ use super::convert::{
     error_response, frame_request, inspect_response, line_counts, pipeline_info, pipeline_tracking,
     undecodable_response,
 };
-use super::deadline::parse_grpc_timeout;
+use super::deadline::answer_by;
 use super::observe::{self, UNKNOWN_PIPELINE};
 use super::proto::{self, inspection_server::Inspection};
 use super::state::ServerState;
 use super::status::{oversized_message, to_status, undecodable_status};
 use super::wire::WireRequest;
 use crate::config::ServerConfig;
-use crate::pipeline::{InspectError, Pipelines};
+use crate::pipeline::{InspectError, Pipelines, ShedLimit};
 use crate::telemetry::Metrics;
 
 pub struct InspectionService {
@@ -51,15 +51,6 @@ fn pipeline_label(pipelines: &Pipelines, requested: &str) -> String {
         Ok(_) => requested.to_owned(),
         Err(_) => UNKNOWN_PIPELINE.to_owned(),
     }
-}
-
-fn client_deadline<T>(request: &Request<T>, received: Instant) -> Option<Instant> {
-    request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .map(|timeout| received + timeout)
 }
 
 /// One frame of a stream, answered whatever happens to it. Called in request order: the frame's
@@ -107,7 +98,7 @@ impl Inspection for InspectionService {
         let received = Instant::now();
         let pipelines = self.pipelines()?;
         let metrics = &self.state.metrics;
-        let deadline = client_deadline(&request, received);
+        let deadline = answer_by(&request);
         let request = match request.into_inner() {
             WireRequest::Decoded(request) => request,
             WireRequest::Undecodable(error) => {
@@ -122,7 +113,16 @@ impl Inspection for InspectionService {
             to_status(&e)
         })?;
         let (camera_id, sequence) = (frame.camera_id.clone(), frame.sequence);
-        match pipelines.inspect(frame).await {
+        let inspected = pipelines.inspect(frame);
+        // Answered by the client's deadline whatever stage the frame is in; its work, dropped,
+        // still holds its place and memory until it ends.
+        let outcome = match deadline {
+            Some(at) => tokio::time::timeout_at(at, inspected).await.unwrap_or_else(|_| {
+                Err(InspectError::Shed { limit: ShedLimit::ClientDeadline, waited: received.elapsed() })
+            }),
+            None => inspected.await,
+        };
+        match outcome {
             Ok(result) => {
                 observe::frame_served(metrics, &result);
                 Ok(Response::new(inspect_response(result)))

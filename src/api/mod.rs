@@ -187,6 +187,7 @@ pub async fn serve_with(
     let grpc = builder
         .layer(tonic::service::InterceptorLayer::new(auth))
         .layer(oversized_message_layer(config.max_message_bytes))
+        .layer(deadline::AnswerByDeadlineLayer { metrics: metrics.clone() })
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -11,13 +11,15 @@ pub fn code_of(error: &InspectError) -> Code {
         | InspectError::CameraIdTooLong { .. }
         | InspectError::MissingImage
         | InspectError::UnknownEncoding(_)
-        | InspectError::Decode(_) => Code::InvalidArgument,
+        | InspectError::Decode(_)
+        | InspectError::FrameOverMemoryBudget { .. } => Code::InvalidArgument,
         InspectError::UnknownPipeline { .. } => Code::NotFound,
         InspectError::NotTracking { .. } => Code::InvalidArgument,
         InspectError::QueueFull { .. }
         | InspectError::CameraBusy { .. }
         | InspectError::ServerBusy { .. }
-        | InspectError::TooManyCameras { .. } => Code::ResourceExhausted,
+        | InspectError::TooManyCameras { .. }
+        | InspectError::DecodedMemory { .. } => Code::ResourceExhausted,
         InspectError::Shed { .. } => Code::DeadlineExceeded,
         InspectError::ShuttingDown | InspectError::Loading => Code::Unavailable,
         InspectError::Engine(_) | InspectError::Detect(_) | InspectError::Internal(_) => Code::Internal,
@@ -172,6 +174,20 @@ mod tests {
             (InspectError::CameraBusy { camera_id: "cam".into(), max: 16 }, Code::ResourceExhausted),
             (InspectError::TooManyCameras { pipeline: "track".into(), max: 4 }, Code::ResourceExhausted),
             (InspectError::ServerBusy { max: 256 }, Code::ResourceExhausted),
+            (
+                InspectError::DecodedMemory {
+                    width: 4000,
+                    height: 3000,
+                    needed_mib: 36,
+                    held_mib: 100,
+                    budget_mib: 128,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                InspectError::FrameOverMemoryBudget { width: 4000, height: 3000, needed_mib: 36, budget_mib: 16 },
+                Code::InvalidArgument,
+            ),
             (InspectError::Engine(crate::engine::EngineError::NoSession), Code::Internal),
             (InspectError::Detect(crate::detect::DetectError::MissingOutput("cls".into())), Code::Internal),
             (InspectError::Internal("x".into()), Code::Internal),
@@ -197,10 +213,12 @@ mod tests {
                 InspectError::Internal(_) => 14,
                 InspectError::NotTracking { .. } => 15,
                 InspectError::TooManyCameras { .. } => 16,
+                InspectError::DecodedMemory { .. } => 17,
+                InspectError::FrameOverMemoryBudget { .. } => 18,
             }
         }
         let covered: std::collections::BTreeSet<usize> = table.iter().map(|(e, _)| variant(e)).collect();
-        assert_eq!(covered, (0..17).collect(), "every InspectError variant needs a row");
+        assert_eq!(covered, (0..19).collect(), "every InspectError variant needs a row");
         for (error, code) in table {
             let status = to_status(&error);
             assert_eq!(status.code(), code, "{error}");

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub max_decoded_pixels: u64,
     /// Largest accepted width or height, in pixels.
     pub max_image_side: u32,
+    /// What every frame in flight may take decoded, together (its decoded pixels and its model
+    /// input), in MiB: a frame is sized from its header before it is decoded, and refused with
+    /// RESOURCE_EXHAUSTED when it would pass this. The bound on frame memory whatever clients do.
+    pub max_decoded_mib: u64,
     /// Budget for a frame whose request says `budget_ms = 0`.
     #[serde(rename = "default_budget_ms")]
     #[serde_as(as = "DurationMilliSeconds<u64>")]
@@ -61,7 +65,7 @@ pub struct ServerConfig {
     /// with RESOURCE_EXHAUSTED.
     pub max_in_flight_per_camera: usize,
     /// Frames in flight in the whole server; more are refused with RESOURCE_EXHAUSTED. Bounds the
-    /// memory held by decoded frames whatever the number of clients.
+    /// tasks and queued work clients can make (their memory is bounded by `max_decoded_mib`).
     pub max_frames_in_flight: usize,
     /// Connections in use (their HTTP/2 preface, or under TLS their first byte, has arrived). Up
     /// to as many again may be waiting for their first bytes; past that the oldest waiting one is
@@ -233,6 +237,7 @@ impl Default for ServerConfig {
             max_message_bytes: 32 * 1024 * 1024,
             max_decoded_pixels: 40_000_000,
             max_image_side: 16_384,
+            max_decoded_mib: 1024,
             default_budget: Duration::from_millis(83),
             cpu_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             stream_window: 4,
@@ -342,6 +347,7 @@ impl Config {
             exclusive_cpu_runs: engine.exclusive_cpu_runs,
             cpu_workers: server.cpu_workers,
             decode_limits: DecodeLimits { max_pixels: server.max_decoded_pixels, max_side: server.max_image_side },
+            max_decoded_bytes: server.max_decoded_mib.saturating_mul(1 << 20),
             default_budget: server.default_budget,
             max_in_flight_per_camera: server.max_in_flight_per_camera,
             max_frames_in_flight: server.max_frames_in_flight,

@@ -79,6 +79,7 @@ impl Validate for ServerConfig {
         }
         positive(problems, at, "max_decoded_pixels", self.max_decoded_pixels == 0);
         positive(problems, at, "max_image_side", self.max_image_side == 0);
+        positive(problems, at, "max_decoded_mib", self.max_decoded_mib == 0);
         positive(problems, at, "default_budget_ms", self.default_budget.is_zero());
         positive(problems, at, "cpu_workers", self.cpu_workers == 0);
         positive(problems, at, "stream_window", self.stream_window == 0);

@@ -85,6 +85,53 @@ pub fn decode(
     }
 }
 
+/// A frame's size and the most memory its decode holds at once, read from its header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodedSize {
+    pub width: u32,
+    pub height: u32,
+    /// The decoder's pixels (in the image's own colour type) plus the RGB8 copy made of them when
+    /// that type is not RGB8.
+    pub peak_bytes: u64,
+}
+
+/// What decoding `data` will take, checked against `limits`; cheap (the header only), so it can
+/// run before the frame is given any memory or CPU.
+pub fn decoded_size(
+    data: &[u8],
+    encoding: ImageEncoding,
+    width: u32,
+    height: u32,
+    limits: DecodeLimits,
+) -> Result<DecodedSize, DecodeError> {
+    use image::ImageDecoder;
+    if data.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let format = match encoding {
+        ImageEncoding::RawRgb8 | ImageEncoding::RawBgr8 | ImageEncoding::RawGray8 => {
+            check_size(width, height, limits)?;
+            let peak_bytes = u64::from(width) * u64::from(height) * 3;
+            return Ok(DecodedSize { width, height, peak_bytes });
+        }
+        ImageEncoding::Jpeg => ImageFormat::Jpeg,
+        ImageEncoding::Png => ImageFormat::Png,
+        ImageEncoding::Sniff => sniff(data).ok_or_else(|| {
+            let head: Vec<String> = data.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            DecodeError::UnknownFormat(head.join(" "))
+        })?,
+    };
+    let name = format_name(format);
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: name, message: e.to_string() };
+    let decoder = ImageReader::with_format(Cursor::new(data), format).into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    check_size(width, height, limits)?;
+    let pixels = u64::from(width) * u64::from(height);
+    let own = decoder.color_type();
+    let converted = if own == image::ColorType::Rgb8 { 0 } else { 3 };
+    Ok(DecodedSize { width, height, peak_bytes: pixels * (u64::from(own.bytes_per_pixel()) + converted) })
+}
+
 fn sniff(data: &[u8]) -> Option<ImageFormat> {
     if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
         Some(ImageFormat::Jpeg)
@@ -242,6 +289,22 @@ mod tests {
         let mut out = Vec::new();
         img.write_to(&mut Cursor::new(&mut out), ImageFormat::Jpeg).expect("jpeg");
         out
+    }
+
+    #[test]
+    fn the_decoded_size_is_read_from_the_header_and_counts_a_conversion_to_rgb() {
+        let rgb = decoded_size(&jpeg_bytes(), ImageEncoding::Sniff, 0, 0, LIMITS).expect("jpeg header");
+        assert_eq!(rgb, DecodedSize { width: 64, height: 48, peak_bytes: 64 * 48 * 3 });
+        let gray = image::GrayImage::from_pixel(10, 20, image::Luma([9]));
+        let mut png = Vec::new();
+        gray.write_to(&mut Cursor::new(&mut png), ImageFormat::Png).expect("png");
+        let size = decoded_size(&png, ImageEncoding::Png, 0, 0, LIMITS).expect("png header");
+        assert_eq!(size.peak_bytes, 10 * 20 * (1 + 3), "grey pixels and their RGB copy");
+        let raw = decoded_size(&[0; 6], ImageEncoding::RawGray8, 3, 2, LIMITS).expect("raw");
+        assert_eq!(raw.peak_bytes, 3 * 2 * 3);
+        let small = DecodeLimits { max_pixels: 100, max_side: 16_384 };
+        let refused = decoded_size(&jpeg_bytes(), ImageEncoding::Jpeg, 0, 0, small).expect_err("over the limit");
+        assert!(matches!(refused, DecodeError::TooManyPixels { .. }), "{refused}");
     }
 
     #[test]

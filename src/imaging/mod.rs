@@ -12,5 +12,5 @@ pub mod resample;
 
 pub use annotate::{Annotation, MaskOverlay, annotate, caption, draw_path, encode_jpeg, encode_png, overlay_masks};
 pub use crop::{CropBox, RowSource};
-pub use decode::{DecodeError, DecodeLimits, ImageEncoding, decode};
+pub use decode::{DecodeError, DecodeLimits, DecodedSize, ImageEncoding, decode, decoded_size};
 pub use letterbox::{Letterbox, LetterboxError, Preprocessor, TensorSpec};

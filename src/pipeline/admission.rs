@@ -2,8 +2,8 @@
 //! [`Admitted`] ticket until it is answered; the counts are the only state, and a camera's entry
 //! goes away with its last frame, so memory is bounded by the frames in flight.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -23,6 +23,31 @@ pub struct InFlightCaps {
 pub struct Admitted {
     admission: Arc<InFlightCaps>,
     camera_id: String,
+}
+
+/// What a frame holds while any of its work exists: its place in flight and, once its size is
+/// known, its decoded memory. The call and every piece of work done for the frame (on the CPU pool,
+/// in a model queue) hold a clone, so a call that is cancelled holds both until its last piece of
+/// work ends, and the caps bound what clients that walk away leave running.
+#[derive(Debug, Clone)]
+pub struct FrameHold(Arc<Held>);
+
+#[derive(Debug)]
+struct Held {
+    _place: Admitted,
+    memory: OnceLock<super::memory::MemoryLease>,
+}
+
+impl FrameHold {
+    pub fn new(place: Admitted) -> Self {
+        Self(Arc::new(Held { _place: place, memory: OnceLock::new() }))
+    }
+
+    /// Keeps the frame's memory lease with its place (a frame leases once; a second lease is
+    /// given back at once).
+    pub(super) fn keep(&self, lease: super::memory::MemoryLease) {
+        let _ = self.0.memory.set(lease);
+    }
 }
 
 impl InFlightCaps {
@@ -99,6 +124,17 @@ mod tests {
         drop(first);
         let _third = admission.admit("cam-1").expect("room again after an answer");
         assert_eq!(admission.in_flight(), 3);
+    }
+
+    #[test]
+    fn a_frames_place_is_given_back_with_the_last_clone_of_its_hold() {
+        let admission = Arc::new(InFlightCaps::new(2, 100));
+        let hold = FrameHold::new(admission.admit("cam-1").expect("admitted"));
+        let held_by_work = hold.clone();
+        drop(hold);
+        assert_eq!(admission.in_flight(), 1, "the work still holds the frame's place");
+        drop(held_by_work);
+        assert_eq!(admission.in_flight(), 0);
     }
 
     #[test]

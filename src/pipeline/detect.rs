@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use image::RgbImage;
 
+use super::FrameHold;
 use super::stage::{Answer, FrameDeadline, InferredFrame, ModelStage, named_views};
 use super::{
     DetectSettings, FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StageContext,
@@ -85,11 +86,12 @@ impl DetectPipeline {
         &self.stage
     }
 
-    pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {
+    pub async fn inspect(&self, request: FrameRequest, hold: &FrameHold) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
-        let Detected { detections, image, timings, batch_size, .. } = self.detect(&request, deadline, false).await?;
+        let Detected { detections, image, timings, batch_size, .. } =
+            self.detect(&request, deadline, false, hold).await?;
         let answer = Answer { detections, image, timings, batch_size, tracking: None, cell: None, analytics: None };
-        self.stage.answer(request, deadline, answer).await
+        self.stage.answer(request, deadline, answer, hold).await
     }
 
     /// The model stage, then decode + NMS on the CPU pool, for one frame (`followed`: by a later
@@ -99,15 +101,16 @@ impl DetectPipeline {
         request: &FrameRequest,
         deadline: FrameDeadline,
         followed: bool,
+        hold: &FrameHold,
     ) -> Result<Detected, InspectError> {
         let InferredFrame { mut inferred, letterbox, image, mut timings } =
-            self.stage.infer_frame(request, deadline, followed).await?;
+            self.stage.infer_frame(request, deadline, followed, hold).await?;
         let later_stage = inferred.later_stage.take();
         let (decoder, thresholds, classes) = (self.decoder.clone(), self.thresholds, self.classes.clone());
         let batch_size = inferred.batch_frames as u32;
         let (detections, postprocess) = self
             .stage
-            .on_cpu_pool(move || -> Result<_, InspectError> {
+            .on_cpu_pool(hold, move || -> Result<_, InspectError> {
                 let started = std::time::Instant::now();
                 let named = named_views(&inferred.outputs)?;
                 let found = decoder.detect(&named, inferred.first_row, &thresholds, &letterbox)?;

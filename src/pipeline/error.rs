@@ -46,6 +46,16 @@ pub enum InspectError {
     #[error("the server already has {max} frames in flight (server.max_frames_in_flight); frame refused")]
     ServerBusy { max: usize },
     #[error(
+        "frames in flight already take {held_mib} MiB decoded and this {width}x{height} frame needs {needed_mib} \
+         MiB more, over server.max_decoded_mib = {budget_mib}; frame refused"
+    )]
+    DecodedMemory { width: u32, height: u32, needed_mib: u64, held_mib: u64, budget_mib: u64 },
+    #[error(
+        "this {width}x{height} frame alone needs {needed_mib} MiB decoded, over server.max_decoded_mib = \
+         {budget_mib}; send it smaller"
+    )]
+    FrameOverMemoryBudget { width: u32, height: u32, needed_mib: u64, budget_mib: u64 },
+    #[error(
         "pipeline `{pipeline}` already tracks {max} cameras (pipelines.{pipeline}.tracker.max_cameras); a new camera \
          is refused until one has sent nothing for camera_idle_s"
     )]
@@ -79,16 +89,19 @@ pub enum ShedCause {
     ServerInFlight,
     /// A new camera of a `track` pipeline that already tracks `max_cameras`.
     TrackedCameras,
+    /// The frames in flight already took `server.max_decoded_mib`.
+    DecodedMemory,
 }
 
 impl ShedCause {
-    pub const ALL: [ShedCause; 6] = [
+    pub const ALL: [ShedCause; 7] = [
         ShedCause::QueueFull,
         ShedCause::Budget,
         ShedCause::ClientDeadline,
         ShedCause::CameraInFlight,
         ShedCause::ServerInFlight,
         ShedCause::TrackedCameras,
+        ShedCause::DecodedMemory,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +112,7 @@ impl ShedCause {
             ShedCause::CameraInFlight => "camera_in_flight",
             ShedCause::ServerInFlight => "server_in_flight",
             ShedCause::TrackedCameras => "tracked_cameras",
+            ShedCause::DecodedMemory => "decoded_memory",
         }
     }
 }
@@ -134,6 +148,7 @@ impl InspectError {
             InspectError::CameraBusy { .. } => Some(ShedCause::CameraInFlight),
             InspectError::ServerBusy { .. } => Some(ShedCause::ServerInFlight),
             InspectError::TooManyCameras { .. } => Some(ShedCause::TrackedCameras),
+            InspectError::DecodedMemory { .. } => Some(ShedCause::DecodedMemory),
             _ => None,
         }
     }

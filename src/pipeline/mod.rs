@@ -6,6 +6,7 @@ mod detect;
 mod error;
 mod frame;
 mod health;
+mod memory;
 mod models;
 mod segment;
 pub mod settings;
@@ -20,11 +21,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
-pub use admission::{Admitted, InFlightCaps};
+pub use admission::{Admitted, FrameHold, InFlightCaps};
 pub use detect::DetectPipeline;
 pub use error::{InspectError, ShedCause, ShedLimit};
 pub use frame::{FrameRequest, FrameResult, ImageInput, LabeledDetection, PipelineInfo, Stage, StageTimings, Verdict};
 pub use health::{ModelHealth, ModelState};
+pub use memory::{DecodedMemory, MemoryLease};
 pub use models::resolve_manifest;
 pub use segment::SegmentPipeline;
 pub use settings::{
@@ -72,6 +74,8 @@ pub struct StageContext {
     /// the blocking work itself, so a call that is cancelled keeps its place until its work ends.
     pub cpu_permits: Arc<Semaphore>,
     pub decode_limits: DecodeLimits,
+    /// What frames in flight may take decoded (`server.max_decoded_mib`).
+    pub decoded_memory: DecodedMemory,
     pub default_budget: Duration,
 }
 
@@ -153,28 +157,19 @@ impl Pipeline {
         }
     }
 
-    /// The frame's work, holding `ticket` until it is answered. A `track` frame's place in its
-    /// camera's order is taken now, in call order.
-    fn inspect(self, request: FrameRequest, ticket: Admitted) -> BoxFuture<'static, Result<FrameResult, InspectError>> {
+    /// The frame's work, holding `hold` until it is answered and its work has ended. A `track`
+    /// frame's place in its camera's order is taken now, in call order.
+    fn inspect(self, request: FrameRequest, hold: FrameHold) -> BoxFuture<'static, Result<FrameResult, InspectError>> {
         match self {
-            Pipeline::Detect(p) => Box::pin(async move {
-                let _ticket = ticket;
-                p.inspect(request).await
-            }),
-            Pipeline::Segment(p) => Box::pin(async move {
-                let _ticket = ticket;
-                p.inspect(request).await
-            }),
+            Pipeline::Detect(p) => Box::pin(async move { p.inspect(request, &hold).await }),
+            Pipeline::Segment(p) => Box::pin(async move { p.inspect(request, &hold).await }),
             Pipeline::Track(p) => {
                 let order = p.admit(&request);
                 if let crate::track::Placement::NoRoom { max_cameras } = order {
                     let refused = InspectError::TooManyCameras { pipeline: p.name().to_owned(), max: max_cameras };
                     return Box::pin(std::future::ready(Err(refused)));
                 }
-                Box::pin(async move {
-                    let _ticket = ticket;
-                    p.inspect(request, order).await
-                })
+                Box::pin(async move { p.inspect(request, order, &hold).await })
             }
         }
     }
@@ -199,6 +194,7 @@ pub struct Pipelines {
     by_name: BTreeMap<String, Pipeline>,
     default: String,
     admission: Arc<InFlightCaps>,
+    context: Arc<StageContext>,
 }
 
 impl Pipelines {
@@ -208,6 +204,7 @@ impl Pipelines {
         let context = Arc::new(StageContext {
             cpu_permits: Arc::new(Semaphore::new(settings.cpu_workers)),
             decode_limits: settings.decode_limits,
+            decoded_memory: DecodedMemory::new(settings.max_decoded_bytes),
             default_budget: settings.default_budget,
         });
         let device_memory = crate::cuda::DeviceMemory::new(settings.gpu_memory_budget_bytes, settings.device_id);
@@ -260,7 +257,7 @@ impl Pipelines {
             by_name.insert(name.clone(), Pipeline::Track(Arc::new(started)));
         }
         let admission = Arc::new(InFlightCaps::new(settings.max_in_flight_per_camera, settings.max_frames_in_flight));
-        Ok(Self { by_name, default: settings.default_pipeline.clone(), admission })
+        Ok(Self { by_name, default: settings.default_pipeline.clone(), admission, context })
     }
 
     pub fn default_name(&self) -> &str {
@@ -332,19 +329,24 @@ impl Pipelines {
     /// its camera's order are settled now, in call order; the returned future does the rest and
     /// holds the frame's admission ticket until it is answered (or dropped).
     pub fn inspect(&self, request: FrameRequest) -> BoxFuture<'static, Result<FrameResult, InspectError>> {
-        let (pipeline, ticket) = match self.validate(&request).and_then(|p| {
-            let ticket = self.admission.admit(&request.camera_id)?;
-            Ok((p.clone(), ticket))
+        let (pipeline, hold) = match self.validate(&request).and_then(|p| {
+            let place = self.admission.admit(&request.camera_id)?;
+            Ok((p.clone(), FrameHold::new(place)))
         }) {
             Ok(admitted) => admitted,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        pipeline.inspect(request, ticket)
+        pipeline.inspect(request, hold)
     }
 
     /// Frames in flight, and cameras with frames in flight.
     pub fn in_flight(&self) -> (usize, usize) {
         (self.admission.in_flight(), self.admission.cameras_in_flight())
+    }
+
+    /// Bytes the frames in flight have leased decoded.
+    pub fn decoded_bytes(&self) -> u64 {
+        self.context.decoded_memory.held_bytes()
     }
 
     /// Every pipeline's frames waiting for a model.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::FrameHold;
 use super::stage::{Answer, FrameDeadline, InferredFrame, ModelStage, named_views};
 use super::{
     CellRuleSettings, FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, SegmentSettings,
@@ -52,15 +53,15 @@ impl SegmentPipeline {
         &self.stage
     }
 
-    pub async fn inspect(&self, request: FrameRequest) -> Result<FrameResult, InspectError> {
+    pub async fn inspect(&self, request: FrameRequest, hold: &FrameHold) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
         let InferredFrame { inferred, letterbox, image, mut timings } =
-            self.stage.infer_frame(&request, deadline, false).await?;
+            self.stage.infer_frame(&request, deadline, false, hold).await?;
         let batch_size = inferred.batch_frames as u32;
         let instances = self.instances.clone();
         let (detections, cell, postprocess) = self
             .stage
-            .on_cpu_pool(move || -> Result<_, InspectError> {
+            .on_cpu_pool(hold, move || -> Result<_, InspectError> {
                 let started = std::time::Instant::now();
                 let named = named_views(&inferred.outputs)?;
                 let Instances { decoder, thresholds, rule, classes } = instances.as_ref();
@@ -85,7 +86,7 @@ impl SegmentPipeline {
         timings.postprocess = postprocess;
         let answer =
             Answer { detections, image, timings, batch_size, tracking: None, cell: Some(cell), analytics: None };
-        self.stage.answer(request, deadline, answer).await
+        self.stage.answer(request, deadline, answer, hold).await
     }
 }
 

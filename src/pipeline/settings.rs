@@ -272,6 +272,8 @@ pub struct ServiceSettings {
     /// Frames decoded / pre- / post-processed at once.
     pub cpu_workers: usize,
     pub decode_limits: DecodeLimits,
+    /// What frames in flight may take decoded, together.
+    pub max_decoded_bytes: u64,
     pub default_budget: Duration,
     pub max_in_flight_per_camera: usize,
     pub max_frames_in_flight: usize,

@@ -10,6 +10,7 @@ use image::RgbImage;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
+use super::FrameHold;
 use super::worker::{Inferred, Job, JobInput, WorkerSetup, Workers, join_all, start_workers};
 use super::{
     FrameRequest, FrameResult, ImageInput, InspectError, LabeledDetection, PipelineInfo, ShedLimit, StageContext,
@@ -123,6 +124,16 @@ pub(super) struct Answer {
     pub tracking: Option<FrameOrder>,
     pub cell: Option<CellInspection>,
     pub analytics: Option<FrameAnalytics>,
+}
+
+/// Rows of one frame on their way into a model's queue.
+struct Queued {
+    input: JobInput,
+    rows: usize,
+    flow: u64,
+    /// A later stage of the frame's pipeline runs after this one.
+    followed: bool,
+    hold: FrameHold,
 }
 
 /// A frame decoded and made into its model input, not yet queued.
@@ -275,22 +286,21 @@ impl ModelStage {
         flow: u64,
         deadline: FrameDeadline,
         followed: bool,
+        hold: &FrameHold,
     ) -> Result<Inferred, InspectError> {
-        self.infer_in(None, input, rows, flow, deadline, followed).await
+        self.infer_in(None, Queued { input, rows, flow, followed, hold: hold.clone() }, deadline).await
     }
 
     /// As [`Self::infer`], in the place `reservation` holds when there is one.
     async fn infer_in(
         &self,
         reservation: Option<Reservation<'_, Job>>,
-        input: JobInput,
-        rows: usize,
-        flow: u64,
+        queued: Queued,
         deadline: FrameDeadline,
-        followed: bool,
     ) -> Result<Inferred, InspectError> {
+        let Queued { input, rows, flow, followed, hold } = queued;
         let (reply, answer) = oneshot::channel();
-        let job = Job { input, rows, limit: deadline.limit, followed, reply };
+        let job = Job { input, rows, limit: deadline.limit, followed, reply, _hold: Some(hold) };
         match reservation {
             Some(reservation) => reservation.submit(job, flow, deadline.deadlines()),
             None => self.queue.submit(job, flow, deadline.deadlines()),
@@ -305,6 +315,7 @@ impl ModelStage {
         request: &FrameRequest,
         deadline: FrameDeadline,
         followed: bool,
+        hold: &FrameHold,
     ) -> Result<InferredFrame, InspectError> {
         let image = request.image.clone().ok_or(InspectError::MissingImage)?;
         let flow = super::flow_of(&request.camera_id);
@@ -312,8 +323,9 @@ impl ModelStage {
         if let Some(later) = self.queue.refuse_on_arrival(flow, deadline.deadlines(), self.cpu_busy_for()) {
             return Err(refused(deadline, later, tokio::time::Instant::now()).await);
         }
-        let (prepared, reservation) = self.prepare(image, flow, deadline).await?;
-        let inferred = self.infer_in(Some(reservation), prepared.input, 1, flow, deadline, followed).await?;
+        let (prepared, reservation) = self.prepare(image, flow, deadline, hold).await?;
+        let queued = Queued { input: prepared.input, rows: 1, flow, followed, hold: hold.clone() };
+        let inferred = self.infer_in(Some(reservation), queued, deadline).await?;
         Ok(InferredFrame {
             timings: StageTimings {
                 decode: prepared.decode,
@@ -329,18 +341,23 @@ impl ModelStage {
     }
 
     /// Decodes the frame and letterboxes it into the model input, on the bounded CPU pool (with
-    /// GPU preprocessing, only the geometry is worked out here). The wait for a CPU worker is a
-    /// queue the batcher does not see: on a busy machine it can outlast the frame's chances, so the
-    /// frame is judged again once it has a worker, before the decode is spent on it.
+    /// GPU preprocessing, only the geometry is worked out here). First the frame leases its decoded
+    /// size from the memory budget, read from its header. The wait for a CPU worker is a queue the
+    /// batcher does not see: on a busy machine it can outlast the frame's chances, so the frame is
+    /// judged again once it has a worker, before the decode is spent on it.
     async fn prepare(
         &self,
         image: ImageInput,
         flow: u64,
         deadline: FrameDeadline,
+        hold: &FrameHold,
     ) -> Result<(Prepared, Reservation<'_, Job>), InspectError> {
         let spec = self.spec;
         let limits = self.context.decode_limits;
         let on_device = self.device_preprocess;
+        let size = imaging::decoded_size(&image.data, image.encoding, image.width, image.height, limits)?;
+        let input_bytes = if on_device { 0 } else { spec.len() as u64 * 4 };
+        hold.keep(self.context.decoded_memory.lease(size, size.peak_bytes + input_bytes)?);
         let asked = tokio::time::Instant::now();
         let permit = cpu_permit(&self.context.cpu_permits).await?;
         let reservation = match self.queue.reserve(flow, deadline.deadlines(), self.cpu_busy_for()) {
@@ -350,7 +367,7 @@ impl ModelStage {
                 return Err(refused(deadline, later, asked).await);
             }
         };
-        let prepared = run_on_cpu_pool(permit, move || -> Result<Prepared, InspectError> {
+        let prepared = run_on_cpu_pool(permit, hold, move || -> Result<Prepared, InspectError> {
             let t0 = std::time::Instant::now();
             let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
             let decode = t0.elapsed();
@@ -385,11 +402,13 @@ impl ModelStage {
         request: FrameRequest,
         deadline: FrameDeadline,
         answer: Answer,
+        hold: &FrameHold,
     ) -> Result<FrameResult, InspectError> {
         let Answer { detections, image, mut timings, batch_size, tracking, cell, analytics } = answer;
         let (image_width, image_height) = image.dimensions();
         let image = request.annotate.then_some(image);
-        let (detections, analytics, annotated_jpeg) = self.annotate(image, detections, analytics, &mut timings).await?;
+        let (detections, analytics, annotated_jpeg) =
+            self.annotate(image, detections, analytics, &mut timings, hold).await?;
         timings.total = request.received.elapsed();
         Ok(FrameResult {
             camera_id: request.camera_id,
@@ -417,12 +436,13 @@ impl ModelStage {
         detections: Vec<LabeledDetection>,
         analytics: Option<FrameAnalytics>,
         timings: &mut StageTimings,
+        hold: &FrameHold,
     ) -> Result<Annotated, InspectError> {
         let Some(image) = image else { return Ok((detections, analytics, None)) };
         let mut image = Arc::try_unwrap(image).unwrap_or_else(|shared| (*shared).clone());
         let started = std::time::Instant::now();
         let (detections, analytics, jpeg) = self
-            .on_cpu_pool(move || -> Result<_, InspectError> {
+            .on_cpu_pool(hold, move || -> Result<_, InspectError> {
                 if let Some(analytics) = &analytics {
                     draw_analytics(&mut image, analytics);
                 }
@@ -436,11 +456,13 @@ impl ModelStage {
         Ok((detections, analytics, Some(jpeg)))
     }
 
+    /// `work` for the frame `hold` is of, on the bounded CPU pool.
     pub async fn on_cpu_pool<T: Send + 'static>(
         &self,
+        hold: &FrameHold,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, InspectError> {
-        run_on_cpu_pool(cpu_permit(&self.context.cpu_permits).await?, work).await
+        run_on_cpu_pool(cpu_permit(&self.context.cpu_permits).await?, hold, work).await
     }
 }
 
@@ -449,15 +471,19 @@ async fn cpu_permit(permits: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, In
     permits.clone().acquire_owned().await.map_err(|_| InspectError::ShuttingDown)
 }
 
-/// `work` on the blocking pool, holding `permit` until it ends: when the caller is dropped (its
-/// client cancelled, or its deadline passed) the work runs on, and so its permit stays taken, so
-/// that `cpu_workers` bounds the CPU work and the memory of frames being decoded whatever clients do.
+/// `work` on the blocking pool, holding `permit` and the frame's `hold` until it ends: when the
+/// caller is dropped (its client cancelled, or its deadline passed) the work runs on, and so its
+/// CPU worker, its place in flight and its memory stay taken, so that `cpu_workers`,
+/// `max_frames_in_flight` and `max_decoded_mib` bound what runs whatever clients do.
 async fn run_on_cpu_pool<T: Send + 'static>(
     permit: OwnedSemaphorePermit,
+    hold: &FrameHold,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, InspectError> {
+    let hold = hold.clone();
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        // The frame's place and memory go back before its CPU worker does.
+        let _held = (hold, permit);
         work()
     })
     .await
@@ -548,18 +574,25 @@ mod tests {
         let permits = Arc::new(Semaphore::new(1));
         let (started, has_started) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
+        let caps = Arc::new(super::super::InFlightCaps::new(1, 1));
+        let hold = FrameHold::new(caps.admit("cam").expect("admitted"));
         let permit = cpu_permit(&permits).await.expect("permit");
-        let call = tokio::spawn(run_on_cpu_pool(permit, move || {
-            let _ = started.send(());
-            let _ = released.recv();
-        }));
+        let call = tokio::spawn(async move {
+            run_on_cpu_pool(permit, &hold, move || {
+                let _ = started.send(());
+                let _ = released.recv();
+            })
+            .await
+        });
         tokio::task::spawn_blocking(move || has_started.recv()).await.expect("join").expect("the work started");
         // The client walks away while its frame is being decoded.
         call.abort();
         let _ = call.await;
         assert_eq!(permits.available_permits(), 0, "the work still runs, so its permit must still be taken");
+        assert_eq!(caps.in_flight(), 1, "and the frame's place in flight");
         let _ = release.send(());
         let again = tokio::time::timeout(Duration::from_secs(30), cpu_permit(&permits)).await;
         assert!(again.is_ok(), "the permit comes back when the work ends");
+        assert_eq!(caps.in_flight(), 0, "and so does the frame's place");
     }
 }

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::FrameHold;
 use super::detect::{DetectPipeline, Detected};
 use super::stage::{Answer, FrameDeadline, ModelStage, StageSetup, tensor_spec};
 use super::worker::{Inferred, JobInput};
@@ -184,11 +185,16 @@ impl TrackPipeline {
         self.registry.admit(&request.camera_id, request.sequence, std::time::Instant::now())
     }
 
-    pub async fn inspect(&self, request: FrameRequest, admission: Placement) -> Result<FrameResult, InspectError> {
+    pub async fn inspect(
+        &self,
+        request: FrameRequest,
+        admission: Placement,
+        hold: &FrameHold,
+    ) -> Result<FrameResult, InspectError> {
         let deadline = FrameDeadline::new(&request, self.budget);
         // The detector holds the frame to the time that leaves its embedding room to finish.
         let embedding = self.embedder.typical_service().unwrap_or_default();
-        let detected = self.detector.detect(&request, deadline.reserving(embedding), true).await?;
+        let detected = self.detector.detect(&request, deadline.reserving(embedding), true, hold).await?;
         // Held until the frame's embedding is done: on the CPU, no detector run slips in between.
         let Detected { detections, image, mut timings, batch_size, later_stage } = detected;
         let kept: Vec<LabeledDetection> = detections
@@ -212,8 +218,8 @@ impl TrackPipeline {
                 // (`embed_only_ambiguous`); the rest are embedded in one job.
                 let needed = ticket.needs_embedding(&boxes);
                 let wanted: Vec<BBox> = boxes.iter().zip(&needed).filter(|(_, n)| **n).map(|(b, _)| *b).collect();
-                let mut embedded =
-                    self.embed(&image, &wanted, super::flow_of(&request.camera_id), deadline).await?.into_iter();
+                let flow = super::flow_of(&request.camera_id);
+                let mut embedded = self.embed(&image, &wanted, flow, deadline, hold).await?.into_iter();
                 let features: Vec<Vec<f32>> =
                     needed.iter().map(|&n| if n { embedded.next().unwrap_or_default() } else { Vec::new() }).collect();
                 timings.embed = started.elapsed();
@@ -230,7 +236,7 @@ impl TrackPipeline {
                         feature,
                     })
                     .collect();
-                let tracked_rx = self.embedder.on_cpu_pool(move || ticket.complete(observations)).await?;
+                let tracked_rx = self.embedder.on_cpu_pool(hold, move || ticket.complete(observations)).await?;
                 let tracked = tracked_rx.await.map_err(|_| InspectError::ShuttingDown)?;
                 timings.track = started.elapsed();
                 let classes = self.detector.classes();
@@ -250,7 +256,7 @@ impl TrackPipeline {
         };
 
         let answer = Answer { detections, image, timings, batch_size, tracking: Some(tracking), cell: None, analytics };
-        self.embedder.answer(request, deadline, answer).await
+        self.embedder.answer(request, deadline, answer, hold).await
     }
 
     /// One embedding per box: all crops of the frame in one job, batched with other frames'.
@@ -260,6 +266,7 @@ impl TrackPipeline {
         boxes: &[BBox],
         flow: u64,
         deadline: FrameDeadline,
+        hold: &FrameHold,
     ) -> Result<Vec<Vec<f32>>, InspectError> {
         if boxes.is_empty() {
             return Ok(Vec::new());
@@ -273,19 +280,24 @@ impl TrackPipeline {
                 rows: boxes.iter().map(|b| crate::imaging::RowSource::Crop(*b)).collect(),
             }
         } else {
-            JobInput::Tensor(self.crop_on_cpu(image, boxes).await?)
+            JobInput::Tensor(self.crop_on_cpu(image, boxes, hold).await?)
         };
-        let inferred = self.embedder.infer(input, rows, flow, deadline, false).await?;
+        let inferred = self.embedder.infer(input, rows, flow, deadline, false, hold).await?;
         self.embeddings(&inferred)
     }
 
     /// Every crop of the frame, stretched and normalised into one tensor on the CPU pool.
-    async fn crop_on_cpu(&self, image: &Arc<image::RgbImage>, boxes: Vec<CropBox>) -> Result<Vec<f32>, InspectError> {
+    async fn crop_on_cpu(
+        &self,
+        image: &Arc<image::RgbImage>,
+        boxes: Vec<CropBox>,
+        hold: &FrameHold,
+    ) -> Result<Vec<f32>, InspectError> {
         let spec = self.embedder.spec;
         let rows = boxes.len();
         let frame = image.clone();
         self.embedder
-            .on_cpu_pool(move || -> Result<Vec<f32>, InspectError> {
+            .on_cpu_pool(hold, move || -> Result<Vec<f32>, InspectError> {
                 let mut tensor = vec![0f32; rows * spec.len()];
                 CROPPER.with(|c| {
                     let mut cropper = c.borrow_mut();

@@ -34,6 +34,8 @@ pub(super) struct Job {
     /// A later stage of the frame's pipeline runs on the same CPU after this one.
     pub followed: bool,
     pub reply: oneshot::Sender<Result<Inferred, InspectError>>,
+    /// The frame's place and memory, held while the job is queued or run (`None`: a warm-up).
+    pub _hold: Option<super::FrameHold>,
 }
 
 /// A frame's share of a batch's outputs.
@@ -308,6 +310,7 @@ fn warm_up_job(spec: &TensorSpec, rows: usize) -> Job {
         limit: ShedLimit::Budget(Duration::ZERO),
         followed: false,
         reply,
+        _hold: None,
     }
 }
 
@@ -324,6 +327,7 @@ fn warm_up(worker: &mut Worker, batches: &[usize]) -> Result<(), EngineError> {
                     limit: ShedLimit::Budget(Duration::ZERO),
                     followed: false,
                     reply,
+                    _hold: None,
                 }
             }
             #[cfg(feature = "cuda")]

@@ -81,6 +81,11 @@ struct Camera {
 }
 
 impl Camera {
+    /// The frame at the head of the order is ready: [`Self::drain`] has a step to take.
+    fn head_ready(&self) -> bool {
+        self.in_flight.first_key_value().is_some_and(|(_, pending)| matches!(pending, Pending::Ready { .. }))
+    }
+
     /// Applies every ready frame at the head of the order.
     fn drain(&mut self) {
         while let Some(entry) = self.in_flight.first_entry() {
@@ -143,10 +148,22 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if !self.done {
-            let mut camera = self.camera.lock();
-            camera.in_flight.remove(&self.sequence);
-            camera.drain();
+        if self.done {
+            return;
+        }
+        let mut camera = self.camera.lock();
+        camera.in_flight.remove(&self.sequence);
+        if !camera.head_ready() {
+            return;
+        }
+        drop(camera);
+        // The frames this one held back are tracker steps, CPU work; a ticket is dropped where its
+        // call was (shed, failed or cancelled), on an async thread, so they are taken on the
+        // blocking pool when there is a runtime.
+        let slot = self.camera.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || slot.lock().drain())),
+            Err(_) => slot.lock().drain(),
         }
     }
 }
@@ -261,19 +278,27 @@ impl Registry {
         Some(made)
     }
 
+    /// Every camera's slot at one moment, copied out so that no shard lock is held while a
+    /// camera is locked (a camera is locked through a tracker step).
+    fn slots(&self) -> Vec<(String, Arc<Mutex<Camera>>)> {
+        self.cameras.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
+    }
+
     /// Drops cameras with no frame admitted for `idle_after` and none in flight; returns how many.
     pub fn evict_idle(&self, now: Instant) -> usize {
         let mut evicted = 0;
-        self.cameras.retain(|_, slot| {
+        for (camera_id, slot) in self.slots() {
             let mut camera = slot.lock();
             let idle =
                 camera.in_flight.is_empty() && now.saturating_duration_since(camera.last_seen) >= self.idle_after;
-            if idle {
+            // Under the camera's lock, so no frame is admitted to it meanwhile; an admission that
+            // found the slot before sees `evicted` and retries with a fresh one. The shard lock is
+            // taken inside the camera's, never the other way round.
+            if idle && self.cameras.remove_if(&camera_id, |_, held| Arc::ptr_eq(held, &slot)).is_some() {
                 camera.evicted = true;
                 evicted += 1;
             }
-            !idle
-        });
+        }
         self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
     }
@@ -299,11 +324,7 @@ impl Registry {
                 let slot = self.cameras.get(id).map(|s| s.value().clone());
                 slot.and_then(|s| counts(id, &s)).into_iter().collect()
             }
-            None => {
-                let slots: Vec<(String, Arc<Mutex<Camera>>)> =
-                    self.cameras.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
-                slots.iter().filter_map(|(id, s)| counts(id, s)).collect()
-            }
+            None => self.slots().iter().filter_map(|(id, s)| counts(id, s)).collect(),
         };
         all.sort_by(|a, b| a.camera_id.cmp(&b.camera_id));
         all
@@ -316,8 +337,8 @@ impl Registry {
             frames_duplicate: self.duplicate.load(Ordering::Relaxed),
             ..RegistryStats::default()
         };
-        for entry in self.cameras.iter() {
-            let camera = entry.value().lock();
+        for (_, slot) in self.slots() {
+            let camera = slot.lock();
             stats.cameras += 1;
             let confirmed = camera.tracker.confirmed_count();
             stats.confirmed_tracks += confirmed;
@@ -379,6 +400,65 @@ mod tests {
         drop(t1); // shed
         assert_eq!(r2.try_recv().unwrap().sequence, 2);
         assert_eq!(registry.stats().frames_in_flight, 0);
+    }
+
+    #[test]
+    fn frames_held_back_by_a_dropped_ticket_are_stepped_on_the_blocking_pool() {
+        // One blocking thread, kept busy: a step handed to the pool cannot have run yet.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let registry = Registry::new(TrackerParams::default(), Duration::from_secs(60));
+            let now = Instant::now();
+            let t1 = accepted(registry.admit("cam", 1, now));
+            let t2 = accepted(registry.admit("cam", 2, now));
+            let mut r2 = t2.complete(vec![person(0.0)]);
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let busy = tokio::task::spawn_blocking(move || released.recv());
+            drop(t1); // its call was cancelled, here on the async thread
+            assert!(r2.try_recv().is_err(), "frame 2 was stepped on the async thread that dropped frame 1");
+            let _ = release.send(());
+            let _ = busy.await;
+            let tracked = tokio::time::timeout(Duration::from_secs(30), r2).await;
+            assert_eq!(tracked.expect("stepped on the pool").expect("reply").sequence, 2);
+        });
+    }
+
+    #[test]
+    fn a_camera_locked_through_a_step_holds_up_no_other_camera() {
+        let registry = Arc::new(Registry::new(TrackerParams::default(), Duration::ZERO));
+        let now = Instant::now();
+        drop(accepted(registry.admit("stepping", 1, now)).complete(vec![]));
+        let slot = registry.cameras.get("stepping").map(|s| s.value().clone()).expect("slot");
+        let stepping = slot.lock(); // as a tracker step holds it
+        let housekeeping = {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                let _ = registry.stats();
+                registry.evict_idle(now + Duration::from_secs(1))
+            })
+        };
+        // Let housekeeping reach the locked camera (were it holding the shard, the admission
+        // below would wait for the step).
+        std::thread::sleep(Duration::from_millis(200));
+        let (placed, placed_rx) = std::sync::mpsc::channel();
+        let admitting = {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                // Enough new cameras that some share the stepping camera's shard (a map has a
+                // few shards per core).
+                let all =
+                    (0..256).all(|i| matches!(registry.admit(&format!("cam-{i}"), 1, now), Placement::Accepted(_)));
+                let _ = placed.send(all);
+            })
+        };
+        let admitted = placed_rx.recv_timeout(Duration::from_secs(30));
+        drop(stepping);
+        let _ = (housekeeping.join(), admitting.join());
+        assert_eq!(admitted, Ok(true), "new cameras in the stepping camera's shard waited for its step");
     }
 
     #[test]

@@ -310,7 +310,9 @@ async fn concurrent_cameras_are_batched_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lone_frame_on_an_impossible_budget_is_served_late_and_a_passed_grpc_deadline_is_not_served() {
     let _machine = crate::common::machine_shared();
-    let server = TestServer::start(test_config()).await;
+    let mut config = test_config();
+    config.server.metrics = Some(linesight::config::MetricsConfig { listen: "127.0.0.1:0".parse().expect("addr") });
+    let server = TestServer::start(config).await;
     let mut client = server.client().await;
     // Measure the service time first, so that every admission decision below has an estimate.
     client.inspect(jpeg_request("c", 0, vtest_jpeg(0))).await.expect("warm");
@@ -326,7 +328,26 @@ async fn a_lone_frame_on_an_impossible_budget_is_served_late_and_a_passed_grpc_d
     let mut deadline = tonic::Request::new(jpeg_request("c", 2, vtest_jpeg(0)));
     deadline.set_timeout(Duration::from_millis(8));
     let status = client.inspect(deadline).await.expect_err("8 ms deadline");
-    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    // The server answers DEADLINE_EXCEEDED just before the deadline and counts the frame as shed
+    // for it; tonic's client reports its own timer, should it fire before that answer arrives, as
+    // CANCELLED, so the server's count is the check.
+    match status.code() {
+        Code::DeadlineExceeded => assert!(status.message().contains("before the client's gRPC deadline"), "{status:?}"),
+        Code::Cancelled => assert_eq!(status.message(), "Timeout expired", "the client's own timer: {status:?}"),
+        _ => panic!("{status:?}"),
+    }
+    let metrics = server.metrics_addr.expect("metrics listen");
+    let shed = r#"linesight_frames_shed_total{pipeline="detect",reason="client_deadline"} 1"#;
+    let counted = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (_, body) = crate::common::http_get(metrics, "/metrics", None).await;
+            if body.lines().any(|l| l == shed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert!(counted.await.is_ok(), "`{shed}` never appeared in /metrics");
 
     // In a stream a frame that cannot make its budget is answered in band (late, or shed if the
     // other frame competed with it) and the stream goes on.

@@ -10,6 +10,7 @@
 mod bench_smoke;
 #[cfg(feature = "camera")]
 mod camera;
+mod cancel_flood;
 mod cli;
 mod common;
 mod connections;

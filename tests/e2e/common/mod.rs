@@ -171,13 +171,19 @@ impl ServerProcess {
         let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-        loop {
-            let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
-            if health.check(request).await.expect("health").into_inner().status == serving {
-                break;
+        let until_serving = async {
+            loop {
+                let request = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                if health.check(request).await.expect("health").into_inner().status == serving {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        };
+        // Models load in seconds; a server that never says SERVING fails the test, not hangs it.
+        tokio::time::timeout(std::time::Duration::from_secs(300), until_serving)
+            .await
+            .expect("the server said SERVING within 300 s");
         Self { child, addr, log }
     }
 
@@ -201,6 +207,12 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Threads of process `pid` (`None` once it has gone).
+pub fn threads(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:"))?.trim().parse().ok()
 }
 
 /// The machine all tests run on: tests that measure it (capacity, goodput) take it alone; the
