@@ -55,6 +55,11 @@ impl Tokens {
     /// The tokens `config` names: the file's lines (blank lines and `#` comments skipped) and the
     /// environment variable's comma-separated values.
     pub fn load(config: &AuthConfig) -> Result<Self, AuthError> {
+        Self::load_with(config, |var| std::env::var(var).ok())
+    }
+
+    /// As [`Self::load`], reading environment variables through `env`.
+    fn load_with(config: &AuthConfig, env: impl Fn(&str) -> Option<String>) -> Result<Self, AuthError> {
         let mut tokens = Vec::new();
         if let Some(path) = &config.tokens_file {
             let text =
@@ -62,7 +67,7 @@ impl Tokens {
             tokens.extend(text.lines().map(str::trim).filter(|l| !l.starts_with('#')).map(str::to_owned));
         }
         if let Some(var) = &config.tokens_env {
-            let value = std::env::var(var).map_err(|_| AuthError::MissingEnv(var.clone()))?;
+            let value = env(var).ok_or_else(|| AuthError::MissingEnv(var.clone()))?;
             tokens.extend(value.split(',').map(str::to_owned));
         }
         Self::new(tokens)
@@ -136,16 +141,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tokens");
         std::fs::write(&path, "# operators\nfile-token\n\n  second  \n").expect("write");
-        // SAFETY: this test alone reads or writes this variable.
-        unsafe { std::env::set_var("LINESIGHT_TEST_TOKENS_A", "env-1,env-2") };
+        // The environment is read through a function: setting a variable while other tests'
+        // threads run would race their reads.
+        let env = |var: &str| (var == "LINESIGHT_TEST_TOKENS_A").then(|| "env-1,env-2".to_owned());
         let config = AuthConfig { tokens_file: Some(path.clone()), tokens_env: Some("LINESIGHT_TEST_TOKENS_A".into()) };
-        let tokens = Tokens::load(&config).expect("load");
+        let tokens = Tokens::load_with(&config, env).expect("load");
         for t in ["file-token", "second", "env-1", "env-2"] {
             assert!(tokens.accepts(t.as_bytes()), "{t}");
         }
         assert!(!tokens.accepts(b"# operators"));
         let missing = AuthConfig { tokens_file: None, tokens_env: Some("LINESIGHT_TEST_TOKENS_UNSET".into()) };
-        assert!(matches!(Tokens::load(&missing), Err(AuthError::MissingEnv(_))));
+        assert!(matches!(Tokens::load_with(&missing, env), Err(AuthError::MissingEnv(_))));
         std::fs::write(&path, "# nothing\n\n").expect("write");
         let empty = AuthConfig { tokens_file: Some(path), tokens_env: None };
         assert!(matches!(Tokens::load(&empty), Err(AuthError::NoTokens)));

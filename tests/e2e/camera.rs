@@ -334,9 +334,13 @@ async fn a_30_fps_camera_on_a_slower_pipeline_drops_frames_without_growing_lag_o
     eprintln!(
         "captured {captured_fps:.1} fps, answered {answered_fps:.1} fps, {camera}; RSS {rss_start:.1} -> {rss_end:.1} MiB"
     );
-    if answered_fps < 0.8 * captured_fps {
-        assert!(n(camera, "dropped") > 0, "a server slower than the camera costs dropped frames: {camera}");
-    }
+    // The premise, checked rather than assumed: `track` on this class of machine (2 cores) answers
+    // well under 30 fps. On a machine fast enough to keep up the test says so instead of passing.
+    assert!(
+        answered_fps < 0.8 * captured_fps,
+        "premise: the pipeline answers {answered_fps:.1} fps, not slower than the camera's {captured_fps:.1}"
+    );
+    assert!(n(camera, "dropped") > 0, "a server slower than the camera costs dropped frames: {camera}");
     // Lag: capture-to-answer latency of the last third of the answers against the first third.
     let latencies: Vec<f64> = answers.iter().skip(10).map(|a| a["latency_ms"].as_f64().unwrap()).collect();
     assert!(latencies.len() >= 30, "{} answers", latencies.len());

@@ -36,7 +36,7 @@ fn yolo_decoders_match_ultralytics_postprocessing() {
     for case in cases {
         let name = case["name"].as_str().unwrap_or_default();
         let shape: Vec<usize> =
-            case["shape"].as_array().expect("shape").iter().filter_map(Value::as_u64).map(|v| v as usize).collect();
+            case["shape"].as_array().expect("shape").iter().map(|v| v.as_u64().expect("dim") as usize).collect();
         let raw = load_raw(case["file"].as_str().expect("file"), &shape);
         let size = case["input"].as_u64().expect("input") as u32;
         let (h0, w0) = (case["image"][0].as_u64().expect("h") as u32, case["image"][1].as_u64().expect("w") as u32);
@@ -61,7 +61,8 @@ fn yolo_decoders_match_ultralytics_postprocessing() {
             assert_eq!(got.len(), want.len(), "{name} {version:?}: count");
             for (g, w) in got.iter().zip(want) {
                 let w: Vec<f32> =
-                    w.as_array().expect("row").iter().filter_map(Value::as_f64).map(|v| v as f32).collect();
+                    w.as_array().expect("row").iter().map(|v| v.as_f64().expect("number") as f32).collect();
+                assert_eq!(w.len(), 6, "{name}: reference row {w:?} (box, score, class)");
                 let b = [g.bbox.x1, g.bbox.y1, g.bbox.x2, g.bbox.y2];
                 for k in 0..4 {
                     assert!((b[k] - w[k]).abs() < 1e-3, "{name} {version:?}: box {b:?} vs {w:?}");
@@ -93,7 +94,8 @@ struct Found {
 }
 
 fn parse_reference(v: &Value) -> Found {
-    let b: Vec<f32> = v["box"].as_array().expect("box").iter().filter_map(Value::as_f64).map(|x| x as f32).collect();
+    let b: Vec<f32> = v["box"].as_array().expect("box").iter().map(|x| x.as_f64().expect("number") as f32).collect();
+    assert_eq!(b.len(), 4, "reference box {b:?}");
     Found {
         class: v["class_name"].as_str().expect("class").to_owned(),
         score: v["score"].as_f64().expect("score") as f32,

@@ -35,11 +35,11 @@ async fn health_is_not_serving_while_models_load_then_serving() {
     let first = watch.message().await.expect("watch").expect("first status");
     assert_eq!(status_of(first), ServingStatus::NotServing);
     let mut inspection = InspectionClient::new(channel.clone());
+    // Sent as soon as the server says NOT_SERVING, seconds before its models are warm.
     let early = inspection.inspect(jpeg_request("cam-early", 0, vtest_jpeg(250))).await;
-    if let Err(status) = &early {
-        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-        assert!(status.message().contains("loading"), "{status:?}");
-    }
+    let status = early.expect_err("a frame sent while the models load is refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("loading"), "{status:?}");
     let next = tokio::time::timeout(Duration::from_secs(120), watch.message()).await.expect("loaded in time");
     assert_eq!(status_of(next.expect("watch").expect("second status")), ServingStatus::Serving);
     let overall = health.check(HealthCheckRequest { service: String::new() }).await.expect("check");

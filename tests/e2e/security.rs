@@ -91,11 +91,17 @@ async fn tls_serves_clients_that_trust_the_ca_and_refuses_plaintext() {
     assert!(list(channel).await.expect("ListPipelines over TLS") >= 1);
 
     let plaintext = Channel::from_shared(format!("http://{}", server.addr)).expect("uri").connect().await;
-    let refused = match plaintext {
-        Err(_) => true,
-        Ok(channel) => list(channel).await.is_err(),
+    let refusal = match plaintext {
+        Err(error) => format!("connect: {error:?}"),
+        Ok(channel) => match list(channel).await {
+            Ok(n) => panic!("a plaintext client was served by a TLS server ({n} pipelines)"),
+            Err(status) => format!("{status:?}"),
+        },
     };
-    assert!(refused, "a plaintext client was served by a TLS server");
+    eprintln!("plaintext client: {refusal}");
+    // Refused for speaking plaintext, not for a server that went away: it still serves over TLS.
+    let channel = tls_channel(&server, &pki, None).await.expect("TLS connect after the plaintext client");
+    assert!(list(channel).await.expect("ListPipelines over TLS after the plaintext client") >= 1);
     server.stop().await;
 }
 
@@ -111,12 +117,24 @@ async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_trusted_ca()
     let trusted = tls_channel(&server, &pki, Some(&pki.client)).await.expect("mTLS connect");
     assert!(list(trusted).await.expect("ListPipelines with a trusted client certificate") >= 1);
 
-    for (what, identity) in [("no client certificate", None), ("a rogue CA's certificate", Some(&pki.rogue_client))] {
-        let served = match tls_channel(&server, &pki, identity).await {
-            Err(_) => false,
-            Ok(channel) => list(channel).await.is_ok(),
+    // The server's TLS alert names why each was refused.
+    let refused = [
+        ("no client certificate", None, "CertificateRequired"),
+        ("a rogue CA's certificate", Some(&pki.rogue_client), "UnknownCA"),
+    ];
+    for (what, identity, alert) in refused {
+        let refusal = match tls_channel(&server, &pki, identity).await {
+            Err(error) => format!("connect: {error}"),
+            Ok(channel) => match list(channel).await {
+                Ok(n) => panic!("a client with {what} was served ({n} pipelines)"),
+                Err(status) => format!("{status:?}"),
+            },
         };
-        assert!(!served, "a client with {what} was served");
+        assert!(refusal.contains(alert), "a client with {what} was refused, but not with {alert}: {refusal}");
+        // Refused for its certificate, not for a server that went away: the trusted client still is served.
+        let trusted = tls_channel(&server, &pki, Some(&pki.client)).await.expect("mTLS connect");
+        let listed = list(trusted).await.unwrap_or_else(|s| panic!("a trusted client refused after {what}: {s:?}"));
+        assert!(listed >= 1);
     }
     server.stop().await;
 }
@@ -190,9 +208,8 @@ async fn the_bench_loads_a_server_with_mutual_tls_and_a_token() {
     let pki = pki();
     let mut config = test_config();
     config.server.tls = Some(tls_config(dir.path(), &pki, true));
-    // SAFETY: this test alone reads or writes this variable.
-    unsafe { std::env::set_var("LINESIGHT_TEST_BENCH_TOKENS", "bench-token") };
-    config.server.auth = Some(AuthConfig { tokens_file: None, tokens_env: Some("LINESIGHT_TEST_BENCH_TOKENS".into()) });
+    let tokens = write(dir.path(), "tokens", "bench-token\n");
+    config.server.auth = Some(AuthConfig { tokens_file: Some(tokens), tokens_env: None });
     let server = TestServer::start(config).await;
     let out = dir.path().join("report.json");
     let bench = |token: &'static str| {

@@ -138,6 +138,11 @@ fn a_camera_evicted_while_frames_race_in_starts_over_cleanly() {
         h.join().expect("no deadlock, no panic");
     }
     assert_eq!(registry.stats().frames_in_flight, 0);
+    // Idle now, the camera is evicted and starts over: sequence 0 is new again, not late.
+    registry.evict_idle(Instant::now());
+    assert_eq!(registry.stats().cameras, 0);
+    let again = registry.admit("shared", 0, Instant::now());
+    assert!(matches!(again, Placement::Accepted(_)), "the old order outlived eviction: {again:?}");
 }
 
 #[test]
