@@ -77,6 +77,10 @@ enum Command {
     /// (OpenCV) and stream each camera's newest frame to a server; answers as JSON lines.
     #[cfg(feature = "camera")]
     Camera(Box<camera::CameraArgs>),
+    /// One camera's capture process: `camera` starts one per camera.
+    #[cfg(feature = "camera")]
+    #[command(hide = true)]
+    CameraCapture(camera::CaptureArgs),
     /// Spin THREADS busy threads for at most SECONDS: `bench --background-load` runs this in a
     /// process of its own.
     #[command(hide = true)]
@@ -279,6 +283,8 @@ fn main() -> Result<()> {
         Command::Bench(args) => runtime()?.block_on(bench(*args)),
         #[cfg(feature = "camera")]
         Command::Camera(args) => runtime()?.block_on(camera::run(*args)),
+        #[cfg(feature = "camera")]
+        Command::CameraCapture(args) => camera::run_capture_process(&args),
         #[cfg(feature = "cuda")]
         Command::GpuCheck { common, frames, iterations, out } => {
             runtime()?.block_on(gpu_check(common, frames, iterations, out))

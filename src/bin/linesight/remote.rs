@@ -90,6 +90,11 @@ fn endpoint_config(endpoint: &str, access: &Access) -> Result<Endpoint, ConnectE
         .map_err(|e| connect_error(e.to_string()))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
+        // A path that goes silent (a switch that drops traffic and keeps the connection) is noticed
+        // by HTTP/2 pings even while nothing is in flight.
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20);
     if let Some(tls) = &access.tls {

@@ -1,134 +1,79 @@
-//! Capture: one thread per source reads frames continuously with OpenCV and leaves only the newest
-//! in the camera's [`LatestFrame`] slot, so that a slow server costs dropped frames, never lag or
-//! memory. A source that fails is reopened with backoff; a file ends, or starts again when looped.
+//! A camera's capture process (`linesight camera-capture`, started by the bridge, one per camera):
+//! reads frames continuously with OpenCV, drops the ones too old to send (see [`super::frame_age`])
+//! and writes the rest, with their capture times, to its standard output for the bridge. A source
+//! that fails is reopened with backoff; a file ends, or starts again when looped.
+//!
+//! A process per camera, not a thread: OpenCV's FFmpeg backend holds one process-wide lock through
+//! the whole of `VideoCapture::open`, so a camera whose address never answers would hold up every
+//! other camera's open for `open_timeout_ms` on each of its attempts; and a decoder that crashes
+//! takes down only its own camera.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
 use opencv::core::{Mat, Vector};
 use opencv::prelude::*;
 use opencv::videoio::{self, VideoCapture};
-use parking_lot::Mutex;
-use tokio::sync::Notify;
+use serde::{Deserialize, Serialize};
+use serde_with::{DurationMilliSeconds, serde_as};
 
 use super::config::Source;
-use super::stats::CameraStats;
+use super::frame_age::{FrameClock, Judgement, Staleness};
+use super::pipe::{self, Event};
 
-/// A frame as captured: BGR (or gray) pixels and when they arrived.
-pub struct CapturedFrame {
-    pub image: Mat,
-    pub captured_at: Instant,
-    /// Milliseconds since the Unix epoch, for the answers' log.
-    pub captured_unix_ms: u64,
-}
-
-/// The newest frame of one camera, waiting for its sender: a new frame replaces the waiting one,
-/// which counts as dropped. Counting happens under the slot's lock, so the counts add up exactly.
-pub struct LatestFrame {
-    slot: Mutex<Slot>,
-    ready: Notify,
-    stats: Arc<CameraStats>,
-}
-
-#[derive(Default)]
-struct Slot {
-    frame: Option<CapturedFrame>,
-    /// No more frames will come (a file ended, or the bridge is stopping).
-    ended: bool,
-}
-
-impl LatestFrame {
-    pub fn new(stats: Arc<CameraStats>) -> Self {
-        Self { slot: Mutex::new(Slot::default()), ready: Notify::new(), stats }
-    }
-
-    /// A new frame from the source; `false` once the slot is closed.
-    pub fn put(&self, frame: CapturedFrame) -> bool {
-        let mut slot = self.slot.lock();
-        if slot.ended {
-            return false;
-        }
-        self.stats.captured.inc();
-        if slot.frame.replace(frame).is_some() {
-            self.stats.dropped.inc();
-        }
-        drop(slot);
-        self.ready.notify_one();
-        true
-    }
-
-    /// A frame read from the source but skipped to keep the camera's frame-rate cap.
-    pub fn skip(&self) {
-        let slot = self.slot.lock();
-        if !slot.ended {
-            self.stats.captured.inc();
-            self.stats.rate_capped.inc();
-        }
-    }
-
-    /// The newest frame, waiting for one; `None` once the slot is closed and empty.
-    pub async fn next(&self) -> Option<CapturedFrame> {
-        loop {
-            {
-                let mut slot = self.slot.lock();
-                if let Some(frame) = slot.frame.take() {
-                    return Some(frame);
-                }
-                if slot.ended {
-                    return None;
-                }
-            }
-            self.ready.notified().await;
-        }
-    }
-
-    /// No more frames: the sender finishes what is in flight. `discard` drops the waiting frame
-    /// (the bridge is stopping) instead of leaving it to be sent (a file ended).
-    pub fn close(&self, discard: bool) {
-        let mut slot = self.slot.lock();
-        slot.ended = true;
-        if discard && slot.frame.take().is_some() {
-            self.stats.dropped.inc();
-        }
-        drop(slot);
-        self.ready.notify_one();
-    }
-}
-
-/// How a capture thread behaves.
-#[derive(Debug, Clone)]
+/// How a capture process behaves; the bridge hands it over as JSON on the command line.
+#[serde_as]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaptureSettings {
-    pub source: Source,
+    pub camera_id: String,
+    /// As in the cameras file.
+    pub source: String,
     pub looped: bool,
-    /// At most this many frames per second go to the slot.
+    /// At most this many frames per second go to the bridge.
     pub fps_cap: Option<f64>,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub reconnect_min: Duration,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub reconnect_max: Duration,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub open_timeout: Duration,
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
     pub read_timeout: Duration,
+    /// Frames of a live source older than this when read are dropped.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub max_frame_age: Duration,
 }
 
-/// Starts the capture thread of one camera.
-pub fn spawn(
-    camera_id: &str,
-    settings: CaptureSettings,
-    latest: Arc<LatestFrame>,
-    stats: Arc<CameraStats>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let camera_id = camera_id.to_owned();
-    std::thread::Builder::new()
-        .name(format!("capture-{camera_id}"))
-        .spawn(move || Capture { camera_id, settings, latest, stats, stop }.run())
+/// `linesight camera-capture`: not for people; the bridge starts it.
+#[derive(clap::Args)]
+pub struct CaptureArgs {
+    /// The capture settings, as JSON.
+    #[arg(long)]
+    settings: String,
 }
 
-struct Capture {
-    camera_id: String,
+/// Runs a capture process until its source ends, its output closes, or its input does (the bridge
+/// is gone).
+pub fn run_process(args: &CaptureArgs) -> anyhow::Result<()> {
+    let settings: CaptureSettings = serde_json::from_str(&args.settings)?;
+    // The bridge holds this process's standard input open; when the bridge goes, so does this.
+    std::thread::Builder::new().name("bridge-watch".into()).spawn(|| {
+        let mut sink = [0u8; 64];
+        while matches!(std::io::Read::read(&mut std::io::stdin(), &mut sink), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    })?;
+    let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    let source = Source::parse(&settings.source);
+    let clock = FrameClock::new(settings.max_frame_age);
+    Capture { settings, source, out, clock }.run();
+    Ok(())
+}
+
+struct Capture<W: Write> {
     settings: CaptureSettings,
-    latest: Arc<LatestFrame>,
-    stats: Arc<CameraStats>,
-    stop: Arc<AtomicBool>,
+    source: Source,
+    out: W,
+    clock: FrameClock,
 }
 
 /// Why a source stopped delivering frames.
@@ -137,118 +82,129 @@ enum Ended {
     EndOfFile,
     /// A read failed or timed out.
     Failed,
-    Stopping,
+    /// The bridge no longer reads this process's output.
+    BridgeGone,
 }
 
-impl Capture {
-    fn run(self) {
+impl<W: Write> Capture<W> {
+    fn run(mut self) {
         let mut backoff = Backoff::new(self.settings.reconnect_min, self.settings.reconnect_max);
-        // When the source last failed, while it has not yet delivered a frame since.
-        let mut failed_at: Option<Instant> = None;
         let mut opened_before = false;
-        let source = self.settings.source.display();
-        while !self.stop.load(Ordering::Relaxed) {
-            let mut capture = match open(&self.settings) {
+        let camera_id = self.settings.camera_id.clone();
+        let shown = self.source.display();
+        loop {
+            let mut capture = match open(&self.source, &self.settings) {
                 Ok(capture) => capture,
                 Err(message) => {
-                    tracing::warn!(message = "Source failed to open.", camera_id = %self.camera_id, %source, error = %message);
-                    failed_at.get_or_insert_with(Instant::now);
-                    self.sleep(backoff.next());
+                    tracing::warn!(message = "Source failed to open.", %camera_id, source = %shown, error = %message);
+                    if self.event(Event::Closed).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(backoff.next());
                     continue;
                 }
             };
-            self.stats.source_up.set(1);
             let reopened = std::mem::replace(&mut opened_before, true);
-            if reopened && self.settings.source.is_live() {
-                self.stats.source_reconnects.inc();
+            tracing::info!(message = "Source opened.", %camera_id, source = %shown, reopened);
+            if self.event(Event::Opened { reopened }).is_err() {
+                return;
             }
-            tracing::info!(message = "Source opened.", camera_id = %self.camera_id, %source, reopened);
-            let ended = self.read_frames(&mut capture, &mut failed_at, &mut backoff);
-            self.stats.source_up.set(0);
+            let ended = self.read_frames(&mut capture, &mut backoff);
             match ended {
-                Ended::Stopping => break,
+                Ended::BridgeGone => return,
                 Ended::EndOfFile if !self.settings.looped => {
-                    tracing::info!(message = "Source ended.", camera_id = %self.camera_id, %source);
-                    self.latest.close(false);
+                    tracing::info!(message = "Source ended.", %camera_id, source = %shown);
+                    let _ = self.event(Event::Ended);
                     return;
                 }
                 Ended::EndOfFile => {}
                 Ended::Failed => {
-                    tracing::warn!(message = "Source failed; reopening.", camera_id = %self.camera_id, %source);
-                    failed_at.get_or_insert_with(Instant::now);
-                    self.sleep(backoff.next());
+                    tracing::warn!(message = "Source failed; reopening.", %camera_id, source = %shown);
+                    if self.event(Event::Closed).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(backoff.next());
                 }
             }
         }
-        self.latest.close(true);
     }
 
-    fn read_frames(&self, capture: &mut VideoCapture, failed_at: &mut Option<Instant>, backoff: &mut Backoff) -> Ended {
+    fn event(&mut self, event: Event) -> std::io::Result<()> {
+        pipe::write_event(&mut self.out, event)
+    }
+
+    fn read_frames(&mut self, capture: &mut VideoCapture, backoff: &mut Backoff) -> Ended {
+        let fps = capture.get(videoio::CAP_PROP_FPS).ok().filter(|fps| *fps > 0.0 && *fps < 1000.0);
         // A file is played at its own rate, as a camera would deliver it; a live source sets its own pace.
-        let file_period = match &self.settings.source {
-            Source::File(_) => capture
-                .get(videoio::CAP_PROP_FPS)
-                .ok()
-                .filter(|fps| *fps > 0.0 && *fps < 1000.0)
-                .map(|fps| Duration::from_secs_f64(1.0 / fps)),
-            _ => None,
-        };
-        let mut pace = file_period.map(Pacer::new);
+        let live = self.source.is_live();
+        let mut pace = if live { None } else { fps.map(|fps| Pacer::new(Duration::from_secs_f64(1.0 / fps))) };
         let mut cap = self.settings.fps_cap.map(|fps| RateCap::new(Duration::from_secs_f64(1.0 / fps)));
+        // An RTSP stream's presentation times are its camera's clock; other sources' may be made up.
+        let trusted_timestamps = self.source.has_source_timestamps();
+        self.clock.opened(Instant::now(), fps);
         loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return Ended::Stopping;
-            }
             let mut image = Mat::default();
+            let read_began = Instant::now();
             match capture.read(&mut image) {
                 Ok(true) if !image.empty() => {}
-                Ok(_) if !self.settings.source.is_live() => return Ended::EndOfFile,
+                Ok(_) if !live => return Ended::EndOfFile,
                 Ok(_) => return Ended::Failed,
                 Err(error) => {
-                    tracing::warn!(message = "Source read failed.", camera_id = %self.camera_id, %error);
+                    tracing::warn!(message = "Source read failed.", camera_id = %self.settings.camera_id, %error);
                     return Ended::Failed;
                 }
             }
+            let read_at = Instant::now();
+            let age = if live {
+                let pts_ms = trusted_timestamps.then(|| capture.get(videoio::CAP_PROP_POS_MSEC).ok()).flatten();
+                match self.clock.judge(read_began, read_at, pts_ms) {
+                    Judgement::Fresh { age } => age,
+                    Judgement::Stale { why } => {
+                        if why == Staleness::OverAge {
+                            tracing::debug!(message = "Frame too old; dropped.", camera_id = %self.settings.camera_id);
+                        }
+                        if self.event(Event::Stale).is_err() {
+                            return Ended::BridgeGone;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                Duration::ZERO
+            };
             if let Some(pace) = &mut pace {
                 std::thread::sleep(pace.wait());
             }
-            let now = Instant::now();
-            if let Some(since) = failed_at.take() {
-                let outage = u64::try_from(now.duration_since(since).as_millis()).unwrap_or(u64::MAX);
-                self.stats.last_outage_ms.store(outage, Ordering::Relaxed);
-                tracing::info!(message = "Source delivering again.", camera_id = %self.camera_id, outage_ms = outage);
-            }
             backoff.reset();
+            let now = Instant::now();
             if let Some(cap) = &mut cap
                 && !cap.admit(now)
             {
-                self.latest.skip();
+                if self.event(Event::RateCapped).is_err() {
+                    return Ended::BridgeGone;
+                }
                 continue;
             }
-            let captured_unix_ms = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-            if !self.latest.put(CapturedFrame { image, captured_at: now, captured_unix_ms }) {
-                return Ended::Stopping;
+            let captured_at = if live { self.clock.capture_time(read_at, age) } else { now };
+            let captured_unix_us = unix_us_at(captured_at);
+            if pipe::write_frame(&mut self.out, &image, captured_unix_us).is_err() {
+                return Ended::BridgeGone;
             }
-        }
-    }
-
-    /// Sleeps `duration`, waking early when the bridge stops.
-    fn sleep(&self, duration: Duration) {
-        let until = Instant::now() + duration;
-        while !self.stop.load(Ordering::Relaxed) {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     }
 }
 
+/// Microseconds since the Unix epoch at `instant` (a moment just past).
+pub fn unix_us_at(instant: Instant) -> u64 {
+    let since = Instant::now().saturating_duration_since(instant);
+    SystemTime::now()
+        .checked_sub(since)
+        .and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |since_epoch| u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Opens a source with the backend its form calls for, with timeouts on network sources.
-fn open(settings: &CaptureSettings) -> Result<VideoCapture, String> {
+fn open(source: &Source, settings: &CaptureSettings) -> Result<VideoCapture, String> {
     let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
     let timeouts = Vector::from_slice(&[
         videoio::CAP_PROP_OPEN_TIMEOUT_MSEC,
@@ -256,7 +212,7 @@ fn open(settings: &CaptureSettings) -> Result<VideoCapture, String> {
         videoio::CAP_PROP_READ_TIMEOUT_MSEC,
         ms(settings.read_timeout),
     ]);
-    let opened = match &settings.source {
+    let opened = match source {
         Source::Url(url) => VideoCapture::from_file_with_params(url, videoio::CAP_FFMPEG, &timeouts),
         Source::File(path) => VideoCapture::from_file(path, videoio::CAP_ANY),
         Source::Device(device) => VideoCapture::from_file(device, videoio::CAP_V4L2),
@@ -265,7 +221,7 @@ fn open(settings: &CaptureSettings) -> Result<VideoCapture, String> {
     let capture = opened.map_err(|e| e.message)?;
     match capture.is_opened() {
         Ok(true) => Ok(capture),
-        Ok(false) => Err(match settings.source {
+        Ok(false) => Err(match source {
             Source::Url(_) => "the stream did not open (unreachable, refused, or not a video stream)",
             Source::File(_) => "the file did not open as a video",
             Source::Device(_) => "the device did not open (missing, busy, or not a V4L2 capture device)",
@@ -352,49 +308,6 @@ impl RateCap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::camera::stats::BridgeMetrics;
-
-    fn frame() -> CapturedFrame {
-        CapturedFrame { image: Mat::default(), captured_at: Instant::now(), captured_unix_ms: 0 }
-    }
-
-    #[tokio::test]
-    async fn the_newest_frame_wins_and_every_replaced_one_is_counted() {
-        let stats = BridgeMetrics::new().camera("c");
-        let latest = LatestFrame::new(stats.clone());
-        for _ in 0..5 {
-            assert!(latest.put(frame()));
-        }
-        latest.skip();
-        assert!(latest.next().await.is_some());
-        assert_eq!((stats.captured.get(), stats.dropped.get(), stats.rate_capped.get()), (6, 4, 1));
-        latest.put(frame());
-        latest.close(true);
-        assert!(latest.next().await.is_none(), "a closed slot hands out nothing");
-        assert!(!latest.put(frame()), "a closed slot takes nothing");
-        assert_eq!((stats.captured.get(), stats.dropped.get()), (7, 5), "the discarded frame counts as dropped");
-    }
-
-    #[tokio::test]
-    async fn a_file_that_ends_still_hands_out_its_last_frame() {
-        let latest = LatestFrame::new(BridgeMetrics::new().camera("c"));
-        latest.put(frame());
-        latest.close(false);
-        assert!(latest.next().await.is_some());
-        assert!(latest.next().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_waiting_sender_wakes_for_a_new_frame() {
-        let latest = Arc::new(LatestFrame::new(BridgeMetrics::new().camera("c")));
-        let waiting = tokio::spawn({
-            let latest = latest.clone();
-            async move { latest.next().await.is_some() }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        latest.put(frame());
-        assert!(tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap());
-    }
 
     #[test]
     fn backoff_doubles_to_its_ceiling_and_starts_over_after_a_success() {

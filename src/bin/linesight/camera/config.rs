@@ -64,6 +64,16 @@ pub struct BridgeSettings {
     #[serde_as(as = "DurationMilliSeconds<u64>")]
     #[serde(rename = "read_timeout_ms")]
     pub read_timeout: Duration,
+    /// A frame older than this (from its capture, as the source tells it) is dropped, not sent:
+    /// when it is read (buffered at an open, released by a stall) and when its turn to be sent comes.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "max_frame_age_ms")]
+    pub max_frame_age: Duration,
+    /// A stream whose oldest frame in flight has no answer within this is torn down and reopened
+    /// (a silent network path); HTTP/2 pings notice one while no frame is in flight.
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    #[serde(rename = "answer_timeout_ms")]
+    pub answer_timeout: Duration,
 }
 
 impl Default for BridgeSettings {
@@ -79,9 +89,11 @@ impl Default for BridgeSettings {
             stats_interval: Duration::from_secs(10),
             metrics_listen: None,
             reconnect_min: Duration::from_millis(200),
-            reconnect_max: Duration::from_secs(5),
+            reconnect_max: Duration::from_secs(2),
             open_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(5),
+            max_frame_age: Duration::from_millis(80),
+            answer_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -154,6 +166,13 @@ impl Source {
         !matches!(self, Self::File(_))
     }
 
+    /// Whether the source's presentation times are its camera's clock (RTP timestamps), so that
+    /// they tell how late a frame is; other sources' may be made up by the demuxer.
+    pub fn has_source_timestamps(&self) -> bool {
+        matches!(self, Self::Url(url) if url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("rtsp://"))
+            || url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("rtsps://")))
+    }
+
     /// The source as logs show it: a URL without its password.
     pub fn display(&self) -> String {
         match self {
@@ -199,6 +218,12 @@ impl BridgeFile {
         }
         if bridge.reconnect_min.is_zero() || bridge.reconnect_min > bridge.reconnect_max {
             problems.push("bridge.reconnect_min_ms must be above 0 and at most bridge.reconnect_max_ms".to_owned());
+        }
+        if bridge.max_frame_age.is_zero() {
+            problems.push("bridge.max_frame_age_ms must be above 0".to_owned());
+        }
+        if bridge.answer_timeout.is_zero() {
+            problems.push("bridge.answer_timeout_ms must be above 0".to_owned());
         }
         if bridge.stats_interval.is_zero() {
             problems.push("bridge.stats_interval_ms must be above 0".to_owned());
@@ -284,7 +309,8 @@ mod tests {
         .unwrap();
         assert_eq!(file.bridge.window, 1);
         assert_eq!(file.bridge.read_timeout, Duration::from_millis(1500));
-        assert_eq!(file.bridge.reconnect_max, Duration::from_secs(5));
+        assert_eq!(file.bridge.reconnect_max, Duration::from_secs(2));
+        assert_eq!(file.bridge.max_frame_age, Duration::from_millis(80));
         assert_eq!(file.cameras[0].fps, Some(10.0));
         assert!(!file.cameras[0].looped);
         file.validate().unwrap();

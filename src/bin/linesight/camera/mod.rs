@@ -1,25 +1,31 @@
 //! `linesight camera`: the camera bridge. Captures RTSP/HTTP streams, video files, V4L2 devices and
-//! GStreamer pipelines with OpenCV, one thread per source, and streams each camera's newest frame to
-//! a server over `InspectStream`; answers go out as JSON lines, stats to the log and `/metrics`.
+//! GStreamer pipelines with OpenCV, one process per source, and streams each camera's newest frame
+//! to a server over `InspectStream`; answers go out as JSON lines, stats to the log and `/metrics`.
 
 mod capture;
 mod config;
+mod frame_age;
+mod latest;
 mod output;
+mod pipe;
 mod sender;
 mod stats;
+mod supervisor;
+
+pub use capture::{CaptureArgs, run_process as run_capture_process};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::remote::RemoteArgs;
-use capture::{CaptureSettings, LatestFrame};
+use capture::CaptureSettings;
 use config::{BridgeFile, CameraSettings, FrameEncoding, Source};
+use latest::LatestFrame;
 use output::AnswerLog;
 use sender::{CameraSender, Link};
 use stats::{BridgeMetrics, CameraSnapshot};
@@ -123,10 +129,11 @@ impl CameraArgs {
     }
 }
 
-/// A camera while the bridge runs: its frame slot and its counts.
+/// A camera while the bridge runs: its frame slot, its counts and its capture process.
 struct Running {
     latest: Arc<LatestFrame>,
     stats: Arc<stats::CameraStats>,
+    capture: supervisor::CaptureHandle,
 }
 
 /// Runs the bridge until every source has ended, the duration is up, or a signal asks it to stop.
@@ -150,18 +157,19 @@ pub async fn run(args: CameraArgs) -> anyhow::Result<()> {
         answers,
         reconnect_min: bridge.reconnect_min,
         reconnect_max: bridge.reconnect_max,
+        max_frame_age: bridge.max_frame_age,
+        answer_timeout: bridge.answer_timeout,
     });
     let metrics = Arc::new(BridgeMetrics::new());
     let metrics_server = match bridge.metrics_listen {
         Some(listen) => Some(serve_metrics(listen, metrics.clone()).await?),
         None => None,
     };
-    let stop_capture = Arc::new(AtomicBool::new(false));
     let (stop, stopped) = watch::channel(false);
     let mut senders = tokio::task::JoinSet::new();
     let mut cameras = Vec::with_capacity(file.cameras.len());
     for camera in &file.cameras {
-        let running = start_camera(camera, bridge, &metrics, &stop_capture)?;
+        let running = start_camera(camera, bridge, &metrics)?;
         let sender = CameraSender {
             camera_id: camera.id.clone(),
             pipeline: camera.pipeline.clone(),
@@ -184,8 +192,8 @@ pub async fn run(args: CameraArgs) -> anyhow::Result<()> {
         } } => tracing::info!(message = "Duration reached."),
     }
     // Capture stops first, so that the counts are final; the senders then finish what is in flight.
-    stop_capture.store(true, Ordering::Relaxed);
     for camera in &cameras {
+        camera.capture.stop();
         camera.latest.close(true);
     }
     let _ = stop.send(true);
@@ -195,31 +203,32 @@ pub async fn run(args: CameraArgs) -> anyhow::Result<()> {
         server.abort();
     }
     write_totals(&cameras, args.summary.as_deref())
-    // Capture threads may be blocked in a read for up to the read timeout; the process ends without them.
 }
 
-/// A camera's slot and counters, and its capture thread started.
+/// A camera's slot and counters, and its capture process started.
 fn start_camera(
     camera: &CameraSettings,
     bridge: &config::BridgeSettings,
     metrics: &BridgeMetrics,
-    stop_capture: &Arc<AtomicBool>,
 ) -> anyhow::Result<Running> {
     let stats = metrics.camera(&camera.id);
     let latest = Arc::new(LatestFrame::new(stats.clone()));
     let settings = CaptureSettings {
-        source: Source::parse(&camera.source),
+        camera_id: camera.id.clone(),
+        source: camera.source.clone(),
         looped: camera.looped,
         fps_cap: camera.fps,
         reconnect_min: bridge.reconnect_min,
         reconnect_max: bridge.reconnect_max,
         open_timeout: bridge.open_timeout,
         read_timeout: bridge.read_timeout,
+        max_frame_age: bridge.max_frame_age,
     };
-    tracing::info!(message = "Camera starting.", camera_id = %camera.id, source = %settings.source.display(), pipeline = %camera.pipeline, server = %bridge.server);
-    capture::spawn(&camera.id, settings, latest.clone(), stats.clone(), stop_capture.clone())
-        .with_context(|| format!("cannot start the capture thread of {}", camera.id))?;
-    Ok(Running { latest, stats })
+    let shown = Source::parse(&camera.source).display();
+    tracing::info!(message = "Camera starting.", camera_id = %camera.id, source = %shown, pipeline = %camera.pipeline, server = %bridge.server);
+    let capture = supervisor::spawn(settings, latest.clone(), stats.clone())
+        .with_context(|| format!("cannot start the capture of {}", camera.id))?;
+    Ok(Running { latest, stats, capture })
 }
 
 /// Logs every camera's counts, and the latency since the last report, every `every`.

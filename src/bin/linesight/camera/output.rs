@@ -47,6 +47,8 @@ pub struct AnswerLine<'a> {
     pub camera_id: &'a str,
     pub sequence: u64,
     pub captured_unix_ms: u64,
+    /// When the bridge sent the frame (Unix milliseconds).
+    pub sent_unix_ms: u64,
     /// From capture to answer, in the bridge.
     pub latency_ms: f64,
     pub verdict: &'static str,
@@ -113,6 +115,7 @@ impl<'a> AnswerLine<'a> {
     pub fn of(
         response: &'a InspectResponse,
         captured_unix_ms: u64,
+        sent_unix_ms: u64,
         latency_ms: f64,
         annotated: Option<String>,
     ) -> Self {
@@ -132,6 +135,7 @@ impl<'a> AnswerLine<'a> {
             camera_id: &response.camera_id,
             sequence: response.sequence,
             captured_unix_ms,
+            sent_unix_ms,
             latency_ms,
             verdict: verdict_name(response),
             pipeline: &response.pipeline,
@@ -192,7 +196,8 @@ mod tests {
             timings: Some(proto::StageTimings { total_us: 41_500, ..Default::default() }),
             ..Default::default()
         };
-        let line = serde_json::to_value(AnswerLine::of(&response, 1_700_000_000_000, 52.5, None)).unwrap();
+        let line =
+            serde_json::to_value(AnswerLine::of(&response, 1_700_000_000_000, 1_700_000_000_020, 52.5, None)).unwrap();
         assert_eq!(line["verdict"], "over_budget");
         assert_eq!(line["server_ms"], 41.5);
         assert_eq!(line["detections"][0]["box"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));

@@ -1,7 +1,9 @@
 //! Sending: per camera, one `InspectStream` with at most `window` frames in flight. Whenever the
-//! window has room it takes the newest captured frame; answers come back in frame order. A broken
-//! stream or an unreachable server is reconnected with backoff, and the camera's sequence numbers
-//! carry on across reconnects (and across restarts of the bridge), so the server's tracker keeps order.
+//! window has room it takes the newest captured frame, unless that is already older than
+//! `max_frame_age_ms`; answers come back in frame order. A broken stream, an unreachable server, or
+//! a stream whose oldest frame has no answer within `answer_timeout_ms` (a path that went silent) is
+//! reconnected with backoff, and the camera's sequence numbers carry on across reconnects (and
+//! across restarts of the bridge), so the server's tracker keeps order.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -14,8 +16,9 @@ use opencv::prelude::*;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::capture::{Backoff, CapturedFrame, LatestFrame};
+use super::capture::Backoff;
 use super::config::FrameEncoding;
+use super::latest::{CapturedFrame, LatestFrame};
 use super::output::{AnswerLine, AnswerLog, annotated_path};
 use super::stats::CameraStats;
 use crate::remote::{self, Access, Client};
@@ -35,6 +38,8 @@ pub struct Link {
     pub answers: Option<Arc<AnswerLog>>,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub max_frame_age: Duration,
+    pub answer_timeout: Duration,
 }
 
 /// One camera's side of the link.
@@ -52,6 +57,8 @@ struct InFlight {
     sequence: u64,
     captured_at: Instant,
     captured_unix_ms: u64,
+    sent_at: tokio::time::Instant,
+    sent_unix_ms: u64,
 }
 
 /// How one stream ended.
@@ -111,9 +118,16 @@ impl CameraSender {
     /// One `InspectStream` until it ends.
     async fn stream(&self, mut client: Client, next_sequence: &mut u64, stop: &mut watch::Receiver<bool>) -> StreamEnd {
         let (requests, outgoing) = tokio::sync::mpsc::channel::<InspectRequest>(self.link.window);
-        let mut responses = match client.inspect_stream(ReceiverStream::new(outgoing)).await {
-            Ok(responses) => responses.into_inner(),
-            Err(status) => return StreamEnd::Broken { reason: status.to_string(), answered: 0 },
+        let opened =
+            tokio::time::timeout(self.link.answer_timeout, client.inspect_stream(ReceiverStream::new(outgoing)));
+        let mut responses = match opened.await {
+            Ok(Ok(responses)) => responses.into_inner(),
+            Ok(Err(status)) => return StreamEnd::Broken { reason: status.to_string(), answered: 0 },
+            Err(_) => {
+                let reason =
+                    format!("the stream did not open within answer_timeout_ms ({:?})", self.link.answer_timeout);
+                return StreamEnd::Broken { reason, answered: 0 };
+            }
         };
         self.stats.server_up.set(1);
         tracing::info!(message = "Streaming.", camera_id = %self.camera_id, server = %self.link.endpoint);
@@ -124,6 +138,8 @@ impl CameraSender {
             if source_ended && in_flight.is_empty() {
                 return StreamEnd::SourceEnded;
             }
+            // The oldest frame in flight must be answered by then, or the path is taken as dead.
+            let answer_due = in_flight.front().map(|oldest| oldest.sent_at + self.link.answer_timeout);
             tokio::select! {
                 biased;
                 _ = stop.changed() => {
@@ -145,11 +161,20 @@ impl CameraSender {
                         return StreamEnd::Broken { reason: status.to_string(), answered };
                     }
                 },
+                () = sleep_until(answer_due), if answer_due.is_some() => {
+                    self.lose(&mut in_flight);
+                    let reason = format!("no answer within answer_timeout_ms ({:?})", self.link.answer_timeout);
+                    return StreamEnd::Broken { reason, answered };
+                }
                 frame = self.latest.next(), if !source_ended && in_flight.len() < self.link.window => {
                     let Some(frame) = frame else {
                         source_ended = true;
                         continue;
                     };
+                    if frame.captured_at.elapsed() > self.link.max_frame_age {
+                        self.stats.stale.inc();
+                        continue;
+                    }
                     let sequence = *next_sequence;
                     let Some(request) = self.request(frame, sequence, &mut in_flight).await else { continue };
                     *next_sequence += 1;
@@ -186,7 +211,13 @@ impl CameraSender {
             }
         };
         let annotate = self.link.annotate_every > 0 && sequence.is_multiple_of(self.link.annotate_every);
-        in_flight.push_back(InFlight { sequence, captured_at, captured_unix_ms });
+        in_flight.push_back(InFlight {
+            sequence,
+            captured_at,
+            captured_unix_ms,
+            sent_at: tokio::time::Instant::now(),
+            sent_unix_ms: unix_ms_now(),
+        });
         Some(InspectRequest {
             camera_id: self.camera_id.clone(),
             sequence,
@@ -246,7 +277,8 @@ impl CameraSender {
             _ => None,
         };
         if let Some(answers) = &self.link.answers {
-            answers.write(&AnswerLine::of(&response, sent.captured_unix_ms, latency.as_secs_f64() * 1e3, annotated));
+            let latency_ms = latency.as_secs_f64() * 1e3;
+            answers.write(&AnswerLine::of(&response, sent.captured_unix_ms, sent.sent_unix_ms, latency_ms, annotated));
         }
     }
 
@@ -280,6 +312,17 @@ async fn hand_off(
     stats.sent.inc();
     stats.record_sequence(sequence);
     requests.send(request).await.is_ok()
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
 fn lose_all(stats: &CameraStats, in_flight: &mut VecDeque<InFlight>) {
@@ -358,7 +401,8 @@ mod tests {
         let mut in_flight = VecDeque::new();
         let frame = |sequence| {
             let request = InspectRequest { camera_id: "line".into(), sequence, ..Default::default() };
-            (request, InFlight { sequence, captured_at: Instant::now(), captured_unix_ms: 0 })
+            let sent_at = tokio::time::Instant::now();
+            (request, InFlight { sequence, captured_at: Instant::now(), captured_unix_ms: 0, sent_at, sent_unix_ms: 0 })
         };
         let (request, sent) = frame(7);
         in_flight.push_back(sent);

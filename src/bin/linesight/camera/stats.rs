@@ -43,6 +43,7 @@ pub struct BridgeMetrics {
     registry: Registry,
     frames: Family<FrameLabels, Counter>,
     reconnects: Family<LinkLabels, Counter>,
+    capture_restarts: Family<CameraLabels, Counter>,
     up: Family<LinkLabels, Gauge>,
     latency: HistogramFamily,
 }
@@ -53,7 +54,7 @@ impl BridgeMetrics {
         let frames = Family::<FrameLabels, Counter>::default();
         registry.register(
             "frames",
-            "Frames per camera by step: captured, rate_capped (over the camera's fps), dropped (replaced by a newer frame before it could be sent), sent, answered, within_budget, over_budget, shed, failed (answered with an error), lost (sent but unanswered when the connection broke)",
+            "Frames per camera by step: captured, rate_capped (over the camera's fps), stale (older than max_frame_age_ms when read or when its turn to be sent came), dropped (replaced by a newer frame before it could be sent), sent, answered, within_budget, over_budget, shed, failed (answered with an error), lost (sent but unanswered when the connection broke)",
             frames.clone(),
         );
         let reconnects = Family::<LinkLabels, Counter>::default();
@@ -61,6 +62,12 @@ impl BridgeMetrics {
             "reconnects",
             "Times a source (link=source) or the server (link=server) was reached again after it failed",
             reconnects.clone(),
+        );
+        let capture_restarts = Family::<CameraLabels, Counter>::default();
+        registry.register(
+            "capture_restarts",
+            "Times a camera's capture process exited (crashed, or was killed) and was started again",
+            capture_restarts.clone(),
         );
         let up = Family::<LinkLabels, Gauge>::default();
         registry.register(
@@ -70,7 +77,7 @@ impl BridgeMetrics {
         );
         let latency = HistogramFamily::new_with_constructor(latency_histogram as fn() -> _);
         registry.register("latency_seconds", "From a frame's capture to its answer", latency.clone());
-        Self { registry, frames, reconnects, up, latency }
+        Self { registry, frames, reconnects, capture_restarts, up, latency }
     }
 
     /// A camera's counters, registered under its id.
@@ -83,10 +90,13 @@ impl BridgeMetrics {
         let reconnects = |name| self.reconnects.get_or_create(&link(name)).clone();
         let up = |name| self.up.get_or_create(&link(name)).clone();
         let latency = self.latency.get_or_create(&CameraLabels { camera_id: camera_id.to_owned() }).clone();
+        let capture_restarts =
+            self.capture_restarts.get_or_create(&CameraLabels { camera_id: camera_id.to_owned() }).clone();
         Arc::new(CameraStats {
             camera_id: camera_id.to_owned(),
             captured: frame("captured"),
             rate_capped: frame("rate_capped"),
+            stale: frame("stale"),
             dropped: frame("dropped"),
             sent: frame("sent"),
             answered: frame("answered"),
@@ -97,6 +107,7 @@ impl BridgeMetrics {
             lost: frame("lost"),
             source_reconnects: reconnects("source"),
             server_reconnects: reconnects("server"),
+            capture_restarts,
             source_up: up("source"),
             server_up: up("server"),
             latency,
@@ -155,13 +166,14 @@ pub struct LatencyMs {
 }
 
 /// One camera's counts. Frames are counted once at each step they reach, so that
-/// `captured = rate_capped + dropped + sent (+ the one waiting)` and
+/// `captured = rate_capped + stale + dropped + sent (+ the one waiting)` and
 /// `sent = answered + lost (+ those in flight)`, and
 /// `answered = within_budget + over_budget + shed + failed`.
 pub struct CameraStats {
     pub camera_id: String,
     pub captured: Counter,
     pub rate_capped: Counter,
+    pub stale: Counter,
     pub dropped: Counter,
     pub sent: Counter,
     pub answered: Counter,
@@ -172,6 +184,7 @@ pub struct CameraStats {
     pub lost: Counter,
     pub source_reconnects: Counter,
     pub server_reconnects: Counter,
+    pub capture_restarts: Counter,
     pub source_up: Gauge,
     pub server_up: Gauge,
     latency: Histogram,
@@ -213,6 +226,7 @@ impl CameraStats {
             camera_id: self.camera_id.clone(),
             captured: self.captured.get(),
             rate_capped: self.rate_capped.get(),
+            stale: self.stale.get(),
             dropped: self.dropped.get(),
             sent: self.sent.get(),
             answered: self.answered.get(),
@@ -224,6 +238,7 @@ impl CameraStats {
             latency_ms,
             source_reconnects: self.source_reconnects.get(),
             server_reconnects: self.server_reconnects.get(),
+            capture_restarts: self.capture_restarts.get(),
             last_outage_ms: self.last_outage_ms.load(Ordering::Relaxed),
             first_sequence: self.first_sequence.load(Ordering::Relaxed),
             last_sequence: self.last_sequence.load(Ordering::Relaxed),
@@ -236,6 +251,7 @@ pub struct CameraSnapshot {
     pub camera_id: String,
     pub captured: u64,
     pub rate_capped: u64,
+    pub stale: u64,
     pub dropped: u64,
     pub sent: u64,
     pub answered: u64,
@@ -248,6 +264,7 @@ pub struct CameraSnapshot {
     pub latency_ms: LatencyMs,
     pub source_reconnects: u64,
     pub server_reconnects: u64,
+    pub capture_restarts: u64,
     pub last_outage_ms: u64,
     pub first_sequence: u64,
     pub last_sequence: u64,
@@ -262,6 +279,7 @@ impl CameraSnapshot {
             sent = self.sent,
             dropped = self.dropped,
             rate_capped = self.rate_capped,
+            stale = self.stale,
             answered = self.answered,
             within_budget = self.within_budget,
             over_budget = self.over_budget,
@@ -272,6 +290,7 @@ impl CameraSnapshot {
             latency_p99_ms = self.latency_ms.p99,
             source_reconnects = self.source_reconnects,
             server_reconnects = self.server_reconnects,
+            capture_restarts = self.capture_restarts,
         );
     }
 }
