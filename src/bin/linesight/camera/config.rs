@@ -89,7 +89,7 @@ impl Default for BridgeSettings {
             stats_interval: Duration::from_secs(10),
             metrics_listen: None,
             reconnect_min: Duration::from_millis(200),
-            reconnect_max: Duration::from_secs(2),
+            reconnect_max: Duration::from_secs(1),
             open_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(5),
             max_frame_age: Duration::from_millis(80),
@@ -309,7 +309,7 @@ mod tests {
         .unwrap();
         assert_eq!(file.bridge.window, 1);
         assert_eq!(file.bridge.read_timeout, Duration::from_millis(1500));
-        assert_eq!(file.bridge.reconnect_max, Duration::from_secs(2));
+        assert_eq!(file.bridge.reconnect_max, Duration::from_secs(1));
         assert_eq!(file.bridge.max_frame_age, Duration::from_millis(80));
         assert_eq!(file.cameras[0].fps, Some(10.0));
         assert!(!file.cameras[0].looped);

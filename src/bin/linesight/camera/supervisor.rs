@@ -125,6 +125,9 @@ impl Supervisor {
         let settings = serde_json::to_string(&self.settings).map_err(std::io::Error::other)?;
         let mut child = Command::new(&self.program)
             .args(["camera-capture", "--settings", &settings])
+            // FFmpeg's frame-threaded decoding holds back a frame per extra thread (200 ms at 10 fps
+            // with two): one thread decodes a camera's stream as it comes.
+            .env("OPENCV_FFMPEG_THREADS", "1")
             // Its standard input stays open while the bridge lives: the process ends when it closes.
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

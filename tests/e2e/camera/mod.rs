@@ -12,6 +12,8 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::common::{self, TestServer};
 
+mod faults;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -137,8 +139,11 @@ impl Bridge {
         }
     }
 
+    /// The bridge's resident memory with its capture processes'.
     fn rss_mib(&self) -> f64 {
-        common::rss_mib(self.child.id().unwrap()).unwrap()
+        let pid = self.child.id().unwrap();
+        let captures: f64 = capture_processes(pid).iter().filter_map(|(child, _)| common::rss_mib(*child)).sum();
+        common::rss_mib(pid).unwrap() + captures
     }
 
     /// SIGTERM, then the per-camera totals it wrote, the answers and the log.
@@ -160,6 +165,25 @@ impl Bridge {
         let cameras = summary["cameras"].as_array().unwrap().clone();
         (cameras, self.answers(), log)
     }
+}
+
+/// The capture processes of the bridge `pid`: their pids and command lines.
+fn capture_processes(pid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // pid (comm) state ppid …: the command name may hold spaces, so read after its ')'.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(pid) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("camera-capture") {
+                found.push((child, cmdline));
+            }
+        }
+    }
+    found
 }
 
 fn camera<'a>(summary: &'a [Value], id: &str) -> &'a Value {
