@@ -30,48 +30,20 @@ impl SilentPort {
     }
 }
 
-/// An H.264 RTSP camera whose frames carry the time they were made (`tests/tools/timecode_camera.py`).
-struct TimecodeCamera {
-    child: tokio::process::Child,
-    url: String,
+/// An H.264 RTSP camera whose frames carry the time they were made (`tests/tools/timecode_camera.py`,
+/// which needs gstreamer1.0-plugins-bad for openh264enc); with `--mute`, one that answers RTSP and
+/// never sends a frame.
+async fn timecode_camera(port: u16, flags: &[&str]) -> RtspCamera {
+    let port = port.to_string();
+    let args: Vec<&str> =
+        ["--port", port.as_str(), "--fps", "10", "--stall-s", "8"].into_iter().chain(flags.iter().copied()).collect();
+    RtspCamera::spawn("timecode_camera.py", &args).await
 }
 
-impl TimecodeCamera {
-    async fn start(port: u16) -> Self {
-        Self::start_with(port, &[]).await
-    }
-
-    /// Answers RTSP, never sends a frame.
-    async fn mute(port: u16) -> Self {
-        Self::start_with(port, &["--mute"]).await
-    }
-
-    async fn start_with(port: u16, flags: &[&str]) -> Self {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/timecode_camera.py");
-        let mut child = tokio::process::Command::new("/usr/bin/python3")
-            .arg(script)
-            .args(["--port", &port.to_string(), "--fps", "10", "--stall-s", "8"])
-            .args(flags)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 with gi (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-bad)");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
-        let line = ready.expect("camera ready in time").unwrap().expect("camera exited before it was ready");
-        let url = line.strip_prefix("ready ").expect("ready line").to_owned();
-        Self { child, url }
-    }
-
-    /// No frame for 8 s; its clients' sessions stay open.
-    fn stall(&self) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
-    }
-
-    async fn kill(mut self) {
-        self.child.kill().await.unwrap();
-    }
+/// No frame from the time-coded camera for 8 s; its clients' sessions stay open.
+fn stall(camera: &RtspCamera) {
+    let pid = camera.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
 }
 
 /// When a frame was made, read from the barcode `timecode_camera.py` draws (at most 2^40 ms ago).
@@ -211,7 +183,7 @@ async fn a_silent_a_mute_and_a_refused_camera_do_not_hold_up_the_good_ones() {
     let mut good_1 = Some(RtspCamera::start(port_1, 10).await);
     let good_2 = RtspCamera::start(port_2, 10).await;
     let silent = SilentPort::start().await;
-    let mute = TimecodeCamera::mute(free_port()).await;
+    let mute = timecode_camera(free_port(), &["--mute"]).await;
     let refused = free_port();
     let good_cameras = format!(
         r#"
@@ -349,7 +321,7 @@ async fn no_frame_older_than_max_frame_age_is_sent_after_an_open_or_a_stall() {
     let annotated = dir.path().join("annotated");
     let server = TestServer::start(common::test_config()).await;
     let port = free_port();
-    let source = TimecodeCamera::start(port).await;
+    let source = timecode_camera(port, &[]).await;
     let bridge = Bridge::with_cameras(
         dir.path(),
         &format!(
@@ -371,12 +343,12 @@ async fn no_frame_older_than_max_frame_age_is_sent_after_an_open_or_a_stall() {
     .await;
     let since = |a: &[Value], ms: u64| a.iter().filter(|a| a["captured_unix_ms"].as_u64().unwrap() > ms).count();
     bridge.wait_for("frames before the stall", Duration::from_secs(60), |a| a.len() >= 30).await;
-    source.stall();
+    stall(&source);
     let stalled_ms = unix_ms();
     bridge.wait_for("frames after the stall", Duration::from_secs(60), |a| since(a, stalled_ms + 8_000) >= 20).await;
     source.kill().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let source = TimecodeCamera::start(port).await;
+    let source = timecode_camera(port, &[]).await;
     let restarted_ms = unix_ms();
     bridge.wait_for("frames after the restart", Duration::from_secs(60), |a| since(a, restarted_ms) >= 20).await;
     let (summary, answers, _) = bridge.stop().await;

@@ -45,11 +45,17 @@ struct RtspCamera {
 
 impl RtspCamera {
     async fn start(port: u16, fps: u32) -> Self {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/rtsp_server.py");
+        let frames = common::fixture("vtest-clip").display().to_string();
+        let args = ["--port", &port.to_string(), "--start", "100", "--fps", &fps.to_string(), "--frames", &frames];
+        Self::spawn("rtsp_server.py", &args).await
+    }
+
+    /// One of the RTSP servers in `tests/tools`, once it has printed `ready <url>`.
+    async fn spawn(script: &str, args: &[&str]) -> Self {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools").join(script);
         let mut child = tokio::process::Command::new("/usr/bin/python3")
             .arg(script)
-            .args(["--port", &port.to_string(), "--start", "100", "--fps", &fps.to_string(), "--frames"])
-            .arg(common::fixture("vtest-clip"))
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
