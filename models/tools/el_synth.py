@@ -320,8 +320,11 @@ def make_cell(seed: int, defect_probability: float = 0.75, cell_type: str | None
     mottled patches on poly cells). Version 3 adds what real cells showed the version-2 model to
     miss or mistake: thin faint streaks along fingers (clustered finger failures), faint 1-px
     micro-cracks, faint graded inactive areas, large cloudy dislocation clusters on poly cells, and
-    a wider range of exposure, vignetting, blur and noise. Versions 1 and 2 draw the same cells as
-    before.
+    a wider range of exposure, vignetting, blur and noise. Version 4 keeps version 3's cells and
+    changes only their capture, fitted to statistics measured on real cells (ELPV odd rows: mean
+    level, contrast, high-pass and Laplacian energy): brighter exposure, less pixel noise, applied
+    before the optical blur, and a resample through a lower resolution, as a cell cut from a module
+    image and resized is smooth at the pixel level. Earlier versions draw the same cells as before.
     """
     rng = np.random.default_rng(seed)
     cell_type = cell_type or ("mono" if rng.random() < 0.45 else "poly")
@@ -405,7 +408,19 @@ def make_cell(seed: int, defect_probability: float = 0.75, cell_type: str | None
         img[:, -frame:] *= 0.3
 
     # Capture: exposure, blur, gamma, noise.
-    if version >= 3:  # the wider range of real EL cameras: exposure, vignetting, blur, noise
+    if version >= 4:  # as measured on real cells (odd rows): brighter, and smooth at the pixel level
+        level = rng.uniform(120, 235)
+        r2 = ((xx - rng.uniform(0, SIZE)) ** 2 + (yy - rng.uniform(0, SIZE)) ** 2) / SIZE**2
+        img = img * level * (1.0 - rng.uniform(0.0, 0.25) * r2)
+        img += rng.normal(0, rng.uniform(0.5, 4.0), img.shape)  # sensor noise, before the optics
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.4))
+        # A cell is cut from a module image and resized: it passes through a lower resolution.
+        side = int(rng.uniform(150, 300))
+        img = cv2.resize(cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA), (SIZE, SIZE), interpolation=cv2.INTER_CUBIC)
+        gamma = rng.uniform(0.7, 1.4)
+        img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** gamma
+        img += rng.normal(0, rng.uniform(0.3, 1.5), img.shape)
+    elif version >= 3:  # the wider range of real EL cameras: exposure, vignetting, blur, noise
         level = rng.uniform(80, 235)
         r2 = ((xx - rng.uniform(0, SIZE)) ** 2 + (yy - rng.uniform(0, SIZE)) ** 2) / SIZE**2
         img = img * level * (1.0 - rng.uniform(0.0, 0.25) * r2)
@@ -452,7 +467,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--count", type=int, default=16)
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--version", type=int, default=3, help="generator version (see make_cell)")
+    ap.add_argument("--version", type=int, default=3, help="generator version (see make_cell; 4: version 3 with a capture fitted to real cells)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     tiles = []
