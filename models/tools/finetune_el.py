@@ -235,8 +235,9 @@ def main() -> None:
                 g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
             idx = order[start : start + args.batch]
             images = [augment(tensors[i], rng) for i in idx]
-            image_list, _ = model.transform(images, None)
-            logits = model.cell_head(model.backbone(image_list.tensors))
+            # As the exported graph runs them: the 300 x 300 cells straight into the backbone
+            # (`model.transform` would pad the batch to 320 x 320, which the service never sends).
+            logits = model.cell_head(model.backbone(torch.stack(images)))
             real = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[idx], pos_weight=pos_weight)
             losses = {"real_cell": real}
             if args.synthetic:
