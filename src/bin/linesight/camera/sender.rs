@@ -16,7 +16,7 @@ use opencv::prelude::*;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::capture::Backoff;
+use super::capture::{Backoff, unix_us_at};
 use super::config::FrameEncoding;
 use super::latest::{CapturedFrame, LatestFrame};
 use super::output::{AnswerLine, AnswerLog, annotated_path};
@@ -216,7 +216,7 @@ impl CameraSender {
             captured_at,
             captured_unix_ms,
             sent_at: tokio::time::Instant::now(),
-            sent_unix_ms: unix_ms_now(),
+            sent_unix_ms: unix_us_at(Instant::now()) / 1000,
         });
         Some(InspectRequest {
             camera_id: self.camera_id.clone(),
@@ -319,10 +319,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
 fn lose_all(stats: &CameraStats, in_flight: &mut VecDeque<InFlight>) {

@@ -6,11 +6,11 @@ use std::io::BufReader;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::capture::{Backoff, CaptureSettings};
+use super::capture::{Backoff, CaptureSettings, unix_us_at};
 use super::config::Source;
 use super::latest::{CapturedFrame, LatestFrame};
 use super::pipe::{self, Event, Message};
@@ -189,7 +189,7 @@ impl Supervisor {
             tracing::info!(message = "Source delivering again.", camera_id = %self.settings.camera_id, outage_ms = outage);
         }
         self.last_frame_at = Some(now);
-        let age = unix_now_us().saturating_sub(captured_unix_us);
+        let age = unix_us_at(now).saturating_sub(captured_unix_us);
         let captured_at = now.checked_sub(Duration::from_micros(age)).unwrap_or(now);
         self.latest.put(CapturedFrame { image, captured_at, captured_unix_ms: captured_unix_us / 1000 })
     }
@@ -225,10 +225,4 @@ impl Supervisor {
             std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     }
-}
-
-fn unix_now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
 }
