@@ -1,6 +1,10 @@
 // linesight's preprocessing and mask-paste kernels, compiled at run time by NVRTC.
-// Resize arithmetic is fast_image_resize's u8 bilinear (fixed-point taps from imaging::resample:
-// a vertical pass rounded to u8, then a horizontal pass), so the tensors equal the CPU path's.
+// Resize arithmetic, so that the tensors equal the CPU path's:
+//  * letterboxes (linear = 1): OpenCV's INTER_LINEAR (imaging::linear::linear_pixel): two source
+//    columns and rows per output pixel, 11-bit weights, horizontal sums exact, the vertical blend
+//    rounded once;
+//  * crops (linear = 0): fast_image_resize's u8 bilinear (fixed-point taps from imaging::resample:
+//    a vertical pass rounded to u8, then a horizontal pass).
 
 struct Region {
     unsigned long long src_offset;  // byte offset of the source RGB8 image in `pixels`
@@ -11,11 +15,37 @@ struct Region {
     int weights_x, weights_y;       // first weight of this region's taps in weights
     int window_x, window_y;
     int precision_x, precision_y;
+    int linear;                     // 1: OpenCV INTER_LINEAR; starts/counts hold the two coordinates
 };
 
 __device__ __forceinline__ int clip8(int v, int precision) {
     int shifted = v >> precision;
     return shifted < 0 ? 0 : (shifted > 255 ? 255 : shifted);
+}
+
+// imaging::linear::blend_rows: OpenCV's v_mul_hi(h >> 4, b) per row, summed, (sum + 2) >> 2.
+__device__ __forceinline__ int blend_rows(int h0, int h1, int b0, int b1) {
+    const int v = (((h0 >> 4) * b0) >> 16) + (((h1 >> 4) * b1) >> 16);
+    const int out = (v + 2) >> 2;
+    return out < 0 ? 0 : (out > 255 ? 255 : out);
+}
+
+// The letterboxed RGB pixel at (lx, ly) of a linear region (imaging::linear::linear_pixel).
+__device__ __forceinline__ void resample_linear(const unsigned char* __restrict__ pixels, const Region& r,
+                                                const int* __restrict__ first, const int* __restrict__ second,
+                                                const short* __restrict__ weights, int lx, int ly, int rgb[3]) {
+    const long long stride = (long long)r.src_width * 3;
+    const unsigned char* src = pixels + r.src_offset;
+    const int x0 = first[r.taps_x + lx] * 3, x1 = second[r.taps_x + lx] * 3;
+    const unsigned char* row0 = src + (long long)first[r.taps_y + ly] * stride;
+    const unsigned char* row1 = src + (long long)second[r.taps_y + ly] * stride;
+    const short* a = weights + r.weights_x + lx * 2;
+    const short* b = weights + r.weights_y + ly * 2;
+    for (int c = 0; c < 3; ++c) {
+        const int h0 = row0[x0 + c] * a[0] + row0[x1 + c] * a[1];
+        const int h1 = row1[x0 + c] * a[0] + row1[x1 + c] * a[1];
+        rgb[c] = blend_rows(h0, h1, b[0], b[1]);
+    }
 }
 
 // The resized RGB pixel at (lx, ly) of region r.
@@ -73,7 +103,11 @@ __device__ __forceinline__ void preprocess(const unsigned char* __restrict__ pix
     int rgb[3] = {pad_value, pad_value, pad_value};
     const int lx = ox - r.dst_left, ly = oy - r.dst_top;
     if (lx >= 0 && ly >= 0 && lx < r.dst_width && ly < r.dst_height) {
-        resample(pixels, r, starts, counts, weights, lx, ly, rgb);
+        if (r.linear) {
+            resample_linear(pixels, r, starts, counts, weights, lx, ly, rgb);
+        } else {
+            resample(pixels, r, starts, counts, weights, lx, ly, rgb);
+        }
     }
     Out* base = out + (long long)region * 3 * plane + idx;
     for (int c = 0; c < 3; ++c) {

@@ -1,5 +1,8 @@
 //! Client bytes → RGB8 image, with limits checked from the header before any pixel is allocated.
+//! JPEG goes through libjpeg-turbo (ISLOW DCT, fancy upsampling: its defaults, and OpenCV's and
+//! PIL's), so a frame's pixels equal `cv2.imread`'s; CMYK JPEG and PNG through the `image` crate.
 
+use std::cell::RefCell;
 use std::io::Cursor;
 
 use image::{ImageFormat, ImageReader, RgbImage};
@@ -160,7 +163,56 @@ fn check_jpeg_complete(data: &[u8]) -> Result<(), DecodeError> {
     }
 }
 
+thread_local! {
+    /// One libjpeg-turbo handle per thread, reused across frames (dropped after an error).
+    static JPEG_DECOMPRESSOR: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
+}
+
+fn turbo_error(e: turbojpeg::Error) -> DecodeError {
+    DecodeError::Corrupt { format: "JPEG", message: e.to_string() }
+}
+
+/// A JPEG through libjpeg-turbo, straight to RGB8; `None` for CMYK / YCCK, which it does not
+/// convert to RGB.
+fn decode_jpeg_turbo(data: &[u8], limits: DecodeLimits) -> Result<Option<RgbImage>, DecodeError> {
+    JPEG_DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let decompressor = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(turbojpeg::Decompressor::new().map_err(turbo_error)?),
+        };
+        let result = (|| {
+            let header = decompressor.read_header(data).map_err(turbo_error)?;
+            if matches!(header.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK) {
+                return Ok(None);
+            }
+            let (width, height) = (header.width as u32, header.height as u32);
+            check_size(width, height, limits)?;
+            check_jpeg_complete(data)?;
+            let mut pixels = vec![0u8; header.width * header.height * 3];
+            let image = turbojpeg::Image {
+                pixels: pixels.as_mut_slice(),
+                width: header.width,
+                pitch: header.width * 3,
+                height: header.height,
+                format: turbojpeg::PixelFormat::RGB,
+            };
+            decompressor.decompress(data, image).map_err(turbo_error)?;
+            Ok(RgbImage::from_raw(width, height, pixels))
+        })();
+        if matches!(result, Err(DecodeError::Corrupt { .. })) {
+            *slot = None;
+        }
+        result
+    })
+}
+
 fn decode_compressed(data: &[u8], format: ImageFormat, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    if format == ImageFormat::Jpeg
+        && let Some(image) = decode_jpeg_turbo(data, limits)?
+    {
+        return Ok(image);
+    }
     let name = format_name(format);
     let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: name, message: e.to_string() };
     // Header first: refuse oversized images before allocating their pixels.

@@ -1,10 +1,11 @@
 //! Letterboxing into a model's input tensor, exactly as Ultralytics' `LetterBox` (aspect kept, centred,
-//! bilinear resize like OpenCV's INTER_LINEAR, Python's round-half-even), plus the inverse transform
-//! that maps boxes back to the original image.
+//! OpenCV's INTER_LINEAR byte for byte, Python's round-half-even), plus the inverse transform that
+//! maps boxes back to the original image.
 
-use fast_image_resize::images::Image;
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::Resizer;
 use image::RgbImage;
+
+use super::linear::LinearResizer;
 
 /// What a model wants as input.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,10 +81,14 @@ impl Letterbox {
     }
 }
 
-/// Per-thread preprocessing state (the resizer keeps scratch buffers between frames).
+/// Per-thread preprocessing state (the resizers keep scratch buffers between frames).
 #[derive(Default)]
 pub struct Preprocessor {
+    /// Crops for embedders.
     pub(super) resizer: Resizer,
+    /// Letterboxes.
+    linear: LinearResizer,
+    resized: Vec<u8>,
 }
 
 impl Preprocessor {
@@ -102,15 +107,12 @@ impl Preprocessor {
             return Err(LetterboxError::BufferSize { expected: spec.len(), actual: out.len() });
         }
         let lb = Letterbox::new(image.width(), image.height(), spec.width, spec.height);
-        let resized;
         let pixels: &[u8] = if (lb.resized_width, lb.resized_height) == image.dimensions() {
             image.as_raw()
         } else {
-            let mut dst = Image::new(lb.resized_width, lb.resized_height, PixelType::U8x3);
-            let options = ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear));
-            self.resizer.resize(image, &mut dst, &options).map_err(|e| LetterboxError::Resize(e.to_string()))?;
-            resized = dst.into_vec();
-            &resized
+            let (w, h) = image.dimensions();
+            self.linear.resize(image.as_raw(), w, h, lb.resized_width, lb.resized_height, &mut self.resized);
+            &self.resized
         };
 
         let (w, h) = (spec.width as usize, spec.height as usize);

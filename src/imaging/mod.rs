@@ -8,6 +8,7 @@ mod decode;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 mod letterbox;
+pub mod linear;
 pub mod resample;
 
 pub use annotate::{Annotation, MaskOverlay, annotate, caption, draw_path, encode_jpeg, encode_png, overlay_masks};

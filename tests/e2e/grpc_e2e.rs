@@ -56,7 +56,9 @@ async fn every_encoding_of_the_same_pixels_gives_the_same_detections() {
     let server = TestServer::start(test_config()).await;
     let mut client = server.client().await;
     let jpeg = vtest_jpeg(100);
-    let rgb = image::load_from_memory(&jpeg).expect("decode").into_rgb8();
+    // The pixels the service decodes the JPEG to (libjpeg-turbo's), sent again in every other encoding.
+    let limits = linesight::imaging::DecodeLimits { max_pixels: 40_000_000, max_side: 16_384 };
+    let rgb = linesight::imaging::decode(&jpeg, linesight::imaging::ImageEncoding::Jpeg, 0, 0, limits).expect("decode");
     let (w, h) = rgb.dimensions();
     let bgr: Vec<u8> = rgb.as_raw().chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect();
     let mut png = Vec::new();

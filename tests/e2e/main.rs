@@ -22,6 +22,7 @@ mod grpc_e2e;
 mod line_analytics;
 mod operations;
 mod overload;
+mod preprocess_parity;
 mod providers;
 mod python_client;
 mod security;

@@ -11,6 +11,7 @@ use cudarc::driver::{
 use image::RgbImage;
 
 use super::letterbox::normalization_tables;
+use super::linear::LinearAxis;
 use super::resample::{AxisTaps, resize_taps};
 use super::{RowSource, TensorSpec};
 use crate::cuda::{BLOCK, DeviceError, GpuDevice, Kernels};
@@ -54,6 +55,9 @@ struct Region {
     window_y: i32,
     precision_x: i32,
     precision_y: i32,
+    /// 1: OpenCV INTER_LINEAR (letterboxes); starts and counts then hold each coordinate's two
+    /// source coordinates, and weights two per coordinate.
+    linear: i32,
 }
 
 // SAFETY: plain-old-data with the kernel's layout (`struct Region` in kernels.cu); all-zero is valid.
@@ -79,28 +83,54 @@ impl Tables {
         at
     }
 
+    fn push_linear_axis(&mut self, axis: &LinearAxis) -> (i32, i32) {
+        let at = (self.starts.len() as i32, self.weights.len() as i32);
+        self.starts.extend(axis.first.iter().map(|&s| s as i32));
+        self.counts.extend(axis.second.iter().map(|&s| s as i32));
+        self.weights.extend(axis.weights.iter().flatten());
+        at
+    }
+
     fn push_row(&mut self, src_offset: u64, image: &RgbImage, row: RowSource, spec: &TensorSpec) {
         let (iw, ih) = image.dimensions();
-        // (crop rectangle in the source, resized size, placement in the output)
-        let placed = match row {
-            RowSource::Letterbox(lb) => Some((
-                [0.0, 0.0, f64::from(iw), f64::from(ih)],
-                (lb.resized_width, lb.resized_height),
-                (lb.pad_left, lb.pad_top),
-            )),
-            RowSource::Crop(b) => {
-                // As `Preprocessor::crop_into`: whole pixels, truncated, clipped to the image.
-                let (fw, fh) = (iw as f32, ih as f32);
-                let x1 = b.x1.trunc().clamp(0.0, fw);
-                let y1 = b.y1.trunc().clamp(0.0, fh);
-                let x2 = b.x2.trunc().clamp(0.0, fw);
-                let y2 = b.y2.trunc().clamp(0.0, fh);
-                (x2 - x1 >= 1.0 && y2 - y1 >= 1.0 && x1.is_finite() && y1.is_finite()).then(|| {
-                    let crop = [f64::from(x1), f64::from(y1), f64::from(x2 - x1), f64::from(y2 - y1)];
-                    (crop, (spec.width, spec.height), (0, 0))
-                })
+        let b = match row {
+            RowSource::Crop(b) => b,
+            RowSource::Letterbox(lb) => {
+                // As `Preprocessor::letterbox_into`: OpenCV's INTER_LINEAR (a same-size "resize" is a copy).
+                let x = LinearAxis::columns(iw, lb.resized_width);
+                let y = LinearAxis::rows(ih, lb.resized_height);
+                let (taps_x, weights_x) = self.push_linear_axis(&x);
+                let (taps_y, weights_y) = self.push_linear_axis(&y);
+                self.regions.push(Region {
+                    src_offset,
+                    src_width: iw as i32,
+                    dst_left: lb.pad_left as i32,
+                    dst_top: lb.pad_top as i32,
+                    dst_width: lb.resized_width as i32,
+                    dst_height: lb.resized_height as i32,
+                    taps_x,
+                    taps_y,
+                    weights_x,
+                    weights_y,
+                    window_x: 2,
+                    window_y: 2,
+                    linear: 1,
+                    ..Region::default()
+                });
+                return;
             }
         };
+        // A crop: as `Preprocessor::crop_into`, whole pixels, truncated, clipped to the image, then
+        // (crop rectangle in the source, resized size, placement in the output).
+        let (fw, fh) = (iw as f32, ih as f32);
+        let x1 = b.x1.trunc().clamp(0.0, fw);
+        let y1 = b.y1.trunc().clamp(0.0, fh);
+        let x2 = b.x2.trunc().clamp(0.0, fw);
+        let y2 = b.y2.trunc().clamp(0.0, fh);
+        let placed = (x2 - x1 >= 1.0 && y2 - y1 >= 1.0 && x1.is_finite() && y1.is_finite()).then(|| {
+            let crop = [f64::from(x1), f64::from(y1), f64::from(x2 - x1), f64::from(y2 - y1)];
+            (crop, (spec.width, spec.height), (0u32, 0u32))
+        });
         let mut region = Region { src_offset, src_width: iw as i32, ..Region::default() };
         if let Some((crop, (w, h), (left, top))) = placed {
             let (x, y) = resize_taps(iw, ih, crop, w, h);
@@ -310,4 +340,50 @@ fn upload<T: DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy>(
     let dst = buffer.at_least(stream, data.len())?;
     let mut view = dst.slice_mut(..data.len());
     stream.memcpy_htod(data, &mut view).map_err(DeviceError::cuda("upload"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imaging::Letterbox;
+    use crate::imaging::linear::{LinearResizer, linear_pixel};
+
+    /// The kernel's letterbox, run on the CPU from the tables the kernel reads, equals the CPU
+    /// path's letterbox byte for byte.
+    #[test]
+    fn letterbox_tables_give_the_cpu_letterbox() {
+        let spec = TensorSpec { width: 320, height: 256, bgr: false, mean: [0.0; 3], std: [1.0; 3], pad_value: 114 };
+        for (i, &(w, h)) in [(500u32, 333u32), (241, 599), (1280, 720), (97, 61)].iter().enumerate() {
+            let image = RgbImage::from_fn(w, h, |x, y| {
+                let v = (x * 31 + y * 17 + i as u32 * 7) ^ (x * y);
+                image::Rgb([v as u8, (v >> 3) as u8, (v >> 5) as u8])
+            });
+            let lb = Letterbox::new(w, h, spec.width, spec.height);
+            let mut tables = Tables::default();
+            tables.push_row(0, &image, RowSource::Letterbox(lb), &spec);
+            let r = tables.regions[0];
+            assert_eq!((r.linear, r.dst_left, r.dst_top), (1, lb.pad_left as i32, lb.pad_top as i32));
+            let axis = |taps: i32, weights: i32, len: u32| LinearAxis {
+                first: (0..len as usize).map(|k| tables.starts[taps as usize + k] as u32).collect(),
+                second: (0..len as usize).map(|k| tables.counts[taps as usize + k] as u32).collect(),
+                weights: (0..len as usize)
+                    .map(|k| [tables.weights[weights as usize + 2 * k], tables.weights[weights as usize + 2 * k + 1]])
+                    .collect(),
+            };
+            let x = axis(r.taps_x, r.weights_x, lb.resized_width);
+            let y = axis(r.taps_y, r.weights_y, lb.resized_height);
+            let mut expected = Vec::new();
+            LinearResizer::default().resize(image.as_raw(), w, h, lb.resized_width, lb.resized_height, &mut expected);
+            for oy in 0..lb.resized_height as usize {
+                for ox in 0..lb.resized_width as usize {
+                    let at = (oy * lb.resized_width as usize + ox) * 3;
+                    assert_eq!(
+                        linear_pixel(image.as_raw(), w, &x, &y, ox, oy),
+                        expected[at..at + 3],
+                        "{w}x{h} at {ox},{oy}"
+                    );
+                }
+            }
+        }
+    }
 }
