@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from el_maskrcnn import build_model, export_onnx, load_onnx_weights  # noqa: E402
+from el_maskrcnn import export_onnx, model_from_onnx  # noqa: E402
 from finetune_el import cell_tensor, read_gray, read_labels, sha256  # noqa: E402
 from train_el_maskrcnn import synthetic_sample  # noqa: E402
 
@@ -45,8 +45,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def load(base: str) -> torch.nn.Module:
-    model = build_model()
-    fresh = load_onnx_weights(model, os.path.join(base, "model.onnx"))
+    model, fresh = model_from_onnx(os.path.join(base, "model.onnx"))
     if fresh:
         raise SystemExit(f"{base}: the model has no {fresh}")
     return model.eval()

@@ -44,10 +44,9 @@ from el_maskrcnn import (  # noqa: E402
     SIZE,
     STD,
     ExportWrapper,
-    build_model,
     export_onnx,
     freeze_batch_norm,
-    load_onnx_weights,
+    model_from_onnx,
     optimise,
     training_losses,
 )
@@ -214,8 +213,7 @@ def main() -> None:
     print(f"{len(cells)} cells, {positives} defective", file=sys.stderr)
 
     base_onnx = os.path.join(args.base, "model.onnx")
-    model = build_model()
-    fresh = load_onnx_weights(model, base_onnx)
+    model, fresh = model_from_onnx(base_onnx)
     if fresh:
         print(f"not in the base model, trained from scratch: {fresh}", file=sys.stderr)
     model.train()
