@@ -16,6 +16,11 @@ its head has (a hand-edited export) and one with every metadata property strippe
 
 `--shipped DIR` instead writes DIR/reference.json for the shipped model in DIR (its one .onnx) on
 the fixture images already in --out (tests/e2e/ultralytics_exports.rs checks it the same way).
+
+`--jpeg DIR` instead writes DIR/predict.json: what every export in --out and the shipped
+models/yolo11n-conveyor predict (conf 0.05, so that more boxes are compared; iou 0.7) on the JPEG
+frames of odd sizes in DIR (tests/fixtures/preprocess, eval/make_preprocess_fixtures.py), read by
+predict from the files themselves (`cv2.imread`), as a user's JPEGs are.
 """
 
 import argparse
@@ -107,7 +112,10 @@ def main():
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--shipped", help="a model folder holding one Ultralytics .onnx")
+    parser.add_argument("--jpeg", help="a folder of JPEG frames: write its predict.json")
     args = parser.parse_args()
+    if args.jpeg:
+        return jpeg_reference(Path(args.out), Path(args.jpeg))
     if args.shipped:
         return shipped(Path(args.shipped), Path(args.out))
     out = Path(args.out)
@@ -150,6 +158,28 @@ def shipped(folder, fixtures):
     }
     (folder / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
     print({n: len(v) for n, v in reference["models"][folder.name]["images"].items()})
+
+
+def jpeg_reference(fixtures, frames_dir):
+    conf, iou = CONF, IOU
+    frames = sorted(p.name for p in frames_dir.glob("*.jpg"))
+    shipped_model = Path(__file__).resolve().parent.parent / "models" / "yolo11n-conveyor" / "model.onnx"
+    exports = {name: fixtures / name for name in MODELS} | {"yolo11n-conveyor": shipped_model}
+    reference = {"ultralytics": ultralytics.__version__, "conf": conf, "iou": iou, "models": {}}
+    for name, path in exports.items():
+        extra = predict_args(onnx.load(str(path)))
+        model = YOLO(str(path), task="detect")
+        images = {}
+        for frame in frames:
+            result = model.predict(str(frames_dir / frame), conf=conf, iou=iou, device="cpu", verbose=False, **extra)[0]
+            boxes = result.boxes
+            images[frame] = [
+                {"class_name": result.names[int(c)], "score": float(s), "box": [float(v) for v in b]}
+                for b, s, c in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist())
+            ]
+        reference["models"][name] = {"predict_args": {"conf": conf, "iou": iou, **extra}, "images": images}
+        print(name, {k: len(v) for k, v in images.items()})
+    (frames_dir / "predict.json").write_text(json.dumps(reference, indent=1) + "\n")
 
 
 if __name__ == "__main__":

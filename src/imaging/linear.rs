@@ -98,6 +98,7 @@ pub fn linear_pixel(src: &[u8], src_width: u32, x: &LinearAxis, y: &LinearAxis, 
 pub struct LinearResizer {
     rows: [Vec<i32>; 2],
     cached: [Option<u32>; 2],
+    columns: Vec<Column>,
 }
 
 impl LinearResizer {
@@ -113,6 +114,13 @@ impl LinearResizer {
     ) {
         let x = LinearAxis::columns(src_width, dst_width);
         let y = LinearAxis::rows(src_height, dst_height);
+        // Per output column: its two source bytes' offsets in a row, and their weights.
+        self.columns.clear();
+        self.columns.extend((0..x.len()).map(|i| Column {
+            first: x.first[i] as usize * 3,
+            second: x.second[i] as usize * 3,
+            weights: [i32::from(x.weights[i][0]), i32::from(x.weights[i][1])],
+        }));
         let row_len = dst_width as usize * 3;
         out.clear();
         out.resize(row_len * dst_height as usize, 0);
@@ -124,8 +132,8 @@ impl LinearResizer {
         for (oy, line) in out.chunks_exact_mut(row_len).enumerate() {
             let (r0, r1) = (y.first[oy], y.second[oy]);
             let holding_r1 = self.cached.iter().position(|&c| c == Some(r1));
-            let s0 = self.row_slot(r0, holding_r1, src, stride, &x);
-            let s1 = self.row_slot(r1, Some(s0), src, stride, &x);
+            let s0 = self.row_slot(r0, holding_r1, src, stride);
+            let s1 = self.row_slot(r1, Some(s0), src, stride);
             let b = y.weights[oy];
             let (h0, h1) = (&self.rows[s0], &self.rows[s1]);
             for ((d, &a), &c) in line.iter_mut().zip(h0.iter()).zip(h1.iter()) {
@@ -136,21 +144,30 @@ impl LinearResizer {
 
     /// The slot holding source row `row`'s horizontal sums, computing them if needed, into a
     /// slot other than `keep` (which the same output row still reads).
-    fn row_slot(&mut self, row: u32, keep: Option<usize>, src: &[u8], stride: usize, x: &LinearAxis) -> usize {
+    fn row_slot(&mut self, row: u32, keep: Option<usize>, src: &[u8], stride: usize) -> usize {
         if let Some(slot) = self.cached.iter().position(|&c| c == Some(row)) {
             return slot;
         }
         let slot = keep.map_or(0, |k| 1 - k);
         let line = &src[row as usize * stride..(row as usize + 1) * stride];
-        for (ox, h) in self.rows[slot].chunks_exact_mut(3).enumerate() {
-            let (x0, x1, a) = (x.first[ox] as usize * 3, x.second[ox] as usize * 3, x.weights[ox]);
-            for c in 0..3 {
-                h[c] = i32::from(line[x0 + c]) * i32::from(a[0]) + i32::from(line[x1 + c]) * i32::from(a[1]);
-            }
+        for (h, column) in self.rows[slot].chunks_exact_mut(3).zip(&self.columns) {
+            let (p0, p1) = (&line[column.first..column.first + 3], &line[column.second..column.second + 3]);
+            let [a0, a1] = column.weights;
+            h[0] = i32::from(p0[0]) * a0 + i32::from(p1[0]) * a1;
+            h[1] = i32::from(p0[1]) * a0 + i32::from(p1[1]) * a1;
+            h[2] = i32::from(p0[2]) * a0 + i32::from(p1[2]) * a1;
         }
         self.cached[slot] = Some(row);
         slot
     }
+}
+
+/// One output column of a resize: byte offsets of its two source pixels in a row, and weights.
+#[derive(Clone, Copy)]
+struct Column {
+    first: usize,
+    second: usize,
+    weights: [i32; 2],
 }
 
 #[cfg(test)]

@@ -6,15 +6,18 @@
 //! YOLO11 and YOLO26 heads; dynamic and fixed batch (1 and 2); FP32 and FP16; YOLO26's raw head
 //! and its NMS-free end-to-end head.
 //!
-//! Tolerances: images the letterbox only pads (no resize) reach the network with the same pixels
-//! in both, so every detection has a twin of the same class within 0.5 px and 0.002 in score. The
-//! enlarged image is resized by OpenCV in Ultralytics and by fast_image_resize here (both
-//! bilinear), so there, detections from 0.25 (predict's default threshold) on: IoU ≥ 0.95 and
-//! |Δscore| ≤ 0.05 (the small parity models are sensitive: up to 0.031 seen; below 0.25 a
-//! resampling difference decides which of two overlapping boxes survives NMS). The same holds for
-//! the export with f16 outputs, whose scores tie often and whose NMS breaks ties in torchvision's
-//! order there and in ours here. Elsewhere,
-//! detections within 0.03 of the confidence threshold may exist on one side only.
+//! Tolerances: the service decodes JPEG with libjpeg-turbo and letterboxes with OpenCV's
+//! INTER_LINEAR arithmetic, so every image reaches the network with the same pixels as in predict
+//! (tests/e2e/preprocess_parity.rs), and every detection has a twin of the same class within 0.5 px
+//! and 0.002 in score. On JPEG frames of odd sizes the match is one-to-one, with no extra box. The
+//! export with f16 outputs is the exception: its scores tie often and its NMS breaks ties in
+//! torchvision's order there and in ours here, so from 0.25 (predict's default threshold) on:
+//! IoU ≥ 0.95 and |Δscore| ≤ 0.05. Elsewhere, detections within 0.03 of the confidence threshold
+//! may exist on one side only (PNG images, compared both ways).
+//!
+//! Dynamic exports are predicted with `rect=False` (padded to the full export size), as the service
+//! serves them; predict's default letterboxes a dynamic export only to a stride multiple
+//! (docs/operations.md).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,12 +34,18 @@ fn reference() -> Value {
     serde_json::from_str(&text).expect("json")
 }
 
-fn png_request(pipeline: &str, data: Vec<u8>) -> InspectRequest {
+/// A frame whose encoding (PNG or JPEG) the service tells from its bytes.
+fn image_request(pipeline: &str, data: Vec<u8>) -> InspectRequest {
     InspectRequest {
         camera_id: "parity".into(),
         sequence: 0,
         pipeline: pipeline.into(),
-        image: Some(Image { data: data.into(), encoding: proto::image::Encoding::Png as i32, width: 0, height: 0 }),
+        image: Some(Image {
+            data: data.into(),
+            encoding: proto::image::Encoding::Unspecified as i32,
+            width: 0,
+            height: 0,
+        }),
         budget_ms: 10_000,
         annotate: false,
     }
@@ -89,6 +98,64 @@ fn twins(one: &[Found], other: &[Found], conf: f32, exact: bool, what: &str) -> 
     (worst_px, worst_score)
 }
 
+/// What the service detects on fixture `path` through `pipeline`, and the reference's `predicted`.
+async fn served_and_predicted(
+    client: &mut InspectionClient<Channel>,
+    pipeline: &str,
+    model: &str,
+    path: &str,
+    predicted: &Value,
+) -> (Vec<Found>, Vec<Found>) {
+    let data = std::fs::read(fixture(path)).expect("image");
+    let response = client.inspect(image_request(pipeline, data)).await.expect("inspect").into_inner();
+    assert_eq!(response.model, *model);
+    let got = response
+        .detections
+        .iter()
+        .map(|d| {
+            let b = d.r#box.expect("box");
+            Found { class: d.class_name.clone(), score: d.score, bbox: [b.x1, b.y1, b.x2, b.y2] }
+        })
+        .collect();
+    let want = predicted
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|d| {
+            let b: Vec<f32> =
+                d["box"].as_array().expect("box").iter().map(|v| v.as_f64().expect("number") as f32).collect();
+            assert_eq!(b.len(), 4, "reference box {b:?}");
+            Found {
+                class: d["class_name"].as_str().expect("class").to_owned(),
+                score: d["score"].as_f64().expect("score") as f32,
+                bbox: [b[0], b[1], b[2], b[3]],
+            }
+        })
+        .collect();
+    (got, want)
+}
+
+/// Every predicted box matched one-to-one by a served box of its class within `px` at every
+/// corner and `score` in score, and no served box left over; returns the worst (px, score).
+fn one_to_one(want: &[Found], got: &[Found], px: f32, score: f32, what: &str) -> (f32, f32) {
+    assert_eq!(got.len(), want.len(), "{what}: served {got:?}\npredicted {want:?}");
+    let mut used = vec![false; got.len()];
+    let (mut worst_px, mut worst_score) = (0.0f32, 0.0f32);
+    for w in want {
+        let corner = |g: &Found| g.bbox.iter().zip(w.bbox).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let best = (0..got.len())
+            .filter(|&i| !used[i] && got[i].class == w.class)
+            .min_by(|&a, &b| corner(&got[a]).total_cmp(&corner(&got[b])))
+            .unwrap_or_else(|| panic!("{what}: no served twin for {w:?} in {got:?}"));
+        used[best] = true;
+        let (dp, ds) = (corner(&got[best]), (got[best].score - w.score).abs());
+        assert!(dp <= px && ds <= score, "{what}: {w:?} predicted, {:?} served", got[best]);
+        worst_px = worst_px.max(dp);
+        worst_score = worst_score.max(ds);
+    }
+    (worst_px, worst_score)
+}
+
 /// Inspects every image of a reference entry through `pipeline` and checks its detections against
 /// Ultralytics' both ways; returns how many of Ultralytics' were compared exactly.
 async fn matches_ultralytics(
@@ -101,34 +168,9 @@ async fn matches_ultralytics(
     let mut compared = 0;
     let images = entry["images"].as_object().expect("images");
     for (image, want) in images {
-        let png = std::fs::read(fixture(&format!("ultralytics/{image}"))).expect("image");
-        let response = client.inspect(png_request(pipeline, png)).await.expect("inspect").into_inner();
-        assert_eq!(response.model, *model);
-        let got: Vec<Found> = response
-            .detections
-            .iter()
-            .map(|d| {
-                let b = d.r#box.expect("box");
-                Found { class: d.class_name.clone(), score: d.score, bbox: [b.x1, b.y1, b.x2, b.y2] }
-            })
-            .collect();
-        let want: Vec<Found> = want
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|d| {
-                let b: Vec<f32> =
-                    d["box"].as_array().expect("box").iter().map(|v| v.as_f64().expect("number") as f32).collect();
-                assert_eq!(b.len(), 4, "reference box {b:?}");
-                Found {
-                    class: d["class_name"].as_str().expect("class").to_owned(),
-                    score: d["score"].as_f64().expect("score") as f32,
-                    bbox: [b[0], b[1], b[2], b[3]],
-                }
-            })
-            .collect();
+        let (got, want) = served_and_predicted(client, pipeline, model, &format!("ultralytics/{image}"), want).await;
         // f16 outputs tie often (11 significant bits), and NMS breaks ties in its own order.
-        let exact = image.as_str() != "large.png" && !model.contains("fp16-io");
+        let exact = !model.contains("fp16-io");
         let what = format!("{model} on {image}");
         let (px, score) = twins(&want, &got, conf, exact, &format!("{what}, Ultralytics → linesight"));
         twins(&got, &want, conf, exact, &format!("{what}, linesight → Ultralytics"));
@@ -235,4 +277,63 @@ async fn the_shipped_conveyor_yolo11n_is_served_from_its_export_alone_as_ultraly
     let compared = matches_ultralytics(&mut client, "parts", "yolo11n-conveyor", entry, conf).await;
     assert!(compared >= 20, "only {compared} detections compared");
     server.stop().await;
+}
+
+/// JPEG frames of odd sizes (tests/fixtures/preprocess: 4:2:0, 4:2:2, 4:4:4, progressive, gray,
+/// restart markers; 97×61 … 1280×720) through every export and the shipped YOLO11n: one-to-one
+/// with what `YOLO(onnx).predict` finds on the same files (tests/fixtures/preprocess/predict.json).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jpeg_frames_of_odd_sizes_are_detected_exactly_as_ultralytics_predicts() {
+    let _machine = crate::common::machine_shared();
+    let text = std::fs::read_to_string(fixture("preprocess/predict.json")).expect("predict.json");
+    let reference: Value = serde_json::from_str(&text).expect("json");
+    let conf = reference["conf"].as_f64().expect("conf") as f32;
+    let iou_threshold = reference["iou"].as_f64().expect("iou") as f32;
+    let models = reference["models"].as_object().expect("models");
+    let settings = |model: &str| {
+        let mut settings = DetectSettings::new(model);
+        settings.score_threshold = Some(conf);
+        settings.iou_threshold = Some(iou_threshold);
+        PipelineSettings::Detect(settings)
+    };
+    let mut config = test_config();
+    config.model_dir = Some(fixture("ultralytics"));
+    config.pipelines = models
+        .keys()
+        .filter(|m| m.ends_with(".onnx"))
+        .map(|model| (pipeline_name(model), settings(model)))
+        .collect::<BTreeMap<_, _>>();
+    config.default_pipeline = pipeline_name("yolov8t-fp32.onnx");
+    let fixtures_server = TestServer::start(config).await;
+    let mut shipped_config = test_config();
+    shipped_config.model_dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    shipped_config.pipelines = BTreeMap::from([("parts".to_owned(), settings("yolo11n-conveyor"))]);
+    shipped_config.default_pipeline = "parts".into();
+    let shipped_server = TestServer::start(shipped_config).await;
+    let (mut fixtures_client, mut shipped_client) = (fixtures_server.client().await, shipped_server.client().await);
+    let (mut compared, mut worst) = (0, (0.0f32, 0.0f32));
+    for (model, entry) in models {
+        let (client, pipeline) = if model.ends_with(".onnx") {
+            (&mut fixtures_client, pipeline_name(model))
+        } else {
+            (&mut shipped_client, "parts".to_owned())
+        };
+        for (frame, predicted) in entry["images"].as_object().expect("images") {
+            let what = format!("{model} on {frame}");
+            let (got, want) =
+                served_and_predicted(client, &pipeline, model, &format!("preprocess/{frame}"), predicted).await;
+            if model.contains("fp16-io") {
+                twins(&want, &got, conf, false, &what);
+                twins(&got, &want, conf, false, &what);
+                continue;
+            }
+            let (px, score) = one_to_one(&want, &got, 0.5, 0.002, &what);
+            worst = (worst.0.max(px), worst.1.max(score));
+            compared += want.len();
+        }
+    }
+    eprintln!("{compared} predicted boxes matched one-to-one; worst corner {:.4} px, score {:.6}", worst.0, worst.1);
+    assert!(compared >= 300, "only {compared} boxes compared");
+    fixtures_server.stop().await;
+    shipped_server.stop().await;
 }
