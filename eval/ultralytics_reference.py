@@ -68,14 +68,14 @@ def images(data, out):
 
 def predict_args(graph):
     """Ultralytics' prediction settings for an export. A dynamic export is given its export `imgsz`
-    (predict would run it at 640) and `rect=False`: predict letterboxes a dynamic export to the
-    smallest multiple of the stride, while the service pads every frame to the full input so that
-    frames of any size batch together. Fixed exports get predict's defaults."""
+    (predict would run it at 640; the service serves it at its export size) and keeps predict's
+    default `rect=True`: each image letterboxed to the smallest multiple of the stride, as the
+    service letterboxes a dynamic export. Fixed exports get predict's defaults."""
     dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
     if all(d > 0 for d in dims):
         return {}
     meta = {p.key: p.value for p in graph.metadata_props}
-    return {"imgsz": json.loads(meta["imgsz"]), "rect": False}
+    return {"imgsz": json.loads(meta["imgsz"])}
 
 
 def predict(model_path, image_path, extra):
@@ -113,7 +113,10 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--shipped", help="a model folder holding one Ultralytics .onnx")
     parser.add_argument("--jpeg", help="a folder of JPEG frames: write its predict.json")
+    parser.add_argument("--repredict", action="store_true", help="predict again on the fixtures in --out (no --runs)")
     args = parser.parse_args()
+    if args.repredict:
+        return repredict(Path(args.out))
     if args.jpeg:
         return jpeg_reference(Path(args.out), Path(args.jpeg))
     if args.shipped:
@@ -158,6 +161,18 @@ def shipped(folder, fixtures):
     }
     (folder / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
     print({n: len(v) for n, v in reference["models"][folder.name]["images"].items()})
+
+
+def repredict(out):
+    """--out's reference.json with every export's predictions made again on its images (after a
+    change of predict_args), the rest kept."""
+    reference = json.loads((out / "reference.json").read_text())
+    reference["ultralytics"] = ultralytics.__version__
+    for fixture, entry in reference["models"].items():
+        extra = predict_args(onnx.load(str(out / fixture)))
+        entry["predict_args"] = {"conf": CONF, "iou": IOU, **extra}
+        entry["images"] = {name: predict(out / fixture, out / name, extra) for name in entry["images"]}
+    (out / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
 
 
 def jpeg_reference(fixtures, frames_dir):

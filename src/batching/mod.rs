@@ -63,9 +63,14 @@ pub struct Reservation<'a, T> {
 
 impl<T> Reservation<'_, T> {
     /// Queues the item in the place reserved for it (see [`BatchQueue::submit`]).
-    pub fn submit(mut self, item: T, flow: u64, deadlines: Deadlines) -> Result<(), QueueFull<T>> {
+    pub fn submit(self, item: T, flow: u64, deadlines: Deadlines) -> Result<(), QueueFull<T>> {
+        self.submit_shaped(item, flow, 0, deadlines)
+    }
+
+    /// As [`Self::submit`], for an item of `shape` (see [`BatchQueue::submit_shaped`]).
+    pub fn submit_shaped(mut self, item: T, flow: u64, shape: u64, deadlines: Deadlines) -> Result<(), QueueFull<T>> {
         self.open = false;
-        self.queue.queue_item(item, flow, deadlines, true)
+        self.queue.queue_item(item, flow, shape, deadlines, true)
     }
 
     fn release(&mut self) {
@@ -168,11 +173,24 @@ impl<T> BatchQueue<T> {
 
     /// Queues an item of `flow`, or hands it back at once when `max_queue_size` items already wait.
     pub fn submit(&self, item: T, flow: u64, deadlines: Deadlines) -> Result<(), QueueFull<T>> {
-        self.queue_item(item, flow, deadlines, false)
+        self.queue_item(item, flow, 0, deadlines, false)
+    }
+
+    /// As [`Self::submit`], for an item of `shape`: items of different shapes never share a batch
+    /// (a model input whose size follows each frame's).
+    pub fn submit_shaped(&self, item: T, flow: u64, shape: u64, deadlines: Deadlines) -> Result<(), QueueFull<T>> {
+        self.queue_item(item, flow, shape, deadlines, false)
     }
 
     /// Queues an item, releasing its reservation under the same lock when `reserved`.
-    fn queue_item(&self, item: T, flow: u64, deadlines: Deadlines, reserved: bool) -> Result<(), QueueFull<T>> {
+    fn queue_item(
+        &self,
+        item: T,
+        flow: u64,
+        shape: u64,
+        deadlines: Deadlines,
+        reserved: bool,
+    ) -> Result<(), QueueFull<T>> {
         {
             let mut state = self.lock();
             if reserved {
@@ -184,6 +202,7 @@ impl<T> BatchQueue<T> {
             state.items.push_back(Queued {
                 item,
                 flow,
+                shape,
                 enqueued: Instant::now(),
                 deadline: deadlines.due,
                 expires: deadlines.expires,

@@ -61,6 +61,8 @@ pub struct Queued<T> {
     pub item: T,
     /// Who the item belongs to, for fair shedding (opaque here).
     pub flow: u64,
+    /// Items of different shapes never ride one batch (opaque here; 0 when all are alike).
+    pub shape: u64,
     pub enqueued: Instant,
     /// When the item should be done by (its budget, or its client's deadline if sooner).
     pub deadline: Instant,
@@ -342,14 +344,16 @@ fn freshest_flows_first<T>(candidates: &[usize], items: &VecDeque<Queued<T>>, sh
     ordered
 }
 
-/// The longest prefix of `candidates` (at most `max_batch`) that all finish by their deadlines at
-/// `finish(n)` when run as one batch of n; at least one item.
+/// The longest prefix of `candidates` of the first one's shape (at most `max_batch`) that all
+/// finish by their deadlines at `finish(n)` when run as one batch of n; at least one item.
 fn fitting<T>(
     candidates: &[usize],
     max_batch: usize,
     finish: impl Fn(usize) -> Option<Instant>,
     items: &VecDeque<Queued<T>>,
 ) -> Vec<usize> {
+    let shape = candidates.first().map(|&i| items[i].shape);
+    let candidates: Vec<usize> = candidates.iter().copied().filter(|&i| Some(items[i].shape) == shape).collect();
     let mut n = candidates.len().min(max_batch).max(1);
     while n > 1 {
         if finish(n).is_none_or(|at| candidates[..n].iter().all(|&i| items[i].deadline >= at)) {
@@ -382,7 +386,7 @@ mod tests {
     }
 
     fn push(state: &mut State<&'static str>, item: &'static str, flow: u64, enqueued: Instant, deadline: Instant) {
-        state.items.push_back(Queued { item, flow, enqueued, deadline, expires: None });
+        state.items.push_back(Queued { item, flow, shape: 0, enqueued, deadline, expires: None });
     }
 
     fn shipped(plan: Plan<&'static str>) -> (Vec<&'static str>, Vec<(&'static str, ShedReason)>) {
@@ -393,6 +397,24 @@ mod tests {
             ),
             other => panic!("expected a batch, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn frames_of_different_shapes_never_share_a_batch() {
+        let now = Instant::now();
+        let mut state = measured(4, 1, ms(10), now);
+        for (item, shape) in [("a1", 7), ("b1", 9), ("a2", 7), ("b2", 9), ("a3", 7)] {
+            state.items.push_back(Queued {
+                item,
+                flow: 1,
+                shape,
+                enqueued: now,
+                deadline: now + ms(500),
+                expires: None,
+            });
+        }
+        assert_eq!(shipped(plan(&mut state, &policy(4, 0), now)), (vec!["a1", "a2", "a3"], vec![]));
+        assert_eq!(shipped(plan(&mut state, &policy(4, 0), now)), (vec!["b1", "b2"], vec![]));
     }
 
     #[test]
@@ -413,6 +435,7 @@ mod tests {
         state.items.push_back(Queued {
             item: "abandoned",
             flow: 1,
+            shape: 0,
             enqueued: now - ms(100),
             deadline: now - ms(10),
             expires: Some(now - ms(10)),
@@ -561,6 +584,7 @@ mod tests {
         state.items.push_back(Queued {
             item: "b",
             flow: 2,
+            shape: 0,
             enqueued: now,
             deadline: now + ms(2),
             expires: Some(now + ms(2)),

@@ -73,6 +73,26 @@ impl Letterbox {
         }
     }
 
+    /// Ultralytics' `LetterBox(auto=True)`, as predict letterboxes for a dynamic export: scaled
+    /// as into `dst_width`×`dst_height`, but padded only up to a multiple of `stride` on each
+    /// axis. Returns the letterbox and the tensor's width and height.
+    pub fn to_stride(
+        src_width: u32,
+        src_height: u32,
+        dst_width: u32,
+        dst_height: u32,
+        stride: u32,
+    ) -> (Self, u32, u32) {
+        let full = Self::new(src_width, src_height, dst_width, dst_height);
+        let stride = stride.max(1);
+        let width = full.resized_width + (dst_width - full.resized_width) % stride;
+        let height = full.resized_height + (dst_height - full.resized_height) % stride;
+        let half = |pad: u32| (f64::from(pad) / 2.0 - 0.1).round_ties_even().max(0.0) as u32;
+        let letterbox =
+            Self { pad_left: half(width - full.resized_width), pad_top: half(height - full.resized_height), ..full };
+        (letterbox, width, height)
+    }
+
     /// Model-input pixels → source pixels, clipped to the source image.
     pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
         let sx = (f64::from(x) - f64::from(self.pad_left)) / self.scale;
@@ -103,10 +123,23 @@ impl Preprocessor {
         spec: &TensorSpec,
         out: &mut [f32],
     ) -> Result<Letterbox, LetterboxError> {
+        let lb = Letterbox::new(image.width(), image.height(), spec.width, spec.height);
+        self.letterbox_with(image, spec, &lb, out)?;
+        Ok(lb)
+    }
+
+    /// Letterboxes `image` into `out` ([3, h, w] f32 of `spec`'s size) with geometry `lb` (made for
+    /// this image and a tensor of `spec`'s size, e.g. by [`Letterbox::to_stride`]).
+    pub fn letterbox_with(
+        &mut self,
+        image: &RgbImage,
+        spec: &TensorSpec,
+        lb: &Letterbox,
+        out: &mut [f32],
+    ) -> Result<(), LetterboxError> {
         if out.len() != spec.len() {
             return Err(LetterboxError::BufferSize { expected: spec.len(), actual: out.len() });
         }
-        let lb = Letterbox::new(image.width(), image.height(), spec.width, spec.height);
         let pixels: &[u8] = if (lb.resized_width, lb.resized_height) == image.dimensions() {
             image.as_raw()
         } else {
@@ -121,7 +154,7 @@ impl Preprocessor {
             out[c * w * h..(c + 1) * w * h].fill(pad[c][usize::from(spec.pad_value)]);
         }
         write_planes(pixels, lb.resized_width as usize, spec, out, lb.pad_left as usize, lb.pad_top as usize);
-        Ok(lb)
+        Ok(())
     }
 }
 
@@ -172,6 +205,27 @@ mod tests {
         // Odd padding: 100x51 into 64x64 → r = 0.64, 64x33 (32.64 → 33), dh = 15.5 → top round(15.4) = 15.
         let lb = Letterbox::new(100, 51, 64, 64);
         assert_eq!((lb.resized_width, lb.resized_height, lb.pad_left, lb.pad_top), (64, 33, 0, 15));
+    }
+
+    #[test]
+    fn stride_letterbox_matches_ultralytics_auto() {
+        // Ultralytics 8.4.190 `LetterBox((320, 320), auto=True, stride=32)`:
+        // (source) -> (resized, (left, top), tensor width x height).
+        let cases = [
+            ((500, 333), (320, 213), (0, 5), (320, 224)),
+            ((241, 599), (129, 320), (15, 0), (160, 320)),
+            ((1280, 720), (320, 180), (0, 6), (320, 192)),
+            ((97, 61), (320, 201), (0, 11), (320, 224)),
+            ((320, 240), (320, 240), (0, 8), (320, 256)),
+            ((200, 320), (200, 320), (12, 0), (224, 320)),
+        ];
+        for ((sw, sh), resized, pad, tensor) in cases {
+            let (lb, w, h) = Letterbox::to_stride(sw, sh, 320, 320, 32);
+            assert_eq!((lb.resized_width, lb.resized_height), resized, "{sw}x{sh}");
+            assert_eq!((lb.pad_left, lb.pad_top), pad, "{sw}x{sh}");
+            assert_eq!((w, h), tensor, "{sw}x{sh}");
+            assert_eq!(lb.scale, Letterbox::new(sw, sh, 320, 320).scale);
+        }
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub struct InputSpec {
     /// batch, whose runs are padded up to n); absent = any batch.
     #[serde(default)]
     pub batch: Option<usize>,
+    /// The graph's height and width are open: each frame is letterboxed only up to a multiple of
+    /// this stride within `width` × `height` (Ultralytics' `LetterBox(auto=True)`, as predict runs
+    /// a dynamic export), and frames of one shape batch together. Absent: every frame fills
+    /// `width` × `height`.
+    #[serde(default)]
+    pub stride: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -73,6 +73,13 @@ fn manifest_of(name: &str, onnx: &Path, signature: &OnnxSignature) -> Result<Mod
         Some(&n) if n > 0 => Some(n as usize),
         _ => None,
     };
+    // A dynamic export: predict letterboxes each frame to a multiple of the model's stride.
+    let open_size = input.shape.len() == 4 && (input.shape[2] <= 0 || input.shape[3] <= 0);
+    let stride = match meta.get("stride").map(|s| s.trim().parse::<u32>()) {
+        Some(Ok(s)) if s > 0 => s,
+        Some(_) => return Err(format!("metadata `stride` {:?} is not a positive whole number", meta["stride"])),
+        None => 32,
+    };
     let args = meta.get("args").map(|a| python_literal(a)).transpose().map_err(|e| format!("metadata `args`: {e}"))?;
     let arg = |key: &str| args.as_ref().and_then(|a| a.get(key));
     let end2end = meta.get("end2end").is_some_and(|v| v.trim() == "True") || arg("nms") == Some(&Py::Bool(true));
@@ -105,6 +112,7 @@ fn manifest_of(name: &str, onnx: &Path, signature: &OnnxSignature) -> Result<Mod
             resize: ResizeMode::Letterbox,
             pad_value: 114,
             batch,
+            stride: open_size.then_some(stride),
         },
         decoder: DecoderSpec::Yolo { version },
         postprocess: Some(PostprocessSpec { max_detections, ..ULTRALYTICS_POSTPROCESS }),

@@ -9,8 +9,8 @@ use image::RgbImage;
 use super::FrameHold;
 use super::stage::{Answer, FrameDeadline, InferredFrame, ModelStage, named_views};
 use super::{
-    DetectSettings, FrameRequest, FrameResult, InspectError, LabeledDetection, PipelineInfo, StageContext,
-    StageTimings, StartError,
+    DetectSettings, FrameRequest, FrameResult, InspectError, LabeledDetection, LetterboxMode, PipelineInfo,
+    StageContext, StageTimings, StartError,
 };
 use crate::detect::{Decoder, Thresholds};
 use crate::model::ModelManifest;
@@ -40,10 +40,22 @@ impl DetectPipeline {
     pub fn start(
         name: &str,
         settings: &DetectSettings,
-        manifest: ModelManifest,
+        mut manifest: ModelManifest,
         engine: &super::EngineSetup<'_>,
         context: Arc<StageContext>,
     ) -> Result<Self, StartError> {
+        match (settings.letterbox, manifest.input.stride) {
+            (Some(LetterboxMode::Full), _) => manifest.input.stride = None,
+            (Some(LetterboxMode::Stride), None) => {
+                return Err(StartError::LetterboxNeedsOpenInput {
+                    pipeline: name.to_owned(),
+                    model: manifest.name.clone(),
+                    width: manifest.input.width,
+                    height: manifest.input.height,
+                });
+            }
+            _ => {}
+        }
         let input = &manifest.input;
         let decoder =
             manifest.decoder.detector(manifest.classes.len(), input.width, input.height).ok_or_else(|| {

@@ -30,7 +30,7 @@ pub use memory::{DecodedMemory, MemoryLease};
 pub use models::resolve_manifest;
 pub use segment::SegmentPipeline;
 pub use settings::{
-    CellRuleSettings, DetectSettings, PipelineSettings, SegmentSettings, ServiceSettings, TrackSettings,
+    CellRuleSettings, DetectSettings, LetterboxMode, PipelineSettings, SegmentSettings, ServiceSettings, TrackSettings,
     TrackerSettings,
 };
 use stage::ModelStage;
@@ -63,6 +63,11 @@ pub enum StartError {
     UnknownClass { pipeline: String, key: String, class: String, known: Vec<String> },
     #[error("pipeline `{pipeline}`: cell_rule: {problem}")]
     CellRule { pipeline: String, problem: String },
+    #[error(
+        "pipeline `{pipeline}`: letterbox = \"stride\" needs a model whose input size is open; model \
+         `{model}` takes {width}x{height} only"
+    )]
+    LetterboxNeedsOpenInput { pipeline: String, model: String, width: u32, height: u32 },
     #[error("internal error: {0}")]
     Internal(String),
 }

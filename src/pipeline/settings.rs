@@ -110,6 +110,20 @@ pub struct DetectSettings {
     pub class_agnostic_nms: bool,
     #[serde(default = "one")]
     pub instances: usize,
+    /// How frames are letterboxed for a model whose input size is open (an Ultralytics dynamic
+    /// export): `stride` (its default: to a multiple of the stride, as predict does) or `full`
+    /// (to the whole input size, so frames of every size batch together and a GPU session keeps
+    /// one shape). A model of fixed size is always `full`.
+    #[serde(default)]
+    pub letterbox: Option<LetterboxMode>,
+}
+
+/// See [`DetectSettings::letterbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LetterboxMode {
+    Stride,
+    Full,
 }
 
 impl DetectSettings {
@@ -123,6 +137,7 @@ impl DetectSettings {
             max_detections: None,
             class_agnostic_nms: false,
             instances: 1,
+            letterbox: None,
         }
     }
 }

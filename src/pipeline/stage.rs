@@ -130,6 +130,10 @@ pub(super) struct Answer {
 struct Queued {
     input: JobInput,
     rows: usize,
+    /// The rows' tensor width and height (the stage's input size, or the frame's own under
+    /// `InputSpec::stride`), and the batching shape key that goes with it (0: the stage's size).
+    size: [u32; 2],
+    shape: u64,
     flow: u64,
     /// A later stage of the frame's pipeline runs after this one.
     followed: bool,
@@ -139,6 +143,8 @@ struct Queued {
 /// A frame decoded and made into its model input, not yet queued.
 struct Prepared {
     input: JobInput,
+    /// The tensor's width and height.
+    size: [u32; 2],
     letterbox: Letterbox,
     image: Arc<RgbImage>,
     decode: Duration,
@@ -288,7 +294,8 @@ impl ModelStage {
         followed: bool,
         hold: &FrameHold,
     ) -> Result<Inferred, InspectError> {
-        self.infer_in(None, Queued { input, rows, flow, followed, hold: hold.clone() }, deadline).await
+        let size = [self.spec.width, self.spec.height];
+        self.infer_in(None, Queued { input, rows, size, shape: 0, flow, followed, hold: hold.clone() }, deadline).await
     }
 
     /// As [`Self::infer`], in the place `reservation` holds when there is one.
@@ -298,12 +305,12 @@ impl ModelStage {
         queued: Queued,
         deadline: FrameDeadline,
     ) -> Result<Inferred, InspectError> {
-        let Queued { input, rows, flow, followed, hold } = queued;
+        let Queued { input, rows, size, shape, flow, followed, hold } = queued;
         let (reply, answer) = oneshot::channel();
-        let job = Job { input, rows, limit: deadline.limit, followed, reply, _hold: Some(hold) };
+        let job = Job { input, rows, size, limit: deadline.limit, followed, reply, _hold: Some(hold) };
         match reservation {
-            Some(reservation) => reservation.submit(job, flow, deadline.deadlines()),
-            None => self.queue.submit(job, flow, deadline.deadlines()),
+            Some(reservation) => reservation.submit_shaped(job, flow, shape, deadline.deadlines()),
+            None => self.queue.submit_shaped(job, flow, shape, deadline.deadlines()),
         }
         .map_err(|full| InspectError::QueueFull { pipeline: self.pipeline.clone(), capacity: full.capacity })?;
         answer.await.map_err(|_| InspectError::ShuttingDown)?
@@ -324,7 +331,11 @@ impl ModelStage {
             return Err(refused(deadline, later, tokio::time::Instant::now()).await);
         }
         let (prepared, reservation) = self.prepare(image, flow, deadline, hold).await?;
-        let queued = Queued { input: prepared.input, rows: 1, flow, followed, hold: hold.clone() };
+        let [width, height] = prepared.size;
+        // Frames letterboxed to their own size batch only with frames of that size.
+        let shape = if self.manifest.input.stride.is_some() { (u64::from(width) << 32) | u64::from(height) } else { 0 };
+        let queued =
+            Queued { input: prepared.input, rows: 1, size: prepared.size, shape, flow, followed, hold: hold.clone() };
         let inferred = self.infer_in(Some(reservation), queued, deadline).await?;
         Ok(InferredFrame {
             timings: StageTimings {
@@ -353,6 +364,7 @@ impl ModelStage {
         hold: &FrameHold,
     ) -> Result<(Prepared, Reservation<'_, Job>), InspectError> {
         let spec = self.spec;
+        let stride = self.manifest.input.stride;
         let limits = self.context.decode_limits;
         let on_device = self.device_preprocess;
         let size = imaging::decoded_size(&image.data, image.encoding, image.width, image.height, limits)?;
@@ -372,19 +384,28 @@ impl ModelStage {
             let rgb = imaging::decode(&image.data, image.encoding, image.width, image.height, limits)?;
             let decode = t0.elapsed();
             let t1 = std::time::Instant::now();
+            let (letterbox, spec) = match stride {
+                Some(stride) => {
+                    let (letterbox, width, height) =
+                        Letterbox::to_stride(rgb.width(), rgb.height(), spec.width, spec.height, stride);
+                    (letterbox, TensorSpec { width, height, ..spec })
+                }
+                None => (Letterbox::new(rgb.width(), rgb.height(), spec.width, spec.height), spec),
+            };
+            let size = [spec.width, spec.height];
             if on_device {
-                let letterbox = Letterbox::new(rgb.width(), rgb.height(), spec.width, spec.height);
                 let image = Arc::new(rgb);
                 let input =
                     JobInput::Pixels { image: image.clone(), rows: vec![imaging::RowSource::Letterbox(letterbox)] };
-                return Ok(Prepared { input, letterbox, image, decode, preprocess: t1.elapsed() });
+                return Ok(Prepared { input, size, letterbox, image, decode, preprocess: t1.elapsed() });
             }
             let mut tensor = vec![0f32; spec.len()];
-            let letterbox = PREPROCESSOR
-                .with(|p| p.borrow_mut().letterbox_into(&rgb, &spec, &mut tensor))
+            PREPROCESSOR
+                .with(|p| p.borrow_mut().letterbox_with(&rgb, &spec, &letterbox, &mut tensor))
                 .map_err(|e| InspectError::Internal(e.to_string()))?;
             Ok(Prepared {
                 input: JobInput::Tensor(tensor),
+                size,
                 letterbox,
                 image: Arc::new(rgb),
                 decode,

@@ -29,6 +29,8 @@ pub(super) enum JobInput {
 pub(super) struct Job {
     pub input: JobInput,
     pub rows: usize,
+    /// Its rows' tensor width and height; every job of a batch has the same.
+    pub size: [u32; 2],
     /// The deadline this frame is held to, should it be shed.
     pub limit: ShedLimit,
     /// A later stage of the frame's pipeline runs on the same CPU after this one.
@@ -132,12 +134,12 @@ impl Worker {
 
     /// Each frame's rows in runs of one (CPU preprocessing only).
     fn run_one_by_one(&mut self, jobs: &[&Job]) -> Result<Vec<Vec<Output>>, EngineError> {
-        let (c, h, w) = (3, self.spec.height as usize, self.spec.width as usize);
         let (_, session) = pick(&mut self.sessions, 1)?;
         let mut outputs = Vec::with_capacity(jobs.len());
         for job in jobs {
+            let [w, h] = job.size;
             match &job.input {
-                JobInput::Tensor(t) if job.rows == 1 => outputs.push(session.run([1, c, h, w], t)?),
+                JobInput::Tensor(t) if job.rows == 1 => outputs.push(session.run([1, 3, h as usize, w as usize], t)?),
                 _ => {
                     return Err(EngineError::Run {
                         model: session.name().to_owned(),
@@ -150,9 +152,16 @@ impl Worker {
     }
 
     fn run_stacked(&mut self, jobs: &[&Job]) -> Result<(Vec<Output>, Duration), EngineError> {
-        let (c, h, w) = (3, self.spec.height as usize, self.spec.width as usize);
+        let [width, height] = jobs.first().map_or([self.spec.width, self.spec.height], |j| j.size);
+        let (c, h, w) = (3, height as usize, width as usize);
         let n: usize = jobs.iter().map(|j| j.rows).sum();
         let (run_rows, session) = pick(&mut self.sessions, n)?;
+        if jobs.iter().any(|j| j.size != [width, height]) {
+            return Err(EngineError::Run {
+                model: session.name().to_owned(),
+                message: "a batch holds frames of different input sizes".into(),
+            });
+        }
         match &mut self.preprocess {
             Preprocess::Host { input } => {
                 // A lone frame's tensor goes in as it is; a batch is stacked into one buffer.
@@ -191,7 +200,7 @@ impl Worker {
                     crate::engine::InputElement::F16 => TensorElement::F16,
                 };
                 let (ptr, made) = gpu
-                    .preprocess(&frames, &self.spec, element, run_rows)
+                    .preprocess(&frames, &TensorSpec { width, height, ..self.spec }, element, run_rows)
                     .map_err(|e| EngineError::Run { model: session.name().to_owned(), message: e.to_string() })?;
                 debug_assert_eq!(made, run_rows);
                 let preprocess = started.elapsed();
@@ -307,6 +316,7 @@ fn warm_up_job(spec: &TensorSpec, rows: usize) -> Job {
     Job {
         input: JobInput::Pixels { image, rows: vec![RowSource::Letterbox(letterbox); rows] },
         rows,
+        size: [spec.width, spec.height],
         limit: ShedLimit::Budget(Duration::ZERO),
         followed: false,
         reply,
@@ -324,6 +334,7 @@ fn warm_up(worker: &mut Worker, batches: &[usize]) -> Result<(), EngineError> {
                 Job {
                     input: JobInput::Tensor(vec![0f32; n * worker.spec.len()]),
                     rows: n,
+                    size: [worker.spec.width, worker.spec.height],
                     limit: ShedLimit::Budget(Duration::ZERO),
                     followed: false,
                     reply,

@@ -85,8 +85,17 @@ async fn metrics_count_stages_batches_outcomes_cameras_and_model_states() {
     let late = InspectRequest { budget_ms: 1, ..jpeg_request("cam-4", 0, vtest_jpeg(250)) };
     client.inspect(late).await.expect("a lone frame is served");
 
-    let (status, body) = http_get(server.metrics_addr.expect("metrics"), "/metrics", None).await;
-    assert_eq!(status, 200);
+    // A frame's hold (its place in flight) is released as its last owner lets go, which can be
+    // just after its answer reached the client: read the metrics once the server has settled.
+    let settled = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = http_get(server.metrics_addr.expect("metrics"), "/metrics", None).await;
+        assert_eq!(status, 200);
+        if metric(&body, "linesight_frames_in_flight") == Some(0.0) || std::time::Instant::now() > settled {
+            break body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let get = |series: &str| metric(&body, series).unwrap_or_else(|| panic!("{series} missing from\n{body}"));
     let stage = |pipeline: &str, model: &str, stage: &str| {
         get(&format!(

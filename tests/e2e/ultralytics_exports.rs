@@ -15,12 +15,12 @@
 //! IoU ≥ 0.95 and |Δscore| ≤ 0.05. Elsewhere, detections within 0.03 of the confidence threshold
 //! may exist on one side only (PNG images, compared both ways).
 //!
-//! Dynamic exports are predicted with `rect=False` (padded to the full export size), as the service
-//! serves them; predict's default letterboxes a dynamic export only to a stride multiple
-//! (docs/operations.md).
+//! Dynamic exports are predicted at their export `imgsz` and predict's default `rect=True`: each
+//! frame letterboxed only to a stride multiple, as the service letterboxes them (docs/operations.md).
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::common::{TestServer, fixture, test_config};
 use linesight::api::proto::inspection_client::InspectionClient;
@@ -336,4 +336,72 @@ async fn jpeg_frames_of_odd_sizes_are_detected_exactly_as_ultralytics_predicts()
     assert!(compared >= 300, "only {compared} boxes compared");
     fixtures_server.stop().await;
     shipped_server.stop().await;
+}
+
+/// A dynamic export letterboxes each frame only to a stride multiple: frames of several sizes sent
+/// at once are batched by size and answered as when sent alone. `letterbox = "full"` pads every
+/// frame to the whole input instead (different pixels on a frame that is not square), and on a
+/// fixed export `letterbox = "stride"` is refused at start, naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_several_sizes_batch_by_size_and_full_letterbox_is_the_other_choice() {
+    use linesight::batching::BatchPolicy;
+    use linesight::pipeline::LetterboxMode;
+
+    let _machine = crate::common::machine_shared();
+    let frames: Vec<(String, Vec<u8>)> = ["q90-420-500x333.jpg", "q92-422-241x599.jpg", "q85-420-1280x720.jpg"]
+        .iter()
+        .map(|f| (f.to_string(), std::fs::read(fixture(&format!("preprocess/{f}"))).expect("frame")))
+        .collect();
+    let pipeline = |letterbox: Option<LetterboxMode>| {
+        let mut settings = DetectSettings::new("yolov8t-fp32.onnx");
+        settings.score_threshold = Some(0.05);
+        settings.letterbox = letterbox;
+        // Frames wait long enough for others to join them, so that batches form.
+        settings.batching =
+            BatchPolicy { max_batch: 4, max_queue_delay: Duration::from_millis(50), max_queue_size: 64 };
+        PipelineSettings::Detect(settings)
+    };
+    let mut config = test_config();
+    config.model_dir = Some(fixture("ultralytics"));
+    config.pipelines = BTreeMap::from([
+        ("stride".to_owned(), pipeline(None)),
+        ("full".to_owned(), pipeline(Some(LetterboxMode::Full))),
+    ]);
+    config.default_pipeline = "stride".into();
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    let mut alone = BTreeMap::new();
+    for (name, data) in &frames {
+        let answer = client.inspect(image_request("stride", data.clone())).await.expect("inspect").into_inner();
+        alone.insert(name.clone(), answer.detections);
+    }
+    let burst = (0..4).flat_map(|_| frames.iter()).map(|(name, data)| {
+        let mut client = client.clone();
+        let request = image_request("stride", data.clone());
+        async move { (name.clone(), client.inspect(request).await.expect("inspect").into_inner()) }
+    });
+    let answers = futures::future::join_all(burst).await;
+    let largest_batch = answers.iter().map(|(_, a)| a.batch_size).max().unwrap_or(0);
+    assert!(largest_batch >= 2, "12 frames sent at once never shared a batch");
+    for (name, answer) in &answers {
+        assert_eq!(answer.detections, alone[name], "{name} in a batch of {}", answer.batch_size);
+    }
+    let tall = &frames[1].1;
+    let full = client.inspect(image_request("full", tall.clone())).await.expect("full").into_inner();
+    assert_ne!(full.detections, alone["q92-422-241x599.jpg"], "the full letterbox feeds other pixels");
+    server.stop().await;
+
+    let mut fixed = DetectSettings::new("yolov8t-fp16.onnx");
+    fixed.letterbox = Some(LetterboxMode::Stride);
+    let mut config = test_config();
+    config.model_dir = Some(fixture("ultralytics"));
+    config.pipelines = BTreeMap::from([("fixed".to_owned(), PipelineSettings::Detect(fixed))]);
+    config.default_pipeline = "fixed".into();
+    let refused =
+        Pipelines::start(&config.service_settings()).err().expect("a fixed export cannot letterbox to a stride");
+    assert!(
+        refused.to_string().contains("letterbox = \"stride\" needs a model whose input size is open")
+            && refused.to_string().contains("320x320"),
+        "{refused}"
+    );
 }
