@@ -48,6 +48,10 @@ MODELS = {
     "yolo26t-fp32.onnx": ("yolo26-tiny", "yolo26tiny-fp32.onnx"),
     "yolo26t-e2e.onnx": ("yolo26-tiny", "yolo26tiny-e2e.onnx"),
     "yolo26t-e2e-fp16.onnx": ("yolo26-tiny", "yolo26tiny-e2e-fp16.onnx"),
+    # Other sizes, opsets and NMS in the graph (a later run of the same training command).
+    "yolo11t-256x320-opset12.onnx": ("yolo11-tiny", "yolo11tiny-fixed-256x320-opset12.onnx"),
+    "yolo11t-dynamic-224x384-opset16.onnx": ("yolo11-tiny", "yolo11tiny-dynamic-224x384-opset16.onnx"),
+    "yolo11t-nms-320x256-opset17.onnx": ("yolo11-tiny", "yolo11tiny-nms-320x256-opset17.onnx"),
 }
 
 
@@ -114,7 +118,10 @@ def main():
     parser.add_argument("--shipped", help="a model folder holding one Ultralytics .onnx")
     parser.add_argument("--jpeg", help="a folder of JPEG frames: write its predict.json")
     parser.add_argument("--repredict", action="store_true", help="predict again on the fixtures in --out (no --runs)")
+    parser.add_argument("--add", action="store_true", help="add the exports of MODELS missing from --out's reference.json")
     args = parser.parse_args()
+    if args.add:
+        return add_missing(Path(args.runs), Path(args.out))
     if args.repredict:
         return repredict(Path(args.out))
     if args.jpeg:
@@ -161,6 +168,35 @@ def shipped(folder, fixtures):
     }
     (folder / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
     print({n: len(v) for n, v in reference["models"][folder.name]["images"].items()})
+
+
+def entry_for(runs, run, out, fixture, names):
+    graph = onnx.load(str(out / fixture))
+    signature = {
+        "input": [d.dim_value or d.dim_param for d in graph.graph.input[0].type.tensor_type.shape.dim],
+        "input_type": onnx.TensorProto.DataType.Name(graph.graph.input[0].type.tensor_type.elem_type),
+        "output": [d.dim_value or d.dim_param for d in graph.graph.output[0].type.tensor_type.shape.dim],
+    }
+    return {
+        "trained_by": json.loads((runs / run / "report.json").read_text())["command"],
+        "signature": signature,
+        "predict_args": {"conf": CONF, "iou": IOU, **predict_args(graph)},
+        "images": {name: predict(out / fixture, out / name, predict_args(graph)) for name in names},
+    }
+
+
+def add_missing(runs, out):
+    """The exports of MODELS that --out's reference.json lacks, copied from --runs and predicted
+    on the committed images; the others stay as they are."""
+    reference = json.loads((out / "reference.json").read_text())
+    names = sorted(next(iter(reference["models"].values()))["images"])
+    for fixture, (run, export) in MODELS.items():
+        if fixture in reference["models"] or export is None:
+            continue
+        shutil.copy(runs / run / export, out / fixture)
+        reference["models"][fixture] = entry_for(runs, run, out, fixture, names)
+        print(fixture, reference["models"][fixture]["signature"])
+    (out / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
 
 
 def repredict(out):

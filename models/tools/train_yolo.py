@@ -15,7 +15,9 @@ interrupted run from its last.pt. Its card: models/yolo11n-conveyor/README.md.
 
 Everything that would reach the network is off: YOLO_OFFLINE, no plots (fonts), no AMP check
 (CPU), no hub sync. Exports (`--export`, comma-separated): fp32 (dynamic batch), fp32-b1 (fixed
-batch 1), fp32-b2 (fixed batch 2), fp16 (CPU FP16 conversion: f16 weights, f32 inputs and outputs).
+batch 1), fp32-b2 (fixed batch 2), fp16 (CPU FP16 conversion: f16 weights, f32 inputs and outputs),
+fixed-256x320-opset12, dynamic-224x384-opset16, nms-320x256-opset17 (other sizes, opsets, no
+simplification, NMS in the graph).
 """
 
 import argparse
@@ -58,6 +60,11 @@ EXPORTS = {
     # The NMS-free head (YOLO26, YOLOv10): [n, max_det, 6] boxes already chosen.
     "e2e": dict(dynamic=True, batch=1, nms=False),
     "e2e-fp16": dict(dynamic=False, batch=1, nms=False, quantize=16),
+    # Settings users export with that the exports above do not cover: other sizes, opsets, no
+    # simplification, NMS inside the graph.
+    "fixed-256x320-opset12": dict(dynamic=False, batch=1, imgsz=[256, 320], opset=12, simplify=False),
+    "dynamic-224x384-opset16": dict(dynamic=True, batch=1, imgsz=[224, 384], opset=16),
+    "nms-320x256-opset17": dict(dynamic=False, batch=1, imgsz=[320, 256], opset=17, nms=True),
 }
 
 
@@ -131,7 +138,8 @@ def report_and_export(args, out, names):
     }
     for kind in filter(None, args.export.split(",")):
         options = EXPORTS[kind]
-        path = Path(YOLO(str(best)).export(format="onnx", imgsz=args.imgsz, simplify=True, device="cpu", **options))
+        settings = {"imgsz": args.imgsz, "simplify": True, **options}
+        path = Path(YOLO(str(best)).export(format="onnx", device="cpu", **settings))
         target = out / f"{args.family}{args.scale}-{kind}.onnx"
         shutil.move(path, target)
         report.setdefault("exports", {})[kind] = target.name

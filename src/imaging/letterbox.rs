@@ -93,10 +93,14 @@ impl Letterbox {
         (letterbox, width, height)
     }
 
-    /// Model-input pixels → source pixels, clipped to the source image.
+    /// Model-input pixels → source pixels, clipped to the source image. Each axis by the ratio it
+    /// was actually resized by (resized / source side, the side rounded to whole pixels), as
+    /// Ultralytics' `scale_boxes` maps boxes back (8.4).
     pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
-        let sx = (f64::from(x) - f64::from(self.pad_left)) / self.scale;
-        let sy = (f64::from(y) - f64::from(self.pad_top)) / self.scale;
+        let gain_x = f64::from(self.resized_width) / f64::from(self.src_width);
+        let gain_y = f64::from(self.resized_height) / f64::from(self.src_height);
+        let sx = (f64::from(x) - f64::from(self.pad_left)) / gain_x;
+        let sy = (f64::from(y) - f64::from(self.pad_top)) / gain_y;
         (sx.clamp(0.0, f64::from(self.src_width)) as f32, sy.clamp(0.0, f64::from(self.src_height)) as f32)
     }
 }

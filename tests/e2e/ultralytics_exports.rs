@@ -4,7 +4,8 @@
 //! (`YOLO(onnx).predict(conf, iou)`, tests/fixtures/ultralytics/reference.json, made by
 //! eval/ultralytics_reference.py from models trained by models/tools/train_yolo.py): YOLOv8,
 //! YOLO11 and YOLO26 heads; dynamic and fixed batch (1 and 2); FP32 and FP16; YOLO26's raw head
-//! and its NMS-free end-to-end head.
+//! and its NMS-free end-to-end head; a fixed 256×320 opset-12 unsimplified export, a dynamic
+//! 224×384 opset-16 one and an `nms=True` 320×256 opset-17 one.
 //!
 //! Tolerances: the service decodes JPEG with libjpeg-turbo and letterboxes with OpenCV's
 //! INTER_LINEAR arithmetic, so every image reaches the network with the same pixels as in predict
@@ -187,7 +188,12 @@ async fn ultralytics_exports_served_from_their_metadata_match_ultralytics_predic
     let conf = reference["conf"].as_f64().expect("conf") as f32;
     let iou_threshold = reference["iou"].as_f64().expect("iou") as f32;
     let models = reference["models"].as_object().expect("models");
-    assert_eq!(models.len(), 9, "v8, 11 and 26 heads; dynamic, fixed b1 / b2; fp32, fp16 (f32 and f16 io); end-to-end");
+    assert_eq!(
+        models.len(),
+        12,
+        "v8, 11 and 26 heads; dynamic, fixed b1 / b2; fp32, fp16 (f32 and f16 io); end-to-end; other sizes and \
+         opsets, unsimplified, NMS in the graph"
+    );
     let mut config = test_config();
     config.model_dir = Some(fixture("ultralytics"));
     config.pipelines = models
