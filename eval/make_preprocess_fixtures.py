@@ -2,7 +2,9 @@
 """Makes tests/fixtures/preprocess: JPEG frames of odd sizes from several encoders and subsamplings,
 and what OpenCV makes of them (the pixels Ultralytics' predict feeds a model): `cv2.imread`'s
 decoded pixels and `cv2.resize(..., INTER_LINEAR)` at the sizes Ultralytics' LetterBox resizes to,
-each recorded as the SHA-256 of its RGB8 bytes. `tests/e2e/preprocess_parity.rs` checks linesight's
+and the whole letterboxed image of Ultralytics' `LetterBox` (resize and 114 borders; `auto=False`
+as for a fixed export, `auto=True` with stride 32 as predict letterboxes a dynamic one), each
+recorded as the SHA-256 of its RGB8 bytes. `tests/e2e/preprocess_parity.rs` checks linesight's
 decoder and letterbox against them byte for byte.
 
     python eval/make_preprocess_fixtures.py --out tests/fixtures/preprocess
@@ -22,6 +24,7 @@ import os
 import cv2
 import numpy as np
 from PIL import Image
+from ultralytics.data.augment import LetterBox
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = os.path.join(ROOT, "tests", "fixtures", "ultralytics")
@@ -83,7 +86,18 @@ def main() -> None:
         for target in TARGETS:
             resized_size = letterbox_size(width, height, target)
             resized = decoded if resized_size == (width, height) else cv2.resize(decoded, resized_size, interpolation=cv2.INTER_LINEAR)
-            letterboxes.append({"target": list(target), "resized": list(resized_size), "rgb_sha256": sha256(resized)})
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            full = LetterBox((target[1], target[0]), auto=False)(image=bgr)[..., ::-1]
+            stride = LetterBox((target[1], target[0]), auto=True, stride=32)(image=bgr)[..., ::-1]
+            letterboxes.append(
+                {
+                    "target": list(target),
+                    "resized": list(resized_size),
+                    "rgb_sha256": sha256(resized),
+                    "letterboxed_sha256": sha256(full),
+                    "stride32": {"size": [stride.shape[1], stride.shape[0]], "rgb_sha256": sha256(stride)},
+                }
+            )
         frames.append(
             {"file": name, "width": width, "height": height, "encoder": encoder, "options": options,
              "rgb_sha256": sha256(decoded), "letterbox": letterboxes}

@@ -1,8 +1,9 @@
 //! The pixels a model sees equal the pixels Ultralytics' predict feeds it: JPEG frames of odd sizes
 //! (several encoders, 4:2:0 / 4:2:2 / 4:4:4, progressive, gray, restart markers) decoded as
-//! `cv2.imread` decodes them, and letterboxed as `cv2.resize(..., INTER_LINEAR)` resizes them, byte
-//! for byte. References: `tests/fixtures/preprocess/reference.json` (SHA-256 of OpenCV's RGB8
-//! bytes), made by `eval/make_preprocess_fixtures.py`.
+//! `cv2.imread` decodes them, and letterboxed as `cv2.resize(..., INTER_LINEAR)` resizes them and
+//! Ultralytics' `LetterBox` pads them (to the whole input, and to a stride multiple), byte for byte.
+//! References: `tests/fixtures/preprocess/reference.json` (SHA-256 of the RGB8 bytes), made by
+//! `eval/make_preprocess_fixtures.py`.
 
 use linesight::imaging::{DecodeLimits, ImageEncoding, Letterbox, Preprocessor, TensorSpec, decode};
 use sha2::{Digest, Sha256};
@@ -18,6 +19,12 @@ fn hex(bytes: &[u8]) -> String {
 fn reference() -> serde_json::Value {
     let text = std::fs::read_to_string(fixture("preprocess/reference.json")).expect("reference.json");
     serde_json::from_str(&text).expect("reference.json is JSON")
+}
+
+/// A [3, h, w] tensor of identity-normalised bytes back to RGB8 rows.
+fn tensor_bytes(tensor: &[f32], width: u32, height: u32) -> Vec<u8> {
+    let plane = (width * height) as usize;
+    (0..plane).flat_map(|at| (0..3).map(move |c| tensor[c * plane + at] as u8)).collect()
 }
 
 #[test]
@@ -61,6 +68,24 @@ fn letterboxed_pixels_equal_cv2_resize_at_ultralytics_sizes() {
                 (size(&case["resized"], 0), size(&case["resized"], 1)),
                 "{name} into {tw}x{th}: Ultralytics' new_unpad"
             );
+            assert_eq!(
+                hex(&tensor_bytes(&tensor, tw, th)),
+                case["letterboxed_sha256"].as_str().expect("sha"),
+                "{name} into {tw}x{th}: the whole letterboxed image"
+            );
+            let stride = &case["stride32"];
+            let (lb32, w32, h32) = Letterbox::to_stride(image.width(), image.height(), tw, th, 32);
+            assert_eq!(
+                (w32, h32),
+                (size(&stride["size"], 0), size(&stride["size"], 1)),
+                "{name} into {tw}x{th}, stride 32"
+            );
+            let spec32 = TensorSpec { width: w32, height: h32, ..spec };
+            let mut tensor32 = vec![0.0f32; spec32.len()];
+            preprocessor.letterbox_with(&image, &spec32, &lb32, &mut tensor32).expect("letterbox to a stride");
+            if hex(&tensor_bytes(&tensor32, w32, h32)) != stride["rgb_sha256"].as_str().expect("sha") {
+                differing.push(format!("{name} into {tw}x{th} to a multiple of 32"));
+            }
             let plane = (tw * th) as usize;
             let mut resized = Vec::with_capacity((lb.resized_width * lb.resized_height * 3) as usize);
             for y in 0..lb.resized_height {
