@@ -173,16 +173,7 @@ struct Column {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(width: u32, height: u32, seed: u64) -> Vec<u8> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..width as usize * height as usize * 3)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (state >> 56) as u8
-            })
-            .collect()
-    }
+    use crate::imaging::resample::noise;
 
     #[test]
     fn rows_and_pixels_agree_up_down_and_at_two_to_one() {

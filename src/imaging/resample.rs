@@ -165,6 +165,18 @@ pub fn resample_rgb(src: &[u8], src_width: u32, x: &AxisTaps, y: &AxisTaps) -> V
     out
 }
 
+/// A deterministic pseudo-random RGB8 image (no zeros-only shortcuts), for the resize tests.
+#[cfg(test)]
+pub(crate) fn noise(width: u32, height: u32, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..width as usize * height as usize * 3)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use fast_image_resize::images::Image;
@@ -172,16 +184,6 @@ mod tests {
 
     use super::*;
 
-    /// A deterministic pseudo-random image (no zeros-only shortcuts).
-    fn noise(width: u32, height: u32, seed: u64) -> Vec<u8> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..width as usize * height as usize * 3)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                (state >> 56) as u8
-            })
-            .collect()
-    }
 
     fn fir(src: &[u8], sw: u32, sh: u32, crop: [f64; 4], dw: u32, dh: u32) -> Vec<u8> {
         let image = Image::from_vec_u8(sw, sh, src.to_vec(), PixelType::U8x3).expect("image");
