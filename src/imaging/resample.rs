@@ -184,7 +184,6 @@ mod tests {
 
     use super::*;
 
-
     fn fir(src: &[u8], sw: u32, sh: u32, crop: [f64; 4], dw: u32, dh: u32) -> Vec<u8> {
         let image = Image::from_vec_u8(sw, sh, src.to_vec(), PixelType::U8x3).expect("image");
         let mut dst = Image::new(dw, dh, PixelType::U8x3);
