@@ -137,18 +137,7 @@ def main():
             half_io(Path(args.runs) / run / "yolo11tiny-fp32.onnx", out / fixture)
         else:
             shutil.copy(Path(args.runs) / run / export, out / fixture)
-        graph = onnx.load(str(out / fixture))
-        signature = {
-            "input": [d.dim_value or d.dim_param for d in graph.graph.input[0].type.tensor_type.shape.dim],
-            "input_type": onnx.TensorProto.DataType.Name(graph.graph.input[0].type.tensor_type.elem_type),
-            "output": [d.dim_value or d.dim_param for d in graph.graph.output[0].type.tensor_type.shape.dim],
-        }
-        reference["models"][fixture] = {
-            "trained_by": json.loads((Path(args.runs) / run / "report.json").read_text())["command"],
-            "signature": signature,
-            "predict_args": {"conf": CONF, "iou": IOU, **predict_args(graph)},
-            "images": {name: predict(out / fixture, out / name, predict_args(graph)) for name in names},
-        }
+        reference["models"][fixture] = entry_for(Path(args.runs), run, out, fixture, names)
     refusals(out, out / "yolo11t-fp16.onnx")
     (out / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
     for fixture, m in reference["models"].items():
@@ -212,23 +201,14 @@ def repredict(out):
 
 
 def jpeg_reference(fixtures, frames_dir):
-    conf, iou = CONF, IOU
     frames = sorted(p.name for p in frames_dir.glob("*.jpg"))
     shipped_model = Path(__file__).resolve().parent.parent / "models" / "yolo11n-conveyor" / "model.onnx"
     exports = {name: fixtures / name for name in MODELS} | {"yolo11n-conveyor": shipped_model}
-    reference = {"ultralytics": ultralytics.__version__, "conf": conf, "iou": iou, "models": {}}
+    reference = {"ultralytics": ultralytics.__version__, "conf": CONF, "iou": IOU, "models": {}}
     for name, path in exports.items():
         extra = predict_args(onnx.load(str(path)))
-        model = YOLO(str(path), task="detect")
-        images = {}
-        for frame in frames:
-            result = model.predict(str(frames_dir / frame), conf=conf, iou=iou, device="cpu", verbose=False, **extra)[0]
-            boxes = result.boxes
-            images[frame] = [
-                {"class_name": result.names[int(c)], "score": float(s), "box": [float(v) for v in b]}
-                for b, s, c in zip(boxes.xyxy.tolist(), boxes.conf.tolist(), boxes.cls.tolist())
-            ]
-        reference["models"][name] = {"predict_args": {"conf": conf, "iou": iou, **extra}, "images": images}
+        images = {frame: predict(path, frames_dir / frame, extra) for frame in frames}
+        reference["models"][name] = {"predict_args": {"conf": CONF, "iou": IOU, **extra}, "images": images}
         print(name, {k: len(v) for k, v in images.items()})
     (frames_dir / "predict.json").write_text(json.dumps(reference, indent=1) + "\n")
 
